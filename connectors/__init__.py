@@ -1,0 +1,1 @@
+"""Sources of Readings. Each connector imports only agent.model, agent.errors and agent.clock."""

@@ -1,0 +1,101 @@
+"""The Connector protocol and the config fields every source shares.
+
+A connector is built from its validated config model (no I/O in ``__init__``), then ``readings()`` is iterated
+until cancelled. A new connector = a config model with ``kind: Literal[...]`` deriving from SourceConfig, one
+class, one line in agent.config's union and agent.service's registry, a test against a real server on
+127.0.0.1, and a ``tests/cases/`` folder.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.clock import Clock
+from agent.model import Reading
+
+
+class SourceConfig(BaseModel):
+    """Fields every [[sources]] entry has. Subclasses add ``kind: Literal["..."]`` and their own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Unique name of this source within the asset (used in logs and metrics).",
+                      pattern=r"^[A-Za-z0-9._\-]{1,64}$")
+
+    def sensors(self, base_dir: Path) -> list[str]:
+        """The sensor names this source provides (used to check that every schema sensor has one source)."""
+        raise NotImplementedError
+
+
+@dataclass
+class SourceStats:
+    """Counters a connector keeps for metrics and `status`. Keys of the Counters are sensor names."""
+
+    readings: Counter = field(default_factory=Counter)
+    bad_quality: Counter = field(default_factory=Counter)
+    read_errors: Counter = field(default_factory=Counter)
+    reconnects: int = 0
+    connected: bool = False
+    last_reading_ts: float | None = None  # clock time of the last delivered reading
+
+
+@dataclass
+class ProbeLine:
+    """One configured point as read once by ``probe``."""
+
+    sensor: str
+    value: Any = None
+    type: str = ""
+    status: str = ""
+    source_ts: str = ""
+    server_ts: str = ""
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ProbeReport:
+    source: str
+    ok: bool
+    lines: list[ProbeLine] = field(default_factory=list)
+    error: str = ""
+
+    def format(self) -> str:
+        out = [f"source {self.source}: {'OK' if self.ok else 'FAILED'}" + (f" ({self.error})" if self.error else "")]
+        for line in self.lines:
+            text = f"  {line.sensor:<24} value={line.value!r} type={line.type} status={line.status}"
+            if line.source_ts or line.server_ts:
+                text += f" source_ts={line.source_ts} server_ts={line.server_ts}"
+            if line.error:
+                text += f" error={line.error}"
+            for key, val in line.extra.items():
+                text += f"\n      {key}: {val}"
+            out.append(text)
+        return "\n".join(out)
+
+
+class Connector(Protocol):
+    """A source of Readings from one endpoint."""
+
+    name: str
+    stats: SourceStats
+
+    def readings(self) -> AsyncIterator[list[Reading]]:
+        """Yield batches of GOOD readings until cancelled.
+
+        Reconnects inside with capped backoff and never raises for a lost connection; logs the transition
+        once. Non-GOOD samples are counted in ``stats.bad_quality`` and not yielded. Cancellation is the only
+        stop signal. Batches (not single readings) keep the per-reading cost low on the hot path.
+        """
+
+    async def probe(self) -> ProbeReport:
+        """Connect, read every configured point once, report values and errors (for `check`/`probe`)."""
+
+
+ConnectorFactory = type  # a connector class taking (config, clock, base_dir)
