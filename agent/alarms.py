@@ -172,6 +172,12 @@ class WriteBackHookConfig(_Model):
     node_id: str | None = Field(
         None, min_length=1, description="OPC-UA NodeId to write, e.g. 'ns=2;s=Pump1.Alarm'."
     )
+    type: Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"] = Field(
+        "uint16", description="Encoding of the value in holding registers (Modbus 'holding' only)."
+    )
+    order: Literal["ABCD", "DCBA", "BADC", "CDAB"] = Field(
+        "ABCD", description="Byte order of a multi-register value, as for Modbus points ('holding' only)."
+    )
     raise_value: bool | int | float = Field(1, description="Value written when the alarm is raised.")
     clear_value: bool | int | float = Field(0, description="Value written when the alarm is cleared.")
     timeout_secs: float = Field(5.0, gt=0, le=300, description="Seconds per write attempt.")
@@ -191,6 +197,8 @@ class WriteBackHookConfig(_Model):
             raise ValueError("write_back: needs table and address (Modbus) or node_id (OPC-UA)")
         if modbus and (self.table is None or self.address is None):
             raise ValueError("write_back: Modbus needs both table ('coil' | 'holding') and address")
+        if {"type", "order"} & self.model_fields_set and self.table != "holding":
+            raise ValueError("write_back: type and order apply to Modbus holding registers only")
         return self
 
     @property

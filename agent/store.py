@@ -12,6 +12,7 @@ rename) so a reader never sees a partial object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -96,10 +97,8 @@ class FileStore:
         return iter(sorted(keys))
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
-        except FileNotFoundError:
-            pass
 
     def describe(self) -> str:
         return f"file://{self.root}/"

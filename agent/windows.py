@@ -41,13 +41,13 @@ def parse_offset(text: str) -> int:
 
 def grid_point(ts: float, rate: int) -> int:
     """The grid point (label right, closed right) a reading at ``ts`` belongs to: t in (g − rate, g] → g."""
-    return int(math.ceil(ts / rate)) * rate
+    return math.ceil(ts / rate) * rate
 
 
 def window_end_for(ts: float, frequency: int) -> int:
     """End of the window (start, end] that contains ``ts``. Equal to the end of the window of its grid point
     whenever the sampling rate divides the frequency."""
-    return int(math.ceil(ts / frequency)) * frequency
+    return math.ceil(ts / frequency) * frequency
 
 
 def window_ending(end: int, frequency: int) -> Window:
@@ -131,3 +131,10 @@ def results_key(output_prefix: str, window: Window) -> str:
 def format_csv_time(ts: int | float) -> str:
     """A grid instant as written inside CSV files and results: ``2022-05-13T12:10:00.000000`` (UTC)."""
     return datetime.fromtimestamp(ts, UTC).strftime(CSV_TIME_FORMAT)
+
+
+def iso_window(window: Window) -> str:
+    """``(2022-05-13T12:10:00Z, 2022-05-13T12:15:00Z]`` — the form L4E's FailedReason texts use."""
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (f"({datetime.fromtimestamp(window.start, UTC).strftime(fmt)}, "
+            f"{datetime.fromtimestamp(window.end, UTC).strftime(fmt)}]")

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.clock import Clock
 from agent.model import Reading
 
 

@@ -1,0 +1,217 @@
+"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|...``.
+
+Exit codes: 0 success, 1 failure at run time, 2 usage, 78 configuration error (EX_CONFIG: the message names the
+file, the key and the allowed values; systemd's RestartPreventExitStatus=78 stops the restart loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
+from agent.errors import ConfigError, L4EAgentError, StateError
+
+log = logging.getLogger("l4e.cli")
+EX_CONFIG = 78
+DEFAULT_STATE_ROOT = Path("/var/lib/l4e-agent")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s", stream=sys.stderr)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run is noise
+
+
+def _instant(text: str) -> float:
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r} (e.g. 2026-01-01T00:00:00Z)") from None
+
+
+def _add_clock_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clock-start", type=_instant, help="run on a simulated clock starting at this ISO 8601 "
+                   "instant (demo, tests)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated clock speed (with --clock-start)")
+
+
+def make_clock(args, state_root: Path | None) -> Clock:
+    if getattr(args, "clock_start", None) is None:
+        if getattr(args, "speed", 1.0) != 1.0:
+            raise ConfigError("--speed needs --clock-start")
+        return SystemClock()
+    if args.speed <= 0:
+        raise ConfigError("--speed must be > 0")
+    if state_root is None:
+        return ScaledClock(args.clock_start, args.speed)
+    return ScaledClock.persistent(args.clock_start, args.speed, state_root / "clock.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l4e-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the agent for one or more asset files")
+    p.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
+    p.add_argument("--state-dir", type=Path, help=f"state root (default {DEFAULT_STATE_ROOT}); each asset "
+                   "uses <state-dir>/<asset>/")
+    p.add_argument("--until", type=_instant, help="stop (drain, exit 0) when the clock reaches this instant")
+    _add_clock_args(p)
+
+    p = sub.add_parser("check", help="validate asset files and print the resolved plan (offline)")
+    p.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
+    p.add_argument("--at", type=_instant, help="plan as of this instant (default: now)")
+    p.add_argument("--online", action="store_true", help="also probe every source once")
+
+    p = sub.add_parser("probe", help="connect to a source and read every configured point once")
+    p.add_argument("config", type=Path)
+    p.add_argument("--source", help="source name (default: all)")
+
+    sub.add_parser("config-example", help="print the example asset file generated from the config models")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # sub-programs with their own parsers
+    if argv[:2] == ["lookout", "serve"]:
+        from agent.lookout_local import serve_main
+
+        return serve_main(argv[2:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "probe":
+            return cmd_probe(args)
+        if args.command == "config-example":
+            from agent.config_example import render_example
+
+            sys.stdout.write(render_example())
+            return 0
+    except ConfigError as exc:
+        print(f"l4e-agent: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except StateError as exc:
+        print(f"l4e-agent: state directory unusable: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except L4EAgentError as exc:
+        print(f"l4e-agent: {exc}", file=sys.stderr)
+        return 1
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _load_all(paths: list[Path]):
+    from agent.config import load
+
+    configs = [load(p) for p in paths]  # every file validated before anything starts
+    assets = [c.asset for c in configs]
+    dupes = {a for a in assets if assets.count(a) > 1}
+    if dupes:
+        raise ConfigError(f"asset names must be unique across files, repeated: {sorted(dupes)}", key="asset")
+    return configs
+
+
+def cmd_run(args) -> int:
+    from agent.service import Agent, AssetRunner
+
+    configs = _load_all(args.configs)
+    state_root = args.state_dir or DEFAULT_STATE_ROOT
+    clock = make_clock(args, state_root)
+    runners = []
+    for path, config in zip(args.configs, configs, strict=True):
+        state_dir = config.state_dir or state_root / config.asset
+        runners.append(AssetRunner(config, path, state_dir, clock))
+
+    async def _main() -> int:
+        return await Agent(runners, clock).run(until=args.until)
+
+    return asyncio.run(_main())
+
+
+def cmd_check(args) -> int:
+    from agent.pipeline import WindowPlan  # noqa: F401 (documents what is printed)
+    from agent.service import plan_from_config
+    from agent.store import parse_location
+    from agent.windows import iso_window, object_key, window_containing, windows_between
+
+    configs = _load_all(args.configs)
+    now = args.at if args.at is not None else time.time()
+    for path, config in zip(args.configs, configs, strict=True):
+        plan = plan_from_config(config)
+        lk = config.lookout
+        scheme, where, prefix = parse_location(lk.input)
+        print(f"{path}: OK")
+        print(f"  asset {config.asset}: {len(plan.components)} component(s), {len(plan.sensors)} sensor(s), "
+              f"{len(config.sources)} source(s)")
+        print(f"  windows: {lk.upload_frequency} (start, end] on the UTC hour grid, rows every "
+              f"{lk.sampling_rate}, written at end + {config.window.grace_secs:g}s, scheduler wakes at end + "
+              f"{lk.delay_offset_minutes} min")
+        print(f"  input: {lk.input} ({'folder' if scheme == 'file' else 'bucket'} {where}, prefix {prefix!r})")
+        if lk.delay_offset_minutes == 0:
+            print("  WARNING: delay_offset_minutes = 0: the scheduler wakes the instant a window ends, before "
+                  "the agent can have written it; every window will be late. Set it to at least 1.")
+        elif config.window.grace_secs >= 60 * lk.delay_offset_minutes:
+            print(f"  WARNING: grace_secs ({config.window.grace_secs:g}) ≥ the delay offset: windows are "
+                  "written after the scheduler has run.")
+        current = window_containing(now, plan.frequency)
+        print(f"  now {iso_utc(now)}: current window {iso_window(current)}")
+        for window in list(windows_between(current.start, current.start + 3 * plan.frequency, plan.frequency)):
+            write_at = window.end + config.window.grace_secs
+            deadline = window.end + 60 * lk.delay_offset_minutes
+            names = ", ".join(repr(object_key(prefix, comp, lk.delimiter, window.start, lk.timestamp_format,
+                                              lk.offset_secs)) for comp in plan.components)
+            print(f"  window {iso_window(window)}: written at {iso_utc(write_at)}, deadline {iso_utc(deadline)}: "
+                  f"{names}")
+        for comp, sensors in plan.components.items():
+            print(f"  component {comp}: Timestamp,{','.join(sensors)}")
+        if args.online:
+            code = _probe(config, path, None)
+            if code:
+                return code
+    return 0
+
+
+def _probe(config, path: Path, source: str | None) -> int:
+    from agent.config import base_dir_of
+    from agent.service import CONNECTORS
+
+    selected = [s for s in config.sources if source is None or s.name == source]
+    if not selected:
+        raise ConfigError(f"no source named {source!r}; sources: {[s.name for s in config.sources]}",
+                          file=str(path), key="sources")
+    ok = True
+
+    async def _run():
+        nonlocal ok
+        for src in selected:
+            conn = CONNECTORS[src.kind](src, SystemClock(), base_dir_of(path))
+            report = await conn.probe()
+            ok = ok and report.ok
+            print(report.format())
+
+    asyncio.run(_run())
+    return 0 if ok else 1
+
+
+def cmd_probe(args) -> int:
+    from agent.config import load
+
+    config = load(args.config)
+    return _probe(config, args.config, args.source)
+
+
+def utc_now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

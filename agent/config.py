@@ -1,0 +1,310 @@
+"""Asset configuration: one TOML file per asset, validated at load, environment overrides on top.
+
+``load(path)`` returns a frozen AssetConfig or raises ConfigError whose text names the file, the key path and
+the allowed values; the CLI turns that into exit code 78 (EX_CONFIG) so systemd stops restarting. Nothing is
+started before the whole file validated: an agent never runs half-configured.
+
+Environment overrides: ``L4E_AGENT_<KEY>``, nested keys joined by ``__``, e.g.
+``L4E_AGENT_LOOKOUT__INPUT=s3://bucket/prefix/`` or ``L4E_AGENT_WINDOW__GRACE_SECS=30``. They win over the file.
+
+The models are the documentation: every field has a description, and ``config/example.toml`` is generated from
+them (``l4e-agent config-example``); a test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agent.errors import ConfigError
+from agent.store import parse_location
+from agent.windows import SAMPLING_RATES, UPLOAD_FREQUENCIES, parse_offset
+from connectors.replay import ReplaySourceConfig
+
+NAME_PATTERN = re.compile(r"^[0-9a-zA-Z._\-]{1,200}$")  # botocore ComponentName; also L4E column names
+Agg = Literal["mean", "last", "min", "max"]
+ENV_PREFIX = "L4E_AGENT_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LookoutConfig(_Section):
+    """Where and how the inference scheduler expects its input (the scheduler's own settings)."""
+
+    scheduler: str | None = Field(default=None, description="Inference scheduler name. When set, the agent "
+                                  "reads the settings below from the Lookout API (values given here must agree).")
+    endpoint_url: str | None = Field(default=None, description="Lookout for Equipment API endpoint (default: "
+                                     "AWS; e.g. http://127.0.0.1:8787 for the local service).")
+    upload_frequency: Literal["PT5M", "PT10M", "PT15M", "PT30M", "PT1H"] | None = Field(
+        default=None, description="DataUploadFrequency of the scheduler: the window length.")
+    delay_offset_minutes: int = Field(default=0, ge=0, le=60, description="DataDelayOffsetInMinutes: the "
+                                      "scheduler runs a window at end + this; files must be there before.")
+    sampling_rate: Literal["PT1S", "PT5S", "PT10S", "PT15S", "PT30S", "PT1M", "PT5M", "PT10M", "PT15M",
+                           "PT30M", "PT1H"] | None = Field(
+        default=None, description="The model's TargetSamplingRate: the row grid inside files. Must divide "
+                                  "upload_frequency.")
+    input: str | None = Field(default=None, description="Scheduler input location: s3://bucket/prefix/ or "
+                              "file:///absolute/folder/ (prefix ends with '/').")
+    output: str | None = Field(default=None, description="Scheduler output location (results.jsonl), same "
+                               "forms as input; used to read results without API access.")
+    timestamp_format: Literal["EPOCH", "yyyy-MM-dd-HH-mm-ss", "yyyyMMddHHmmss"] = Field(
+        default="yyyyMMddHHmmss", description="TimestampFormat of input file names.")
+    delimiter: Literal["-", "_", " ", ""] = Field(default="_", description="ComponentTimestampDelimiter "
+                                                  "between the component name and the timestamp.")
+    timezone_offset: str = Field(default="+00:00", description="InputTimeZoneOffset: shifts the timestamp "
+                                 "in calendar-format file names (rows inside stay UTC).")
+    timestamp_column: str = Field(default="Timestamp", description="Name of the timestamp column (first in "
+                                  "every file, as in the dataset schema).")
+
+    @field_validator("timezone_offset")
+    @classmethod
+    def _offset(cls, value: str) -> str:
+        parse_offset(value)
+        return value
+
+    @field_validator("input", "output")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_location(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("timestamp_column")
+    @classmethod
+    def _ts_column(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"must match {NAME_PATTERN.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> LookoutConfig:
+        if self.scheduler is None:
+            missing = [k for k in ("upload_frequency", "sampling_rate", "input") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} required unless 'scheduler' names an inference "
+                                 "scheduler to read them from")
+        if self.upload_frequency and self.sampling_rate:
+            f, r = UPLOAD_FREQUENCIES[self.upload_frequency], SAMPLING_RATES[self.sampling_rate]
+            if f % r:
+                raise ValueError(f"sampling_rate {self.sampling_rate} does not divide upload_frequency "
+                                 f"{self.upload_frequency}")
+        return self
+
+    @property
+    def frequency_secs(self) -> int:
+        return UPLOAD_FREQUENCIES[self.upload_frequency]
+
+    @property
+    def rate_secs(self) -> int:
+        return SAMPLING_RATES[self.sampling_rate]
+
+    @property
+    def offset_secs(self) -> int:
+        return parse_offset(self.timezone_offset)
+
+
+class SensorConfig(_Section):
+    """Per-sensor settings."""
+
+    agg: Agg | None = Field(default=None, description="How readings within one grid step are combined "
+                            "(default: [window] agg).")
+
+
+class WindowConfig(_Section):
+    """How readings become rows."""
+
+    agg: Agg = Field(default="mean", description="Default aggregation of the readings in (t − rate, t].")
+    fill_limit: int = Field(default=2, ge=0, le=10_000, description="Grid steps a value may be carried "
+                            "forward into empty grid points (0: never).")
+    grace_secs: float = Field(default=20.0, ge=0, le=3600, description="Wait this long after a window ends "
+                              "for late readings before writing it.")
+
+
+class SpoolConfig(_Section):
+    """Durable raw readings on local disk."""
+
+    fsync_interval_ms: int = Field(default=1000, ge=10, le=1000, description="Readings are appended and "
+                                   "fsynced in batches at least this often: the most a power cut can lose.")
+    budget_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Disk budget for spool + outbox "
+                              "together.")
+    when_full: Literal["drop_oldest", "drop_newest"] = Field(
+        default="drop_oldest", description="At the budget: drop the oldest raw readings first (keep the "
+        "newest data), or stop accepting new readings. Written windows go last either way; a data-health "
+        "event says what was dropped.")
+
+
+class UploadConfig(_Section):
+    """Outbox → store."""
+
+    backoff_initial_secs: float = Field(default=1.0, gt=0, le=600, description="First retry delay after a "
+                                        "failed upload (wall seconds).")
+    backoff_max_secs: float = Field(default=60.0, gt=0, le=3600, description="Cap of the retry delay "
+                                    "(wall seconds).")
+
+
+SourceEntry = Annotated[ReplaySourceConfig, Field(discriminator="kind")]
+
+
+class AssetConfig(BaseSettings):
+    """One asset: its Lookout scheduler settings, its components and the sources that feed them."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter="__", nested_model_default_partial_update=True)
+
+    asset: str = Field(description="Asset name (used for the state folder, logs, metrics, alarms).",
+                       pattern=r"^[0-9a-zA-Z._\-]{1,200}$")
+    lookout: LookoutConfig = Field(description="Scheduler settings.")
+    components: dict[str, list[str]] = Field(description="ComponentName → its sensors, in schema order "
+                                             "(the CSV column order).")
+    sensors: dict[str, SensorConfig] = Field(default_factory=dict, description="Per-sensor settings.")
+    window: WindowConfig = Field(default_factory=WindowConfig, description="Resampling rules.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Raw reading spool.")
+    upload: UploadConfig = Field(default_factory=UploadConfig, description="Upload retries.")
+    sources: list[SourceEntry] = Field(description="Where readings come from.")
+    state_dir: Path | None = Field(default=None, description="State folder (default: /var/lib/l4e-agent/"
+                                   "<asset>, or --state-dir).")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not value:
+            raise ValueError("at least one component is required")
+        for comp, sensors in value.items():
+            if not NAME_PATTERN.match(comp):
+                raise ValueError(f"component name {comp!r} must match {NAME_PATTERN.pattern}")
+            if not sensors:
+                raise ValueError(f"component {comp!r} needs at least one sensor")
+            if len(set(sensors)) != len(sensors):
+                raise ValueError(f"component {comp!r} lists a sensor twice")
+            for s in sensors:
+                if not NAME_PATTERN.match(s):
+                    raise ValueError(f"sensor name {s!r} in {comp!r} must match {NAME_PATTERN.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> AssetConfig:
+        known = set(self.all_sensors())
+        unknown = sorted(set(self.sensors) - known)
+        if unknown:
+            raise ValueError(f"[sensors] names {unknown} that are in no component")
+        if self.lookout.timestamp_column in known:
+            raise ValueError(f"timestamp column {self.lookout.timestamp_column!r} is also a sensor name")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        return self
+
+    def all_sensors(self) -> list[str]:
+        """Every sensor of every component, first occurrence order."""
+        seen: dict[str, None] = {}
+        for sensors in self.components.values():
+            for s in sensors:
+                seen.setdefault(s, None)
+        return list(seen)
+
+    def agg_for(self, sensor: str) -> str:
+        cfg = self.sensors.get(sensor)
+        return (cfg.agg if cfg and cfg.agg else None) or self.window.agg
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format_errors(exc: ValidationError) -> tuple[str, str]:
+    lines, first_key = [], ""
+    for err in exc.errors(include_url=False):
+        # discriminated unions put the tag in the location; drop it so the path is the user's path
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("replay", "opcua", "modbus")))
+        key = _format_loc(loc)
+        first_key = first_key or key
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here; check the spelling against config/example.toml)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{key}: {msg}")
+    return first_key, "; ".join(lines)
+
+
+def load(path: str | Path, *, check_sources: bool = True) -> AssetConfig:
+    """Read, validate and return the asset file at ``path``. Raises ConfigError (→ exit 78)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+
+    settings_cls = type("AssetConfigFromFile", (AssetConfig,),
+                        {"model_config": SettingsConfigDict(**{**AssetConfig.model_config, "toml_file": path})})
+    try:
+        config = settings_cls()
+    except ValidationError as exc:
+        _key, message = _format_errors(exc)
+        raise ConfigError(message, file=str(path)) from None
+    except (ValueError, TypeError) as exc:  # e.g. an env override that is not valid JSON
+        raise ConfigError(str(exc), file=str(path)) from None
+    config = AssetConfig.model_construct(**{k: getattr(config, k) for k in AssetConfig.model_fields})
+    if check_sources:
+        check_sensor_coverage(config, path)
+    return config
+
+
+def base_dir_of(path: str | Path) -> Path:
+    return Path(path).resolve().parent
+
+
+def check_sensor_coverage(config: AssetConfig, path: Path) -> None:
+    """Every component sensor must come from exactly one source (reads replay headers: file I/O)."""
+    base = base_dir_of(path)
+    providers: dict[str, list[str]] = {}
+    for i, source in enumerate(config.sources):
+        try:
+            provided = source.sensors(base)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(exc), file=str(path), key=f"sources[{i}]") from None
+        for sensor in provided:
+            providers.setdefault(sensor, []).append(source.name)
+    for sensor in config.all_sensors():
+        names = providers.get(sensor, [])
+        if not names:
+            raise ConfigError(f"sensor {sensor!r} is provided by no source (sources provide: "
+                              f"{sorted(providers) or 'nothing'})", file=str(path), key="components")
+        if len(names) > 1:
+            raise ConfigError(f"sensor {sensor!r} is provided by more than one source: {names}; allowed: "
+                              "exactly one", file=str(path), key="sources")

@@ -1,0 +1,221 @@
+"""Window closing: spool → resample → CSV per component → outbox → spool ack (the data path's middle).
+
+``WindowCloser.close_due(now)`` writes every window whose end + grace has passed and that is not written
+yet, oldest first, and returns the data-health events it produced. Order of effects for one window, chosen
+so a crash at any point neither loses nor duplicates anything:
+
+1. the component CSVs are written to the outbox (atomic per file; a rewrite gives the same bytes),
+2. the progress file (last written window + the carry for the fill rule) is replaced atomically,
+3. the window's spool segments are deleted.
+
+A crash before 2 rewrites the window with the same inputs on restart (same bytes, same keys); a crash after
+2 only deletes the leftover segments. The job derives all its work from the clock and this state, so a late
+wake, a restart or an accelerated clock are handled by the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.csvfile import component_csv, time_column
+from agent.errors import TransitionLog
+from agent.model import Event, Window
+from agent.outbox import Outbox
+from agent.resample import Carry, resample
+from agent.spool import Spool
+from agent.windows import iso_window, object_name, window_ending, windows_between
+
+log = logging.getLogger("l4e.pipeline")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """What the closer needs from the asset config (kept small so tests can build one directly)."""
+
+    asset: str
+    frequency: int
+    rate: int
+    components: dict[str, list[str]]
+    aggs: dict[str, str]
+    fill_limit: int
+    grace_secs: float
+    delimiter: str
+    timestamp_format: str
+    offset_secs: int
+    timestamp_column: str = "Timestamp"
+    budget_bytes: int = 1 << 30
+    when_full: str = "drop_oldest"
+
+    @property
+    def sensors(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for names in self.components.values():
+            for s in names:
+                seen.setdefault(s, None)
+        return list(seen)
+
+    def due_up_to(self, now: float) -> int:
+        """End of the latest window whose end + grace is at or before ``now``."""
+        return int((now - self.grace_secs) // self.frequency) * self.frequency
+
+    def name(self, component: str, window: Window) -> str:
+        return object_name(component, self.delimiter, window.start, self.timestamp_format, self.offset_secs)
+
+
+@dataclass
+class CloserStats:
+    windows_written: int = 0
+    files_written: int = 0
+    windows_missing: dict[str, int] = field(default_factory=dict)  # component → count
+    bytes_dropped: int = 0
+
+
+class WindowCloser:
+    def __init__(self, plan: WindowPlan, spool: Spool, outbox: Outbox, state_file: Path) -> None:
+        self.plan = plan
+        self.spool = spool
+        self.outbox = outbox
+        self.state_file = Path(state_file)
+        self.stats = CloserStats()
+        self._errors = TransitionLog(log)
+        self.last_written: int | None = None
+        self.carry = Carry({})
+        self._load_state()
+        if self.last_written is not None:
+            self.spool.closed_upto = self.last_written
+            for end in self.spool.windows():  # crash between progress and ack: finish the ack
+                if end <= self.last_written:
+                    self.spool.ack(end)
+
+    # --- persisted progress ---------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("progress file %s unreadable (%s): starting from the spool as found", self.state_file, exc)
+            return
+        self.last_written = data.get("last_written")
+        self.carry = Carry.from_json(data.get("carry"))
+
+    def _save_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"last_written": self.last_written, "carry": self.carry.to_json()}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_file)
+
+    # --- the job --------------------------------------------------------------------------------------
+    def close_due(self, now: float) -> list[Event]:
+        """Write every due window (see module docstring). Disk errors are logged once and retried next call."""
+        up_to = self.plan.due_up_to(now)
+        with_data = [end for end in self.spool.windows() if end <= up_to]
+        if self.last_written is None and not with_data:
+            return []
+        first_after = self.last_written if self.last_written is not None else with_data[0] - self.plan.frequency
+        events: list[Event] = []
+        data_set = set(with_data)
+        empty_run: list[Window] = []
+        for window in windows_between(first_after, up_to, self.plan.frequency):
+            if window.end not in data_set:
+                empty_run.append(window)
+                continue
+            events.extend(self._missing_run(empty_run, now))
+            empty_run = []
+            try:
+                events.extend(self._close(window, now))
+            except OSError as exc:
+                self._errors.failure("write", "cannot write window %s to the outbox: %s (will retry)",
+                                     iso_window(window), exc)
+                return events
+            self._errors.success("write", "writing windows to the outbox again")
+        if empty_run:
+            events.extend(self._missing_run(empty_run, now))
+            self.last_written = empty_run[-1].end
+            self.spool.closed_upto = self.last_written
+            self._save_state()
+        return events
+
+    def _missing_run(self, windows: list[Window], now: float) -> list[Event]:
+        """Windows with no reading at all: one event per run of consecutive windows (not one per window)."""
+        if not windows:
+            return []
+        for comp in self.plan.components:
+            self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + len(windows)
+        first, last = windows[0], windows[-1]
+        msg = (f"no readings for {len(windows)} window(s) {iso_window(first)} … {iso_window(last)}: "
+               f"no file written for any component")
+        log.warning("%s", msg)
+        return [Event("window_missing", "*", msg, now,
+                      {"first_start": first.start, "last_end": last.end, "count": len(windows)})]
+
+    def _close(self, window: Window, now: float) -> list[Event]:
+        plan = self.plan
+        readings = self.spool.read(window.end)
+        grid, carry = resample(readings, window, plan.rate, plan.sensors, plan.aggs, plan.fill_limit, self.carry)
+        events = []
+        times_text = time_column(grid.times)
+        for comp, sensors in plan.components.items():
+            data = component_csv(grid, sensors, plan.timestamp_column, times_text)
+            if data is None:
+                self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + 1
+                msg = (f"component {comp}: no reading in window {iso_window(window)}; no file written "
+                       f"(the scheduler will fail this run)")
+                log.warning("%s", msg)
+                events.append(Event("window_missing", comp, msg, now, {"window_start": window.start}))
+                continue
+            self.outbox.put(window.end, plan.name(comp, window), data)
+            self.stats.files_written += 1
+        self.last_written = window.end
+        self.carry = carry
+        self._save_state()
+        self.spool.ack(window.end)
+        self.stats.windows_written += 1
+        if grid.unknown_sensors:
+            log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window),
+                      grid.unknown_sensors)
+        return events
+
+    # --- disk budget ----------------------------------------------------------------------------------
+    def enforce_budget(self, now: float) -> list[Event]:
+        """Keep spool + outbox within the budget. drop_oldest: oldest raw windows first, then (only when
+        nothing else is left) the oldest written-but-not-uploaded windows. drop_newest: refuse new readings
+        (the service stops appending) — this only reports. Every drop is an event; nothing is dropped silently."""
+        budget = self.plan.budget_bytes
+        used = self.spool.bytes_on_disk() + self.outbox.bytes_on_disk()
+        if used <= budget:
+            return []
+        events = []
+        if self.plan.when_full == "drop_oldest":
+            for end in self.spool.windows():
+                if used <= budget:
+                    break
+                freed = self.spool.drop_window(end)
+                used -= freed
+                self.stats.bytes_dropped += freed
+                window = window_ending(end, self.plan.frequency)
+                events.append(Event("spool_dropped", "spool", f"disk budget {budget} B reached: dropped the raw "
+                                    f"readings of window {iso_window(window)} ({freed} B)", now,
+                                    {"window_end": end, "bytes": freed, "stage": "spool"}))
+            for end in self.outbox.windows():
+                if used <= budget:
+                    break
+                freed = self.outbox.drop_window(end)
+                used -= freed
+                self.stats.bytes_dropped += freed
+                window = window_ending(end, self.plan.frequency)
+                events.append(Event("spool_dropped", "outbox", f"disk budget {budget} B reached: dropped the "
+                                    f"written, not yet uploaded window {iso_window(window)} ({freed} B)", now,
+                                    {"window_end": end, "bytes": freed, "stage": "outbox"}))
+        for ev in events:
+            log.error("%s", ev.message)
+        return events
+
+    def over_budget(self) -> bool:
+        return self.spool.bytes_on_disk() + self.outbox.bytes_on_disk() > self.plan.budget_bytes

@@ -1,0 +1,43 @@
+"""The only module that touches APScheduler. It wakes jobs; it never decides what they do.
+
+Each job is a coroutine that derives its due work from the clock and the persisted state, so a missed or
+late wake costs nothing but latency. Intervals are wall seconds (the caller converts clock time with
+``Clock.real_seconds``). Overlapping runs of one job are prevented (max_instances=1, coalesce).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+log = logging.getLogger("l4e.scheduler")
+
+
+class JobScheduler:
+    def __init__(self) -> None:
+        self._scheduler = AsyncIOScheduler(executors={"default": AsyncIOExecutor()},
+                                           job_defaults={"coalesce": True, "max_instances": 1,
+                                                         "misfire_grace_time": None})
+        self._started = False
+
+    def every(self, name: str, interval_secs: float, job: Callable[[], Awaitable[None]],
+              first_in_secs: float = 0.0) -> None:
+        """Run ``job`` every ``interval_secs`` wall seconds (first run after ``first_in_secs``)."""
+        first = datetime.now().astimezone() + timedelta(seconds=first_in_secs)
+        self._scheduler.add_job(job, "interval", seconds=max(0.01, interval_secs), id=name, name=name,
+                                next_run_time=first, replace_existing=True)
+
+    def start(self) -> None:
+        self._scheduler.start()
+        self._started = True
+
+    async def shutdown(self) -> None:
+        if self._started:
+            self._scheduler.shutdown(wait=False)
+            self._started = False
+            await asyncio.sleep(0)  # let cancelled job wrappers unwind
