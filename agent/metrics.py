@@ -58,6 +58,7 @@ _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 def _format_value(value: float) -> str:
     """A sample value as Prometheus writes it: integers without '.0', +Inf/-Inf/NaN spelled out."""
+    value = float(value)
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -112,9 +113,7 @@ class _Metric:
     def render(self) -> str:
         """The metric's block in the text format: HELP, TYPE and its samples."""
         lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-        lines += [
-            f"{name}{_render_labels(pairs)} {_format_value(value)}" for name, pairs, value in self.samples()
-        ]
+        lines += [f"{name}{_render_labels(pairs)} {_format_value(value)}" for name, pairs, value in self.samples()]
         return "\n".join(lines) + "\n"
 
 
@@ -199,9 +198,7 @@ class Histogram(_Metric):
 
     kind = "histogram"
 
-    def __init__(
-        self, name: str, help: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float]
-    ) -> None:
+    def __init__(self, name: str, help: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float]) -> None:
         super().__init__(name, help, labelnames)
         bounds = [float(b) for b in buckets if not math.isinf(b)]
         if not bounds or bounds != sorted(set(bounds)):
@@ -268,9 +265,7 @@ class Registry:
     def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
         return self._register(Gauge(name, help, labelnames))
 
-    def histogram(
-        self, name: str, help: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float]
-    ) -> Histogram:
+    def histogram(self, name: str, help: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float]) -> Histogram:
         return self._register(Histogram(name, help, labelnames, buckets=buckets))
 
     def get(self, name: str) -> _Metric:
@@ -403,9 +398,7 @@ class AgentMetrics:
             elif spec.kind == "gauge":
                 made.append(registry.gauge(spec.name, spec.help, spec.labels))
             else:
-                made.append(
-                    registry.histogram(spec.name, spec.help, spec.labels, buckets=UPLOAD_LATENCY_BUCKETS_SECS)
-                )
+                made.append(registry.histogram(spec.name, spec.help, spec.labels, buckets=UPLOAD_LATENCY_BUCKETS_SECS))
         return cls(*made)  # field order follows METRIC_SPECS
 
 
@@ -435,6 +428,7 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 _REQUEST_TIMEOUT_SECS = 5.0  # a client that sends no complete request in this time is dropped
@@ -446,9 +440,7 @@ class MetricsServer:
     connection). Use as ``async with MetricsServer(...) as server:`` or call :meth:`start`/:meth:`stop`.
     """
 
-    def __init__(
-        self, registry: Registry, health: Health, *, host: str = "127.0.0.1", port: int = 9108
-    ) -> None:
+    def __init__(self, registry: Registry, health: Health, *, host: str = "127.0.0.1", port: int = 9108) -> None:
         self.registry = registry
         self.health = health
         self.host = host
@@ -489,12 +481,14 @@ class MetricsServer:
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT_SECS):
                 method, path = await _read_request(reader)
-            status, content_type, body = self._respond(method, path)
+            try:
+                status, content_type, body = self._respond(method, path)
+            except Exception:  # a bug in rendering must not kill the connection without an answer
+                log.exception("metrics request %s %s failed", method, path)
+                status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
             await _write_response(writer, status, content_type, body, head_only=method == "HEAD")
         except _BadRequest as exc:
-            await _write_response(
-                writer, 400, "text/plain; charset=utf-8", f"{exc}\n".encode(), head_only=False
-            )
+            await _write_response(writer, 400, "text/plain; charset=utf-8", f"{exc}\n".encode(), head_only=False)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the client went away or was too slow; nothing to answer
         finally:
