@@ -1,0 +1,121 @@
+"""One inference execution: a scheduler's window (start, end] → results.jsonl or a FailedReason.
+
+Per l4e-decisions.md: for each schema component, input files are found by name (<Prefix><component>
+<delimiter><timestamp>.csv directly under the prefix) with a name timestamp in [start − F, end + F] (the
+range the real service lists, l4e-contract.md §1); only rows with timestamps in (start, end] are used,
+resampled to the model's rate (label right, closed right), missing grid points filled from the nearest
+earlier (else later) point of the same window. Results go to ``results_key(OutputPrefix, window)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from agent.lookout_local.ingest import read_component_csv
+from agent.lookout_local.modeling import TrainedModel, join, resample
+from agent.lookout_local.schema import Component
+from agent.model import Window
+from agent.windows import format_name_timestamp, grid_points, parse_object_name, results_key
+
+log = logging.getLogger(__name__)
+
+
+class InferenceFailed(Exception):
+    """The execution fails with this message as FailedReason."""
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where and how a scheduler finds its input (DataInputConfiguration, resolved with defaults)."""
+
+    bucket: str
+    prefix: str
+    delimiter: str
+    timestamp_format: str
+    offset_secs: int
+
+
+def _z(ts: float) -> str:
+    return pd.Timestamp(int(ts), unit="s").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_utc_minutes(ts: float) -> str:
+    """``2022-03-30T10:45Z``: the minute-precision form the service's second FailedReason uses."""
+    return pd.Timestamp(int(ts), unit="s").strftime("%Y-%m-%dT%H:%MZ")
+
+
+def find_files(store, cfg: InputConfig, component: str, window: Window, frequency: int) -> list[str]:
+    """Keys of ``component``'s files whose name timestamp lies in [start − F, end + F], oldest first."""
+    head = f"{cfg.prefix}{component}{cfg.delimiter}"
+    found = []
+    for key in store.list(head):
+        name = key[len(cfg.prefix):]
+        if "/" in name:
+            continue  # files sit directly under the prefix (rule 3)
+        start = parse_object_name(name, component, cfg.delimiter, cfg.timestamp_format, cfg.offset_secs)
+        if start is not None and window.start - frequency <= start <= window.end + frequency:
+            found.append((start, key))
+    return [key for _start, key in sorted(found)]
+
+
+def missing_file_reason(cfg: InputConfig, component: str, window: Window, frequency: int) -> str:
+    """The FailedReason of a window without a file for ``component`` (l4e-contract.md §5 wording; the
+    searched range names the bucket once, where the real service's text doubled the prefix)."""
+    def name(ts: int) -> str:
+        return f"s3://{cfg.bucket}/{cfg.prefix}{component}{cfg.delimiter}" \
+               f"{format_name_timestamp(ts, cfg.timestamp_format, cfg.offset_secs)}"
+    return (f"Could not find data file for sensor {component} within expected range of ({_z(window.start)}, "
+            f"{_z(window.end)}]. Please ensure data is present for all sensors of the machine under prefix "
+            f"'{name(window.start - frequency)}' ~ '{name(window.end + frequency)}'")
+
+
+def no_rows_reason(component: str, window: Window, seen: tuple[float, float] | None) -> str:
+    """FailedReason when files exist but none of their rows fall in (start, end]."""
+    searched = f" while searching in the given data range of ({iso_utc_minutes(seen[0])}, " \
+               f"{iso_utc_minutes(seen[1])})" if seen else ""
+    return (f"Could not find data for sensor {component} within expected time range of ({_z(window.start)}, "
+            f"{_z(window.end)}]{searched}. Please ensure data is present for all sensors of the machine and "
+            "ensure there is data within the expected time range.")
+
+
+def window_frame(store, cfg: InputConfig, components: list[Component], window: Window, frequency: int,
+                 rate: int) -> pd.DataFrame:
+    """The window's resampled rows: index = every grid point in (start, end], columns ``component\\sensor``.
+    Raises InferenceFailed with the service's wording when a component has no file or no row in range."""
+    parts = []
+    for comp in components:
+        keys = find_files(store, cfg, comp.name, window, frequency)
+        if not keys:
+            raise InferenceFailed(missing_file_reason(cfg, comp.name, window, frequency))
+        frames = []
+        for key in keys:
+            try:
+                frames.append(read_component_csv(store.get(key), comp))
+            except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+                log.info("skipping unreadable input s3://%s/%s: %s", cfg.bucket, key, exc)
+        rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["timestamp"])
+        secs = rows["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9 if len(rows) else np.array([])
+        in_window = rows[(secs > window.start) & (secs <= window.end)]
+        if in_window.empty:
+            seen = (float(secs.min()), float(secs.max())) if len(secs) else None
+            raise InferenceFailed(no_rows_reason(comp.name, window, seen))
+        in_window = in_window.sort_values("timestamp", kind="stable").drop_duplicates("timestamp", keep="last")
+        parts.append(resample(in_window, comp.name, comp.sensors, rate))
+    grid = pd.DatetimeIndex(pd.to_datetime(grid_points(window, rate), unit="s"))
+    return join(parts).reindex(grid).ffill().bfill()
+
+
+def run_window(store, out_store, cfg: InputConfig, out_prefix: str, components: list[Component],
+               model: TrainedModel, window: Window, frequency: int) -> tuple[str, bool]:
+    """Infer one window and write its results; returns (results key, any anomalous line).
+    Raises InferenceFailed for data problems (the execution FAILS with that reason)."""
+    frame = window_frame(store, cfg, components, window, frequency, model.rate)
+    lines = model.result_lines(frame)
+    key = results_key(out_prefix, window)
+    out_store.put(key, "".join(json.dumps(line) + "\n" for line in lines).encode())
+    return key, any(line["prediction"] == 1 for line in lines)

@@ -1,0 +1,239 @@
+"""Model training, evaluation and scoring around the Detector: the data side of CreateModel and inference.
+
+Data are resampled to the model's TargetSamplingRate on a grid aligned to the UTC hour, label right and
+closed right (grid point t holds the mean of the readings in (t − rate, t], l4e-decisions.md rule 2), then
+the components are joined on the grid. A fitted model is a folder: ``detector.npz`` + ``model.json``
+(sensor names, rate in seconds, the off condition).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agent.lookout_local.detector import Detector, rounded_shares
+from agent.lookout_local.schema import Component
+from agent.lookout_local.timestamps import parse_column
+from agent.windows import format_csv_time
+
+_OFF = re.compile(r"^\s*([0-9a-zA-Z._\-]+)\\([^<>=]+?)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+class TrainingFailed(Exception):
+    """Training fails with this message as FailedReason."""
+
+
+@dataclass(frozen=True)
+class OffCondition:
+    """``component\\sensor<0.5``: rows where the sensor compares true are MACHINE_OFF."""
+
+    sensor: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str | None) -> OffCondition | None:
+        if not text:
+            return None
+        m = _OFF.match(text)
+        if not m:
+            raise ValueError(f"OffCondition {text!r} must look like 'component\\\\sensor<0.5' (<, >, <=, >=)")
+        try:
+            value = float(m.group(4))
+        except ValueError:
+            raise ValueError(f"OffCondition {text!r}: {m.group(4)!r} is not a number") from None
+        return cls(f"{m.group(1)}\\{m.group(2).strip()}", m.group(3), value)
+
+    def mask(self, frame: pd.DataFrame) -> np.ndarray:
+        col = frame[self.sensor].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            hit = {"<": col < self.value, ">": col > self.value, "<=": col <= self.value,
+                   ">=": col >= self.value}[self.op]
+        return np.asarray(hit, dtype=bool)
+
+    def text(self) -> str:
+        return f"{self.sensor}{self.op}{self.value:g}"
+
+
+def resample(frame: pd.DataFrame, component: str, sensors: tuple[str, ...], rate: int) -> pd.DataFrame:
+    """``timestamp`` + sensors → grid-indexed means (label right, closed right), columns ``component\\sensor``.
+    Grid points without any reading are absent (not NaN rows)."""
+    data = frame.set_index("timestamp")[list(sensors)]
+    data.columns = [f"{component}\\{s}" for s in sensors]
+    grouped = data.resample(f"{rate}s", label="right", closed="right", origin="epoch").mean()
+    return grouped.dropna(how="all")
+
+
+def join(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Components joined on the grid (outer join: a point present in any component is kept)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.join(part, how="outer")
+    return out.sort_index()
+
+
+def load_dataset(data_dir: Path, components: list[Component], rate: int) -> pd.DataFrame:
+    parts = []
+    for comp in components:
+        path = data_dir / f"{comp.name}.parquet"
+        if not path.exists():
+            raise TrainingFailed(f"dataset has no ingested data for component {comp.name}")
+        frame = pd.read_parquet(path, columns=["timestamp", *comp.sensors])
+        parts.append(resample(frame, comp.name, comp.sensors, rate))
+    return join(parts)
+
+
+def infer_rate(data_dir: Path, components: list[Component], rates: dict[str, int]) -> str:
+    """The smallest allowed TargetSamplingRate not below the data's median spacing (used when none given)."""
+    spacing = []
+    for comp in components:
+        ts = pd.read_parquet(data_dir / f"{comp.name}.parquet", columns=["timestamp"])["timestamp"]
+        if len(ts) > 1:
+            spacing.append(float(np.median(np.diff(ts.to_numpy()).astype("timedelta64[ms]").astype(np.int64))) / 1e3)
+    step = min(spacing) if spacing else 60.0
+    for name, secs in sorted(rates.items(), key=lambda kv: kv[1]):
+        if secs >= step:
+            return name
+    return "PT1H"
+
+
+def _between(frame: pd.DataFrame, start: float | None, end: float | None) -> pd.DataFrame:
+    idx = frame.index.asi8 / 1e9 if len(frame) else np.array([])
+    keep = np.ones(len(frame), dtype=bool)
+    if start is not None:
+        keep &= idx >= start
+    if end is not None:
+        keep &= idx <= end
+    return frame[keep]
+
+
+def read_labels(store, prefix: str) -> list[tuple[float, float]]:
+    """Label ranges (epoch seconds) from every CSV under ``prefix``: two columns, no header (§4)."""
+    ranges = []
+    for key in store.list(prefix):
+        frame = pd.read_csv(io.BytesIO(store.get(key)), header=None, dtype=str)
+        if frame.shape[1] < 2:
+            continue
+        starts, ends = parse_column(frame[0]), parse_column(frame[1])
+        for s, e in zip(starts, ends, strict=True):
+            if pd.notna(s) and pd.notna(e):
+                ranges.append((s.timestamp(), e.timestamp()))
+    return sorted(ranges)
+
+
+def _runs(times: np.ndarray, flags: np.ndarray, rate: int) -> list[tuple[float, float]]:
+    """Contiguous runs of True (grid points at most one step apart) as (first, last) epoch seconds."""
+    runs, start, prev = [], None, None
+    for t, f in zip(times, flags, strict=True):
+        if f and start is not None and t - prev <= rate:
+            prev = t
+        elif f:
+            if start is not None:
+                runs.append((start, prev))
+            start = prev = t
+        elif start is not None:
+            runs.append((start, prev))
+            start = None
+    if start is not None:
+        runs.append((start, prev))
+    return runs
+
+
+def train(data_dir: Path, components: list[Component], rate: int, train_range: tuple[float | None, float | None],
+          eval_range: tuple[float | None, float | None], labels: list[tuple[float, float]],
+          off: OffCondition | None, model_dir: Path) -> dict:
+    """Fit, evaluate and save the model; returns the ModelMetrics document. Raises TrainingFailed."""
+    frame = load_dataset(data_dir, components, rate)
+    names = list(frame.columns)
+    if off is not None and off.sensor not in names:
+        raise TrainingFailed(f"OffCondition sensor {off.sensor} is not in the model's schema")
+    train_rows = _between(frame, *train_range)
+    for start, end in labels:  # labelled anomalies do not define normal behaviour
+        idx = train_rows.index.asi8 / 1e9
+        train_rows = train_rows[~((idx >= start) & (idx <= end))]
+    if off is not None:
+        train_rows = train_rows[~off.mask(train_rows)]
+    try:
+        detector = Detector.fit(train_rows.to_numpy(dtype=np.float64), names)
+    except ValueError as exc:
+        raise TrainingFailed(f"training failed: {exc}") from None
+    model_dir.mkdir(parents=True, exist_ok=True)
+    detector.save(model_dir / "detector.npz")
+    (model_dir / "model.json").write_text(json.dumps({"names": names, "rate": rate,
+                                                      "off": off.text() if off else None}))
+    has_eval = eval_range != (None, None)
+    eval_rows = _between(frame, *eval_range) if has_eval else train_rows
+    return metrics(detector, eval_rows, labels, off, rate)
+
+
+def metrics(detector: Detector, rows: pd.DataFrame, labels: list[tuple[float, float]],
+            off: OffCondition | None, rate: int) -> dict:
+    """ModelMetrics in the layout the L4E SDK's evaluation reads: labeled/predicted ranges + event counts."""
+    times = rows.index.asi8 / 1e9 if len(rows) else np.array([])
+    scores, shares = detector.score(rows.to_numpy(dtype=np.float64)) if len(rows) else (np.array([]), None)
+    flags = scores >= 0.5
+    if off is not None and len(rows):
+        flags &= ~off.mask(rows)
+    predicted = []
+    for start, end in _runs(times, flags, rate):
+        sel = (times >= start) & (times <= end)
+        share = shares[sel].mean(axis=0)
+        predicted.append({"start": format_csv_time(start), "end": format_csv_time(end),
+                          "diagnostics": [{"name": n, "value": v}
+                                          for n, v in zip(detector.names, rounded_shares(share), strict=True)]})
+    lab = [{"start": format_csv_time(s), "end": format_csv_time(e)} for s, e in labels
+           if not len(times) or (e >= times[0] and s <= times[-1])]
+    detected = sum(1 for s, e in labels if any(ps <= e and pe >= s for ps, pe in _runs(times, flags, rate)))
+    overlap = sum(1 for ps, pe in _runs(times, flags, rate) if any(ps <= e and pe >= s for s, e in labels))
+    return {
+        "labeled_ranges": lab,
+        "predicted_ranges": predicted,
+        "unknown_label_ranges": [],
+        "labeled_event_metrics": {"num_labeled": len(lab), "num_labeled_detected": detected},
+        "predicted_event_metrics": {"num_predicted": len(predicted), "num_predicted_with_label_overlap": overlap},
+        "evaluated_points": len(rows),
+        "anomalous_points": int(flags.sum()),
+        "score_threshold": 0.5,
+    }
+
+
+@dataclass
+class TrainedModel:
+    """A loaded model: detector + resampling rate + off condition."""
+
+    detector: Detector
+    rate: int
+    off: OffCondition | None
+
+    @classmethod
+    def load(cls, model_dir: Path) -> TrainedModel:
+        meta = json.loads((model_dir / "model.json").read_text())
+        return cls(Detector.load(model_dir / "detector.npz"), int(meta["rate"]), OffCondition.parse(meta["off"]))
+
+    def result_lines(self, frame: pd.DataFrame) -> list[dict]:
+        """One results.jsonl record per row of a grid-indexed frame (columns = qualified sensor names)."""
+        frame = frame.reindex(columns=self.detector.names)
+        scores, shares = self.detector.score(frame.to_numpy(dtype=np.float64))
+        off = self.off.mask(frame) if self.off is not None else np.zeros(len(frame), dtype=bool)
+        lines = []
+        for i, ts in enumerate(frame.index.asi8 // 10**9):
+            when = format_csv_time(int(ts))
+            if off[i]:
+                lines.append({"timestamp": when, "prediction": 0, "prediction_reason": "MACHINE_OFF"})
+                continue
+            score = round(float(scores[i]), 5)
+            anomalous = score >= 0.5
+            lines.append({
+                "timestamp": when, "prediction": int(anomalous),
+                "prediction_reason": "ANOMALY_DETECTED" if anomalous else "NO_ANOMALY_DETECTED",
+                "anomaly_score": score,
+                "diagnostics": [{"name": n, "value": v}
+                                for n, v in zip(self.detector.names, rounded_shares(shares[i]), strict=True)],
+            })
+        return lines

@@ -1,0 +1,177 @@
+"""The HTTP front and the embeddable service.
+
+``LocalLookoutService`` owns the state (SQLite under ``state_dir``), the worker thread (ingestion,
+training), the scheduler thread and a ThreadingHTTPServer speaking AWS JSON 1.0 on ``host:port``
+(127.0.0.1 and an OS-chosen port by default). ``start()`` returns once the socket listens;
+``endpoint_url`` is then what a boto3 ``lookoutequipment`` client takes as ``endpoint_url``.
+
+Per request: size limit (MAX_BODY_BYTES, else 413), optional SigV4 check (403), X-Amz-Target →
+operation (UnknownOperationException), JSON parse (SerializationException), model validation
+(ValidationException), the operation, the response projected onto the output shape. Any unexpected
+exception is logged and answered as InternalServerException (500), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from agent.clock import SystemClock
+from agent.lookout_local import protocol
+from agent.lookout_local.context import Context
+from agent.lookout_local.errors import ApiError, InternalServerException
+from agent.lookout_local.operations import Operations
+from agent.lookout_local.scheduler import Scheduler
+from agent.lookout_local.sigv4 import verify
+from agent.lookout_local.state import State
+from agent.lookout_local.stores import Stores
+from agent.lookout_local.validation import validate
+from agent.lookout_local.worker import Worker
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # InlineDataSchema may be 1,000,000 characters, JSON-escaped
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "l4e-lookout-local"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        headers.setdefault("x-amzn-RequestId", str(uuid.uuid4()))
+        headers.setdefault("Content-Type", protocol.CONTENT_TYPE)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, error: ApiError) -> None:
+        self._send(*protocol.error_body(error))
+
+    def do_GET(self):  # health check for systemd/compose probes
+        if self.path in ("/ping", "/health"):
+            self._send(200, {"Content-Type": "application/json"}, b'{"status": "ok"}')
+        else:
+            self._error(ApiError("only POST / is served (AWS JSON 1.0)", "UnknownOperationException", 404))
+
+    def do_POST(self):
+        service: LocalLookoutService = self.server.service  # type: ignore[attr-defined]
+        length_text = self.headers.get("Content-Length")
+        try:
+            length = int(length_text) if length_text is not None else -1
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            return self._error(ApiError("Content-Length is required", "MissingContentLengthException", 411))
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            return self._error(ApiError(f"request body of {length} bytes exceeds {MAX_BODY_BYTES}",
+                                        "RequestEntityTooLargeException", 413))
+        body = self.rfile.read(length)
+        try:
+            status, headers, payload = 200, {}, service.handle(self.command, self.path, self.headers, body)
+        except ApiError as exc:
+            status, headers, payload = protocol.error_body(exc)
+        except Exception:
+            log.exception("unexpected error handling %s", self.headers.get("X-Amz-Target"))
+            status, headers, payload = protocol.error_body(InternalServerException("internal error"))
+        self._send(status, headers, payload)
+
+
+class LocalLookoutService:
+    """The local L4E-compatible service, embeddable: ``start()``/``stop()``, ``endpoint_url``.
+
+    state_dir: folder for SQLite state, ingested data (Parquet) and models (created if missing).
+    store_url: ``file:///root/`` (bucket b = folder root/b) or ``s3`` (boto3, standard credential chain).
+    clock: time source for the API's timestamps and the scheduler (default SystemClock).
+    access_keys: {key id: secret}; when given, every request must carry a valid SigV4 signature.
+    """
+
+    def __init__(self, state_dir, store_url: str, host: str = "127.0.0.1", port: int = 0, clock=None,
+                 access_keys: dict[str, str] | None = None, s3_client_factory=None, tick_secs: float = 0.2,
+                 region: str = "us-east-1") -> None:
+        self.state_dir = Path(state_dir)
+        self.store_url = store_url
+        self.host, self.port = host, port
+        self.clock = clock or SystemClock()
+        self.access_keys = dict(access_keys or {})
+        self.region = region
+        self._stores = Stores(store_url, s3_client_factory)
+        self._tick_secs = tick_secs
+        self._httpd: ThreadingHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self.ctx: Context | None = None
+        self.worker: Worker | None = None
+        self.scheduler: Scheduler | None = None
+        self.operations: Operations | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("service not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> LocalLookoutService:
+        state = State(self.state_dir)
+        self.ctx = Context(state, self._stores, self.clock, self.state_dir, region=self.region)
+        self.worker = Worker(self.ctx)
+        self.operations = Operations(self.ctx, self.worker.submit)
+        self.scheduler = Scheduler(self.ctx, self._tick_secs)
+        self.worker.start()
+        self.scheduler.start()
+        self._httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.service = self  # type: ignore[attr-defined]
+        self._http_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                             name="l4e-local-http", daemon=True)
+        self._http_thread.start()
+        log.info("local Lookout for Equipment service on %s (state %s, store %s)", self.endpoint_url,
+                 self.state_dir, self.store_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, let the current window/job finish, close the state. Safe to call twice."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._http_thread.join(10)
+            self._httpd = None
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self.ctx is not None:
+            self.ctx.state.close()
+            self.ctx = None
+
+    def __enter__(self) -> LocalLookoutService:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def handle(self, method: str, path: str, headers, body: bytes) -> bytes:
+        """One API request → response body. Raises ApiError for anything the client must hear about."""
+        if self.access_keys:
+            lower = {k.lower(): v for k, v in headers.items()}
+            verify(self.access_keys, method, path, lower, body)
+        if path.split("?")[0] != "/":
+            raise ApiError(f"path {path!r}: the API is served at POST /", "UnknownOperationException", 404)
+        op = protocol.operation_name(headers.get("X-Amz-Target"), set(Operations.names))
+        model = protocol.service_model().operation_model(op)
+        params = validate(model.input_shape, protocol.parse_body(body))
+        result = self.operations.call(op, params)
+        return protocol.encode(model.output_shape, json.loads(json.dumps(result)))

@@ -1,0 +1,77 @@
+"""Optional AWS Signature Version 4 verification against configured access keys.
+
+The canonical request is rebuilt from what arrived (method, path, query, the headers the client listed
+as signed, the body) and signed again with botocore's own SigV4Auth, using the secret of the access key
+named in the credential scope and the region/service the client put in that scope; the signatures must be
+equal (compared in constant time). X-Amz-Date must be within 15 minutes of the wall clock (not the
+service's scaled clock: clients sign with real time). Any failure is AccessDeniedException (403).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from datetime import UTC, datetime
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from agent.lookout_local.errors import AccessDeniedException
+
+_AUTH = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+)/aws4_request,\s*"
+                   r"SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})\s*$")
+MAX_SKEW_SECS = 15 * 60
+
+
+def parse_access_keys(pairs: list[str]) -> dict[str, str]:
+    """``["ID:SECRET", ...]`` → {ID: SECRET}. Raises ValueError for a pair without ':'."""
+    keys = {}
+    for pair in pairs:
+        key_id, sep, secret = pair.partition(":")
+        if not sep or not key_id or not secret:
+            raise ValueError(f"access key {pair.split(':')[0]!r}: expected ID:SECRET")
+        keys[key_id] = secret
+    return keys
+
+
+def verify(keys: dict[str, str], method: str, path: str, headers: dict[str, str], body: bytes) -> str:
+    """The access key id of a correctly signed request. Raises AccessDeniedException otherwise.
+    ``headers`` is a case-insensitive view (lower-case keys)."""
+    auth = headers.get("authorization", "")
+    m = _AUTH.match(auth)
+    if not m:
+        raise AccessDeniedException("Missing Authentication Token" if not auth else "Malformed Authorization header")
+    key_id, date, region, service, signed, signature = m.groups()
+    secret = keys.get(key_id)
+    if secret is None:
+        raise AccessDeniedException("The security token included in the request is invalid.")
+    amz_date = headers.get("x-amz-date", "")
+    try:
+        when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise AccessDeniedException("X-Amz-Date is missing or malformed") from None
+    if abs(when - time.time()) > MAX_SKEW_SECS or amz_date[:8] != date:
+        raise AccessDeniedException("Signature expired or X-Amz-Date does not match the credential scope")
+    names = signed.split(";")
+    if "host" not in names:
+        raise AccessDeniedException("the host header must be signed")
+    missing = [n for n in names if n not in headers]
+    if missing:
+        raise AccessDeniedException(f"signed headers missing from the request: {missing}")
+    content_sha = headers.get("x-amz-content-sha256")
+    if content_sha is not None and content_sha != hashlib.sha256(body).hexdigest() and \
+            content_sha != "UNSIGNED-PAYLOAD":
+        raise AccessDeniedException("X-Amz-Content-SHA256 does not match the body")
+    request = AWSRequest(method=method, url=f"http://{headers['host']}{path}",
+                         headers={n: headers[n] for n in names}, data=body)
+    request.context["timestamp"] = amz_date
+    signer = SigV4Auth(Credentials(key_id, secret), service, region)
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    if not hmac.compare_digest(expected, signature):
+        raise AccessDeniedException("The request signature we calculated does not match the signature you "
+                                    "provided. Check your AWS Secret Access Key and signing method.")
+    return key_id
