@@ -82,16 +82,12 @@ class ExecHookConfig(_Model):
         10.0,
         gt=0,
         le=3600,
-        description=(
-            "Wall seconds the program may run; then its process group is killed and the delivery failed."
-        ),
+        description=("Wall seconds the program may run; then its process group is killed and the delivery failed."),
     )
     max_concurrency: int = Field(4, ge=1, le=64, description="At most this many runs of this hook at once.")
     env: dict[str, str] = Field(
         default_factory=dict,
-        description=(
-            "Extra environment variables for the program (on top of the agent's environment and L4E_*)."
-        ),
+        description=("Extra environment variables for the program (on top of the agent's environment and L4E_*)."),
     )
 
 
@@ -99,9 +95,7 @@ class WebhookHookConfig(_Model):
     """HTTP POST of the alarm as JSON, optionally signed with HMAC-SHA256."""
 
     kind: Literal["webhook"] = Field(description="Hook type: HTTP POST.")
-    url: str = Field(
-        pattern=r"^https?://\S+$", description="http:// or https:// URL to POST the alarm JSON to."
-    )
+    url: str = Field(pattern=r"^https?://\S+$", description="http:// or https:// URL to POST the alarm JSON to.")
     secret_file: Path | None = Field(
         None,
         description=(
@@ -114,36 +108,24 @@ class WebhookHookConfig(_Model):
         3,
         ge=0,
         le=20,
-        description=(
-            "Further attempts after a failed one (connection error, timeout, HTTP 429 or 5xx); 4xx is final."
-        ),
+        description=("Further attempts after a failed one (connection error, timeout, HTTP 429 or 5xx); 4xx is final."),
     )
     backoff_initial_secs: float = Field(
         0.5,
         gt=0,
         le=60,
-        description=(
-            "First delay between attempts, wall seconds; doubles (jittered) up to backoff_cap_secs."
-        ),
+        description=("First delay between attempts, wall seconds; doubles (jittered) up to backoff_cap_secs."),
     )
-    backoff_cap_secs: float = Field(
-        10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds."
-    )
-    use_env_proxy: bool = Field(
-        True, description="Honour http_proxy/https_proxy/no_proxy from the environment."
-    )
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="Extra HTTP headers (e.g. an API token)."
-    )
+    backoff_cap_secs: float = Field(10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds.")
+    use_env_proxy: bool = Field(True, description="Honour http_proxy/https_proxy/no_proxy from the environment.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. an API token).")
 
 
 class FileHookConfig(_Model):
     """Append one JSON line per transition to a file, fsynced."""
 
     kind: Literal["file"] = Field(description="Hook type: append JSON lines to a file.")
-    path: Path = Field(
-        description="File to append to (created with its folder); relative to the asset file's folder."
-    )
+    path: Path = Field(description="File to append to (created with its folder); relative to the asset file's folder.")
 
 
 class LogHookConfig(_Model):
@@ -162,16 +144,10 @@ class WriteBackHookConfig(_Model):
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
         description="Name of the modbus or opcua [[sources]] entry whose connection settings to use.",
     )
-    table: Literal["coil", "holding"] | None = Field(
-        None, description="Modbus table to write: 'coil' or 'holding'."
-    )
+    table: Literal["coil", "holding"] | None = Field(None, description="Modbus table to write: 'coil' or 'holding'.")
     device_id: int | None = Field(None, ge=0, le=255, description="Modbus device (unit) id; 1 when omitted.")
-    address: int | None = Field(
-        None, ge=0, le=65535, description="Modbus address (0-based) of the coil or register."
-    )
-    node_id: str | None = Field(
-        None, min_length=1, description="OPC-UA NodeId to write, e.g. 'ns=2;s=Pump1.Alarm'."
-    )
+    address: int | None = Field(None, ge=0, le=65535, description="Modbus address (0-based) of the coil or register.")
+    node_id: str | None = Field(None, min_length=1, description="OPC-UA NodeId to write, e.g. 'ns=2;s=Pump1.Alarm'.")
     type: Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"] = Field(
         "uint16", description="Encoding of the value in holding registers (Modbus 'holding' only)."
     )
@@ -182,17 +158,13 @@ class WriteBackHookConfig(_Model):
     clear_value: bool | int | float = Field(0, description="Value written when the alarm is cleared.")
     timeout_secs: float = Field(5.0, gt=0, le=300, description="Seconds per write attempt.")
     retries: int = Field(2, ge=0, le=20, description="Further attempts after a failed write.")
-    backoff_initial_secs: float = Field(
-        0.5, gt=0, le=60, description="First delay between attempts, wall seconds."
-    )
+    backoff_initial_secs: float = Field(0.5, gt=0, le=60, description="First delay between attempts, wall seconds.")
 
     @model_validator(mode="after")
     def _one_address_form(self) -> WriteBackHookConfig:
         modbus = self.table is not None or self.address is not None or self.device_id is not None
         if modbus and self.node_id is not None:
-            raise ValueError(
-                "write_back: give either table/address/device_id (Modbus) or node_id (OPC-UA), not both"
-            )
+            raise ValueError("write_back: give either table/address/device_id (Modbus) or node_id (OPC-UA), not both")
         if not modbus and self.node_id is None:
             raise ValueError("write_back: needs table and address (Modbus) or node_id (OPC-UA)")
         if modbus and (self.table is None or self.address is None):
@@ -214,15 +186,9 @@ HookConfig = Annotated[
 
 
 class _RuleBase(_Model):
-    name: str = Field(
-        pattern=HOOK_NAME_PATTERN, description="Unique rule name; part of alarm ids and of the state."
-    )
-    severity: Literal["info", "warning", "critical"] = Field(
-        "warning", description="Severity carried by alarms."
-    )
-    hooks: list[str] = Field(
-        default_factory=list, description="Names of [alarms.hooks.<name>] to deliver to."
-    )
+    name: str = Field(pattern=HOOK_NAME_PATTERN, description="Unique rule name; part of alarm ids and of the state.")
+    severity: Literal["info", "warning", "critical"] = Field("warning", description="Severity carried by alarms.")
+    hooks: list[str] = Field(default_factory=list, description="Names of [alarms.hooks.<name>] to deliver to.")
 
 
 class AnomalyRuleConfig(_RuleBase):
@@ -236,13 +202,9 @@ class AnomalyRuleConfig(_RuleBase):
         None,
         ge=0,
         le=1,
-        description=(
-            "Also raise at once on a row with anomaly_score >= this (0-1); such a row counts as abnormal."
-        ),
+        description=("Also raise at once on a row with anomaly_score >= this (0-1); such a row counts as abnormal."),
     )
-    clear_after: int = Field(
-        1, ge=1, le=100_000, description="Clear after this many consecutive normal rows."
-    )
+    clear_after: int = Field(1, ge=1, le=100_000, description="Clear after this many consecutive normal rows.")
     top_k: int = Field(3, ge=0, le=300, description="How many top-contributing sensors the alarm carries.")
 
 
@@ -286,9 +248,7 @@ class AlarmsConfig(_Model):
         for rule in self.rules:
             unknown = [h for h in rule.hooks if h not in self.hooks]
             if unknown:
-                raise ValueError(
-                    f"rule {rule.name!r}: unknown hooks {unknown}; defined: {sorted(self.hooks)}"
-                )
+                raise ValueError(f"rule {rule.name!r}: unknown hooks {unknown}; defined: {sorted(self.hooks)}")
             if len(set(rule.hooks)) != len(rule.hooks):
                 raise ValueError(f"rule {rule.name!r}: a hook is listed twice in {rule.hooks}")
         return self
@@ -304,9 +264,7 @@ class AlarmsConfig(_Model):
             key = f"alarms.hooks.{name}.source"
             kind = source_kinds.get(hook.source)
             if kind is None:
-                raise ConfigError(
-                    f"no source named {hook.source!r}; sources: {sorted(source_kinds)}", key=key
-                )
+                raise ConfigError(f"no source named {hook.source!r}; sources: {sorted(source_kinds)}", key=key)
             if kind != hook.protocol:
                 raise ConfigError(
                     f"source {hook.source!r} is {kind!r} but the hook's address is for "
@@ -351,9 +309,7 @@ def alarm_to_dict(alarm: Alarm) -> dict[str, Any]:
 def alarm_from_dict(data: Mapping[str, Any]) -> Alarm:
     """Inverse of alarm_to_dict (unknown keys such as ``time`` ignored)."""
     fields = {k: v for k, v in data.items() if k in Alarm.__dataclass_fields__}
-    fields["diagnostics"] = tuple(
-        Diagnostic(d["name"], float(d["value"])) for d in data.get("diagnostics", ())
-    )
+    fields["diagnostics"] = tuple(Diagnostic(d["name"], float(d["value"])) for d in data.get("diagnostics", ()))
     return Alarm(**fields)
 
 
@@ -391,14 +347,10 @@ EVENT_RULES: dict[str, EventRule] = {
         clear_on_results=True,
     ),
     # One alarm per source (Event.subject = source name), cleared by its "source_recovered".
-    "source_silent": EventRule(
-        frozenset({"source_silent"}), frozenset({"source_recovered"}), per_subject=True
-    ),
+    "source_silent": EventRule(frozenset({"source_silent"}), frozenset({"source_recovered"}), per_subject=True),
     # One alarm per component (Event.subject), cleared when a later window of it is written
     # ("window_written").
-    "window_missing": EventRule(
-        frozenset({"window_missing"}), frozenset({"window_written"}), per_subject=True
-    ),
+    "window_missing": EventRule(frozenset({"window_missing"}), frozenset({"window_written"}), per_subject=True),
     # The spool dropped readings; cleared by "spool_recovered" (room again) or clear_after_quiet_secs.
     "spool_full": EventRule(frozenset({"spool_dropped"}), frozenset({"spool_recovered"}), per_subject=False),
 }
@@ -502,9 +454,7 @@ class Decider:
             return None
         state.episode = None
         state.normal_run = 0
-        return self._episode_alarm(
-            rule, episode, "cleared", row.ts, f"cleared after {rule.clear_after} normal rows"
-        )
+        return self._episode_alarm(rule, episode, "cleared", row.ts, f"cleared after {rule.clear_after} normal rows")
 
     def _abnormal(self, rule: AnomalyRuleConfig, state: AnomalyState, row: Result, hit: bool) -> Alarm | None:
         state.abnormal_run += 1
@@ -567,15 +517,11 @@ class Decider:
         if event.kind in spec.clear_kinds:
             keys = [key] if spec.per_subject else list(state)
             return [
-                self._event_clear(rule, state, k, event.ts, event.message or event.kind)
-                for k in keys
-                if k in state
+                self._event_clear(rule, state, k, event.ts, event.message or event.kind) for k in keys if k in state
             ]
         return []
 
-    def _event_raise(
-        self, rule: EventRuleConfig, state: dict[str, OpenEvent], key: str, event: Event
-    ) -> list[Alarm]:
+    def _event_raise(self, rule: EventRuleConfig, state: dict[str, OpenEvent], key: str, event: Event) -> list[Alarm]:
         current = state.get(key)
         if current is not None:  # repeat: suppressed, but keeps the alarm fresh for clear_after_quiet_secs
             current.last_seen = max(current.last_seen, event.ts)
@@ -594,15 +540,11 @@ class Decider:
         )
         return [self._event_alarm(rule, opened, "raised", event.ts, opened.message)]
 
-    def _event_clear(
-        self, rule: EventRuleConfig, state: dict[str, OpenEvent], key: str, ts: float, why: str
-    ) -> Alarm:
+    def _event_clear(self, rule: EventRuleConfig, state: dict[str, OpenEvent], key: str, ts: float, why: str) -> Alarm:
         opened = state.pop(key)
         return self._event_alarm(rule, opened, "cleared", ts, why)
 
-    def _event_alarm(
-        self, rule: EventRuleConfig, opened: OpenEvent, state: str, ts: float, message: str
-    ) -> Alarm:
+    def _event_alarm(self, rule: EventRuleConfig, opened: OpenEvent, state: str, ts: float, message: str) -> Alarm:
         subject = f"{opened.subject}: " if opened.subject else ""
         return Alarm(
             id=opened.id,
@@ -616,9 +558,7 @@ class Decider:
             window_end=opened.window_end,
         )
 
-    def results_clear(
-        self, rule: EventRuleConfig, state: dict[str, OpenEvent], rows: list[Result]
-    ) -> list[Alarm]:
+    def results_clear(self, rule: EventRuleConfig, state: dict[str, OpenEvent], rows: list[Result]) -> list[Alarm]:
         """Result rows arrived (a successful execution): clear rules that such a success ends."""
         if not rows or not EVENT_RULES[rule.kind].clear_on_results:
             return []
@@ -666,12 +606,8 @@ class EngineState:
         data = {
             "version": STATE_VERSION,
             "anomaly": {name: asdict(st) for name, st in self.anomaly.items()},
-            "events": {
-                name: {k: asdict(o) for k, o in opened.items()} for name, opened in self.events.items()
-            },
-            "outbox": [
-                {"seq": e.seq, "alarm": alarm_to_dict(e.alarm), "pending": e.pending} for e in self.outbox
-            ],
+            "events": {name: {k: asdict(o) for k, o in opened.items()} for name, opened in self.events.items()},
+            "outbox": [{"seq": e.seq, "alarm": alarm_to_dict(e.alarm), "pending": e.pending} for e in self.outbox],
             "next_seq": self.next_seq,
         }
         return json.dumps(data, indent=1, sort_keys=True).encode()
@@ -795,9 +731,7 @@ class AlarmEngine:
             out: list[Alarm] = []
             for rule in self.config.rules:
                 if isinstance(rule, AnomalyRuleConfig):
-                    out += self._decider.anomaly(
-                        rule, state.anomaly.setdefault(rule.name, AnomalyState()), rows
-                    )
+                    out += self._decider.anomaly(rule, state.anomaly.setdefault(rule.name, AnomalyState()), rows)
                 else:
                     opened = state.events.setdefault(rule.name, {})
                     out += self._decider.results_clear(rule, opened, rows)
@@ -850,9 +784,7 @@ class AlarmEngine:
                     }
                 )
         for name, opened in self._state.events.items():
-            out += [
-                {"rule": name, "id": o.id, "since": o.first_ts, "subject": o.subject} for o in opened.values()
-            ]
+            out += [{"rule": name, "id": o.id, "since": o.first_ts, "subject": o.subject} for o in opened.values()]
         return out
 
     def pending_deliveries(self) -> int:
@@ -923,12 +855,19 @@ class AlarmEngine:
                 hook_name,
                 alarm.id,
                 alarm.state,
-                exc or type(exc).__name__,
+                str(exc) or type(exc).__name__,
             )
         else:
             hook.delivered += 1
             self._hook_log.success(hook_name, "alarm hook %s delivers again", hook_name)
-        await self._mark_done(entry.seq, hook_name)
+        # The outcome is known: record it even if close() cancels this task meanwhile, or the next start
+        # would send it again.
+        mark = asyncio.ensure_future(self._mark_done(entry.seq, hook_name))
+        try:
+            await asyncio.shield(mark)
+        except asyncio.CancelledError:
+            await mark
+            raise
 
     async def _mark_done(self, seq: int, hook_name: str) -> None:
         async with self._lock:
@@ -972,9 +911,7 @@ class AlarmEngine:
             broken = self.state_path.with_suffix(".corrupt")
             with contextlib.suppress(OSError):
                 os.replace(self.state_path, broken)
-            log.error(
-                "alarm state %s unreadable (%s); moved to %s, starting empty", self.state_path, exc, broken
-            )
+            log.error("alarm state %s unreadable (%s); moved to %s, starting empty", self.state_path, exc, broken)
             return EngineState()
 
     def _save(self, data: bytes) -> None:
