@@ -409,7 +409,7 @@ class AgentMetrics:
 class MetricsConfig(BaseModel):
     """The ``[metrics]`` table of an asset file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(False, description="Serve Prometheus /metrics and /healthz over HTTP.")
     host: str = Field(
