@@ -157,6 +157,10 @@ class UploadConfig(_Section):
                                     "(wall seconds).")
 
 
+# kind → model; one line per connector (no plugin loader, no dynamic import)
+SOURCE_MODELS: dict[str, type] = {
+    "replay": ReplaySourceConfig,
+}
 SourceEntry = Annotated[ReplaySourceConfig, Field(discriminator="kind")]
 
 

@@ -1,0 +1,82 @@
+"""The spool: durable batches, torn-tail recovery, ack, late readings, unusable folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.errors import StateError
+from agent.model import Reading
+from agent.spool import Spool
+
+
+def test_flush_read_ack_round_trip(tmp_path):
+    spool = Spool(tmp_path, 300)
+    spool.append([Reading("a", 1.0, 10.0), Reading("b", 2.0, 299.0), Reading("a", 3.0, 300.0),
+                  Reading("a", 4.0, 301.0)])
+    assert spool.read(300).num_rows == 0  # nothing is on disk before flush
+    assert spool.flush() == 4
+    assert spool.windows() == [300, 600]
+    assert spool.read(300).to_pydict() == {"sensor": ["a", "b", "a"], "ts": [10.0, 299.0, 300.0],
+                                           "value": [1.0, 2.0, 3.0]}
+    spool.ack(300)
+    assert spool.windows() == [600]
+    spool.append([Reading("a", 5.0, 200.0)])  # belongs to an acknowledged window: late
+    spool.flush()
+    assert spool.late == 1 and spool.windows() == [600]
+
+
+def test_restart_reads_old_and_new_segments(tmp_path):
+    first = Spool(tmp_path, 300)
+    first.append([Reading("a", 1.0, 10.0)])
+    first.flush()
+    # no close(): the process died; a new run appends to a new segment of the same window
+    second = Spool(tmp_path, 300)
+    second.append([Reading("a", 2.0, 20.0)])
+    second.flush()
+    assert sorted(second.read(300).column("value").to_pylist()) == [1.0, 2.0]
+    assert len(list(tmp_path.glob("300-*.arrows"))) == 2
+
+
+@pytest.mark.parametrize("cut", [1, 7, 40])
+def test_torn_last_batch_is_skipped_and_earlier_batches_kept(tmp_path, cut):
+    spool = Spool(tmp_path, 300)
+    spool.append([Reading("a", 1.0, 10.0)])
+    spool.flush()
+    spool.append([Reading("a", 2.0, 20.0), Reading("a", 3.0, 30.0)])
+    spool.flush()
+    # no close(): a crash leaves no end-of-stream marker
+    (segment,) = tmp_path.glob("300-*.arrows")
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-cut])  # a crash in the middle of the last write
+    recovered = Spool(tmp_path, 300)
+    values = recovered.read(300).column("value").to_pylist()
+    assert values == [1.0]
+    assert recovered.torn_segments == 1
+
+
+def test_empty_segment_from_a_crash_at_creation_is_harmless(tmp_path):
+    (tmp_path / "300-dead.arrows").write_bytes(b"")
+    spool = Spool(tmp_path, 300)
+    assert spool.read(300).num_rows == 0
+    spool.ack(300)
+    assert not list(tmp_path.glob("*.arrows"))
+
+
+def test_unwritable_folder_is_a_clear_state_error_even_for_root(tmp_path):
+    blocker = tmp_path / "spool"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(StateError, match="not writable"):
+        Spool(blocker, 300)
+
+
+def test_disk_errors_keep_readings_buffered_and_retry(tmp_path, caplog):
+    spool = Spool(tmp_path / "s", 300)
+    spool.append([Reading("a", 1.0, 10.0)])
+    # make the segment path unusable: a folder where the segment file would be created
+    (tmp_path / "s" / f"300-{spool.run_id}.arrows").mkdir()
+    assert spool.flush() == 0
+    assert spool.buffered() == 1
+    assert "cannot write" in caplog.text
+    (tmp_path / "s" / f"300-{spool.run_id}.arrows").rmdir()
+    assert spool.flush() == 1
+    assert spool.read(300).column("value").to_pylist() == [1.0]
