@@ -172,6 +172,10 @@ class PumpModel:
             else:
                 self.faults[index] = FaultInterval(kind, fault.start_ts, float(now))
 
+    def fault_active(self, kind: str, ts: float) -> bool:
+        """Whether a fault of ``kind`` covers ``ts`` (Unix s)."""
+        return any(f.kind == kind and f.covers(ts) for f in self.faults)
+
     # ---------------------------------------------------------------- sampling
 
     def sample(self, ts: float) -> dict[str, float]:
@@ -182,7 +186,7 @@ class PumpModel:
     def sample_array(self, ts: np.ndarray) -> dict[str, np.ndarray]:
         """Vectorised ``sample``: ``ts`` is a 1-D array of Unix seconds; one float64 array per sensor."""
         t = np.asarray(ts, dtype=np.float64)
-        running, speed_ratio, level = self._drive(t)
+        running, speed_ratio, _ = self._drive(t)
         demand = 1.0 + 0.04 * self._smooth_noise(t, _CH_DEMAND, 600.0)
         wear = self._wear_severity(t)
         cav = self._cavitation_intensity(t) * np.clip(speed_ratio, 0.0, 1.0)
@@ -211,9 +215,11 @@ class PumpModel:
         ambient = 22.0 + 6.0 * np.sin(2.0 * np.pi * (t / 86400.0 - 0.375))  # warmest ≈ 15:00 UTC
         lag_b = self._lagged_running(t, TAU_BEARING_SECS)
         lag_w = self._lagged_running(t, TAU_WINDING_SECS)
-        bearing = ambient + lag_b * (BEARING_RISE_C * level**2 + WEAR_BEARING_RISE_C * wear)
+        load_b = self._lagged_level_power(t, TAU_BEARING_SECS, 2.0)  # bearing load ∝ speed²
+        load_w = self._lagged_level_power(t, TAU_WINDING_SECS, 3.0)  # copper losses follow power ∝ speed³
+        bearing = ambient + lag_b * (BEARING_RISE_C * load_b + WEAR_BEARING_RISE_C * wear)
         bearing = bearing + 0.15 * self._noise(t, "bearing_temp")
-        winding = ambient + WINDING_RISE_C * lag_w * level**3 + 0.15 * self._noise(t, "winding_temp")
+        winding = ambient + WINDING_RISE_C * lag_w * load_w + 0.15 * self._noise(t, "winding_temp")
 
         return {
             "flow": flow,
@@ -282,6 +288,21 @@ class PumpModel:
             pulse = np.where(t < a, 0.0, np.where(t < b, inside, after))
             lag = lag - np.where(has_stop, pulse, 0.0)
         return np.clip(lag, 0.0, 1.0)
+
+    def _lagged_level_power(self, t: np.ndarray, tau: float, power: float) -> np.ndarray:
+        """First-order lag (``tau`` s) of the set-point fraction raised to ``power``, at ``t``.
+
+        The set-point is a staircase with a step at each slot start (its one-minute ramp is negligible
+        against ``tau``): the lag is the level of ``LAG_LOOKBACK_SLOTS`` slots ago plus each later step
+        times 1 − e^(−(t − step time)/τ).
+        """
+        slot = np.floor(t / SLOT_SECS)
+        lagged = self._slot_level(slot - LAG_LOOKBACK_SLOTS) ** power
+        for back in range(LAG_LOOKBACK_SLOTS - 1, -1, -1):
+            step = self._slot_level(slot - back) ** power - self._slot_level(slot - back - 1) ** power
+            since = t - (slot - back) * SLOT_SECS
+            lagged = lagged + step * (1.0 - np.exp(-since / tau))
+        return lagged
 
     # ---------------------------------------------------------------- faults as functions of time
 

@@ -9,8 +9,14 @@ OPC-UA (line instrumentation), namespace ``urn:l4e:sim`` (index 2), under ``Obje
 simulated plant's server lives on the simulated timeline, so both timestamp policies work on a ScaledClock).
 
 Modbus TCP (motor PLC), device id 1, separate tables (coil/discrete addresses are bit numbers): see
-``MODBUS_MAP``. Discrete input 0 mirrors ``running`` (coil 0). Unmapped addresses answer ILLEGAL_ADDRESS.
-Registers are not write-protected, but the next update overwrites anything a client writes.
+``MODBUS_MAP``. Discrete input 0 mirrors ``running`` (coil 0). Registers are not write-protected, but the
+next update overwrites anything a client writes there. Besides the sensors, the coil table has:
+
+- ``MODBUS_FAULT_COILS``: a test panel. Writing 1/0 (function 5 or 15) switches that fault on/off at the
+  current clock time (``PumpModel.set_fault``); reading tells whether the fault is active.
+- ``MODBUS_ALARM_COIL``: free for the agent's alarm write-back; the simulator keeps what is written.
+
+Coils between the used ones read as 0; other unmapped addresses answer ILLEGAL_ADDRESS.
 
 ``simulate_main(argv)`` is the ``l4e-agent simulate`` command.
 """
@@ -31,7 +37,7 @@ from pathlib import Path
 
 from asyncua import Server, ua
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
 from connectors.modbus_codec import encode
@@ -67,6 +73,10 @@ MODBUS_MAP: dict[str, dict[str, object]] = {
     "running": {"table": "coil", "address": 0, "type": "bool", "order": "ABCD", "scale": 1.0},
 }
 _MIRROR_DISCRETE_ADDRESS = 0  # discrete input mirroring `running`; also keeps pymodbus's 4-table layout valid
+MODBUS_FAULT_COILS: dict[str, int] = {"bearing_wear": 100, "cavitation": 101}  # fault kind → coil
+MODBUS_ALARM_COIL = 200
+_FAULT_BY_COIL = {coil: kind for kind, coil in MODBUS_FAULT_COILS.items()}
+_CLIENT_WRITE_FCS = (5, 15)  # write single/multiple coils; our own updates use the read codes below
 
 # Function codes for writing our own tables through the server's datastore (a code only selects the table).
 _TABLE_FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -99,8 +109,9 @@ def _registers_for(sensor: str, value: float) -> list[int] | list[bool]:
     return encode(raw, str(point["type"]), str(point["order"]))
 
 
-def _modbus_device() -> SimDevice:
-    """Device 1 with the four tables sized for ``MODBUS_MAP``, all zero until the first update."""
+def _modbus_device(action: SimAction) -> SimDevice:
+    """Device 1 with the four tables sized for ``MODBUS_MAP`` and the extra coils, all zero until the first
+    update; ``action`` sees every access (pymodbus calls it before applying a write)."""
     tables: dict[str, list[SimData]] = {"coil": [], "discrete": [], "holding": [], "input": []}
     for sensor, point in MODBUS_MAP.items():
         table, address = str(point["table"]), int(point["address"])
@@ -110,9 +121,12 @@ def _modbus_device() -> SimDevice:
             width = len(_registers_for(sensor, 0.0))
             tables[table].append(SimData(address, count=width, values=0, datatype=DataType.REGISTERS))
     tables["discrete"].append(SimData(_MIRROR_DISCRETE_ADDRESS, values=[False], datatype=DataType.BITS))
+    for coil in (*MODBUS_FAULT_COILS.values(), MODBUS_ALARM_COIL):
+        tables["coil"].append(SimData(coil, values=[False], datatype=DataType.BITS))
     return SimDevice(
         id=MODBUS_DEVICE_ID,
         simdata=(tables["coil"], tables["discrete"], tables["holding"], tables["input"]),
+        action=action,
     )
 
 
@@ -229,13 +243,32 @@ class PlantSimulator:
         return server
 
     async def _start_modbus(self) -> None:
-        server = ModbusTcpServer(_modbus_device(), address=(self.host, self.modbus_port))
+        server = ModbusTcpServer(_modbus_device(self._on_modbus_access), address=(self.host, self.modbus_port))
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus reports a failed bind this way
             raise OSError(f"Modbus server cannot listen on {self.host}:{self.modbus_port}: {exc}") from None
         self._modbus = server
         self.modbus_port = server.transport.sockets[0].getsockname()[1]
+
+    async def _on_modbus_access(
+        self,
+        function_code: int,
+        _start_address: int,
+        address: int,
+        _count: int,
+        _registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
+        """pymodbus action hook: a client's write to a fault coil switches that fault now."""
+        if set_values is None or function_code not in _CLIENT_WRITE_FCS:
+            return None
+        for offset, value in enumerate(set_values):
+            kind = _FAULT_BY_COIL.get(address + offset)
+            if kind is not None:
+                self.model.set_fault(kind, bool(value), self.clock.now())
+                log.info("fault %s switched %s by a Modbus client", kind, "on" if value else "off")
+        return None
 
     # ---------------------------------------------------------------- updates
 
@@ -268,6 +301,11 @@ class PlantSimulator:
         await self._modbus.async_setValues(
             MODBUS_DEVICE_ID, _TABLE_FC["discrete"], _MIRROR_DISCRETE_ADDRESS, running
         )
+        # Fault state at the current time, not at `ts`: a switch written just now must read back at once.
+        now = self.clock.now()
+        for kind, coil in MODBUS_FAULT_COILS.items():
+            active = self.model.fault_active(kind, now)
+            await self._modbus.async_setValues(MODBUS_DEVICE_ID, _TABLE_FC["coil"], coil, [active])
         self.last_update_ts = ts
 
 

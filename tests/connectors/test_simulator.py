@@ -22,6 +22,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from agent.clock import ScaledClock, parse_instant
 from connectors.pump_model import SENSORS, PumpModel, history_frame
 from connectors.simulator import (
+    MODBUS_ALARM_COIL,
+    MODBUS_FAULT_COILS,
     MODBUS_MAP,
     OPCUA_BROWSE_NAMES,
     OPCUA_NODES,
@@ -184,6 +186,29 @@ def _tolerance(sensor: str) -> float:
     return 1e-5 * 100.0  # float32 keeps ~7 digits; values stay below 100
 
 
+async def _switch_cavitation_over_modbus(sim: PlantSimulator, model: PumpModel, clock: ScaledClock) -> None:
+    """The fault coils are a test panel: writing one switches the fault now; the alarm coil keeps a write."""
+    client = AsyncModbusTcpClient("127.0.0.1", port=sim.modbus_port, timeout=3)
+    assert await client.connect()
+    coil = MODBUS_FAULT_COILS["cavitation"]
+    try:
+        assert not (await client.write_coil(coil, True, device_id=1)).isError()
+        assert model.fault_active("cavitation", clock.now())
+        await clock.sleep(3 * sim.update_interval_secs)  # an update must not switch it back
+        assert (await client.read_coils(coil, count=1, device_id=1)).bits[0] is True
+        switched_on = model.faults[-1].start_ts
+        assert not (await client.write_coil(coil, False, device_id=1)).isError()
+        assert not model.fault_active("cavitation", clock.now())
+        assert model.faults[-1].start_ts == switched_on and model.faults[-1].end_ts is not None
+        await clock.sleep(3 * sim.update_interval_secs)
+        assert (await client.read_coils(coil, count=1, device_id=1)).bits[0] is False
+        assert not (await client.write_coil(MODBUS_ALARM_COIL, True, device_id=1)).isError()
+        await clock.sleep(3 * sim.update_interval_secs)
+        assert (await client.read_coils(MODBUS_ALARM_COIL, count=1, device_id=1)).bits[0] is True
+    finally:
+        client.close()
+
+
 @pytest.mark.timeout(30)
 async def test_servers_serve_model_values_at_clock_time_and_release_ports():
     model = PumpModel(5)
@@ -220,6 +245,8 @@ async def test_servers_serve_model_values_at_clock_time_and_release_ports():
         for sensor, value in served.items():
             assert any(abs(value - c[sensor]) <= _tolerance(sensor) for c in candidates), (sensor, value)
         assert served["vibration"] > 1.0
+
+        await _switch_cavitation_over_modbus(sim, model, clock)
     finally:
         await sim.stop()
     await sim.stop()  # idempotent
