@@ -21,6 +21,8 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from agent.clock import SystemClock
+
 Blocks = dict[int, Sequence[int]] | dict[int, Sequence[bool]]
 
 FC_READ = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -65,9 +67,9 @@ def sim_device(
 
 @dataclass
 class Gate:
-    """A device action that can play dead (never answer) or busy (exception 6) on demand.
+    """A device action (pass ``gate.action`` to ``sim_device``) that plays dead or busy on demand.
 
-    ``dead`` set: requests hang until ``release()``; ``busy_left`` > 0: that many requests answer busy.
+    ``dead`` set: requests hang until ``release()``; ``busy_left`` > 0: that many requests answer busy (6).
     ``requests`` counts every request the device received.
     """
 
@@ -76,7 +78,7 @@ class Gate:
     requests: int = 0
     _release: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def __call__(self, function_code, start_address, address, count, registers, set_values):
+    async def action(self, function_code, start_address, address, count, registers, set_values):
         self.requests += 1
         if self.dead:
             await self._release.wait()
@@ -87,6 +89,58 @@ class Gate:
 
     def release(self) -> None:
         self._release.set()
+
+
+class TickClock(SystemClock):
+    """Wall time, plus an event per ``sleep_until`` call (one per device poll) that tests can await."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._tick = asyncio.Event()
+
+    async def sleep_until(self, ts: float) -> None:
+        self.ticks += 1
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+        await super().sleep_until(ts)
+
+    async def wait_ticks(self, n: int, timeout: float = 10.0) -> None:
+        """Return once ``n`` more ticks have happened."""
+        target = self.ticks + n
+        async with asyncio.timeout(timeout):
+            while self.ticks < target:
+                await self._tick.wait()
+
+
+class Reader:
+    """Runs ``connector.readings()`` in a task and hands the batches over one at a time."""
+
+    def __init__(self, connector) -> None:
+        self.connector = connector
+        self._batches: asyncio.Queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for batch in self.connector.readings():
+                self._batches.put_nowait(batch)
+        except Exception as exc:  # surfaced by next(), so a connector bug fails the test at once
+            self._batches.put_nowait(exc)
+
+    async def next(self, timeout: float = 5.0, where=None) -> list:
+        """The next batch (the next one for which ``where(batch)`` holds, if given)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                batch = await self._batches.get()
+                if isinstance(batch, Exception):
+                    raise batch
+                if where is None or where(batch):
+                    return batch
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 @dataclass
