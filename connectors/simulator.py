@@ -41,7 +41,7 @@ from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
 from connectors.modbus_codec import encode
-from connectors.pump_model import FAULT_KINDS, PumpModel
+from connectors.pump_model import BEARING_WEAR_RAMP_SECS, FAULT_KINDS, PumpModel
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,9 @@ def default_update_interval(clock: Clock) -> float:
 
 def _free_port(host: str) -> int:
     """A TCP port that was free on ``host`` a moment ago (the OS's choice for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+    family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.bind(address)
         return sock.getsockname()[1]
 
 
@@ -136,6 +137,8 @@ class PlantSimulator:
     Ports 0 pick free ports. After ``start()``: ``opcua_port``, ``modbus_port`` hold the bound ports and
     ``opcua_endpoint`` the endpoint URL. ``update_interval_secs`` is in clock seconds (default:
     ``default_update_interval(clock)``). ``stop()`` closes both servers and releases the ports.
+    ``host`` should be an IP address: a name resolving to several addresses would give the Modbus server
+    one port per address when asked for port 0.
     """
 
     def __init__(
@@ -325,8 +328,13 @@ def _parse_fault(text: str) -> tuple[str, float, float | None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="l4e-agent simulate", description="Serve a simulated pump over "
-                                "OPC-UA and Modbus TCP until SIGINT/SIGTERM.")
+    p = argparse.ArgumentParser(
+        prog="l4e-agent simulate",
+        description="Serve a simulated pump over OPC-UA and Modbus TCP until SIGINT/SIGTERM.",
+        epilog="Faults can also be switched while running: write 1/0 to Modbus coil "
+        + ", ".join(f"{coil} ({kind})" for kind, coil in MODBUS_FAULT_COILS.items())
+        + f" of device {MODBUS_DEVICE_ID}.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--opcua-port", type=int, default=DEFAULT_OPCUA_PORT, help="0 picks a free port")
     p.add_argument("--modbus-port", type=int, default=DEFAULT_MODBUS_PORT, help="0 picks a free port")
@@ -337,6 +345,8 @@ def _parser() -> argparse.ArgumentParser:
                    "given the same file, --clock-start and --speed share one timeline")
     p.add_argument("--update-interval-secs", type=float, help="clock seconds between value updates "
                    "(default: 1, or speed/10 when faster)")
+    p.add_argument("--wear-ramp-hours", type=float, default=BEARING_WEAR_RAMP_SECS / 3600,
+                   help="clock hours from a bearing_wear start to full severity (default %(default)g)")
     p.add_argument("--fault", type=_parse_fault, action="append", default=[], metavar="KIND@START[/END]",
                    help=f"schedule a fault ({', '.join(FAULT_KINDS)}); repeatable")
     return p
@@ -378,7 +388,9 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
         _parser().error("--speed must be > 0")
     if args.update_interval_secs is not None and args.update_interval_secs <= 0:
         _parser().error("--update-interval-secs must be > 0")
-    model = PumpModel(args.seed)
+    if args.wear_ramp_hours <= 0:
+        _parser().error("--wear-ramp-hours must be > 0")
+    model = PumpModel(args.seed, bearing_wear_ramp_secs=args.wear_ramp_hours * 3600)
     for kind, start, end in args.fault:
         model.schedule_fault(kind, start, end)
     sim = PlantSimulator(model, _clock_from(args), host=args.host, opcua_port=args.opcua_port,
