@@ -48,9 +48,7 @@ Table = Literal["coil", "discrete", "holding", "input"]
 BIT_TABLES: tuple[str, ...] = ("coil", "discrete")
 REGISTER_TABLES: tuple[str, ...] = ("holding", "input")
 TABLE_ORDER: tuple[str, ...] = ("coil", "discrete", "holding", "input")
-PointType = Literal[
-    "bool", "bit", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"
-]
+PointType = Literal["bool", "bit", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
 Order = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 
 EXCEPTION_NAMES = {
@@ -79,12 +77,8 @@ class ModbusPoint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sensor: str = Field(min_length=1, description="Sensor name (the CSV column) this point provides.")
-    table: Table = Field(
-        description="Modbus table: coil, discrete (input), holding (register), input (register)."
-    )
-    address: int = Field(
-        ge=0, le=65535, description="Zero-based protocol address of the first register or bit."
-    )
+    table: Table = Field(description="Modbus table: coil, discrete (input), holding (register), input (register).")
+    address: int = Field(ge=0, le=65535, description="Zero-based protocol address of the first register or bit.")
     type: PointType = Field(
         description="bool (coil/discrete only); bit (one bit of a register); int16, uint16 (1 register); "
         "int32, uint32, float32 (2 registers); int64, uint64, float64 (4 registers)."
@@ -94,9 +88,7 @@ class ModbusPoint(BaseModel):
         description="Byte order of multi-byte values: ABCD big-endian words and bytes; CDAB word swap; BADC "
         "byte swap in each word; DCBA fully little-endian. Ignored for bool and bit.",
     )
-    bit: int | None = Field(
-        None, ge=0, le=15, description="Bit index (0 = least significant) for type 'bit'."
-    )
+    bit: int | None = Field(None, ge=0, le=15, description="Bit index (0 = least significant) for type 'bit'.")
     scale: float = Field(1.0, description="The reading is raw * scale + offset (booleans are 0/1).")
     offset: float = Field(0.0, description="Added after scale: raw * scale + offset.")
 
@@ -110,9 +102,7 @@ class ModbusPoint(BaseModel):
                 f"{', '.join(codec.REGISTER_TABLE_TYPES)} (use 'bit' for one bit of a register)"
             )
         if (self.type == "bit") != (self.bit is not None):
-            raise ValueError(
-                f"point {self.sensor!r}: 'bit' (0..15) is required for type 'bit' and only for it"
-            )
+            raise ValueError(f"point {self.sensor!r}: 'bit' (0..15) is required for type 'bit' and only for it")
         if self.address + self.width - 1 > 65535:
             raise ValueError(f"point {self.sensor!r}: {self.type} at {self.address} runs past address 65535")
         return self
@@ -129,7 +119,13 @@ class ModbusDevice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     device_id: int = Field(1, ge=0, le=255, description="Modbus device (unit) id.")
-    timeout_secs: float = Field(1.0, gt=0, le=60, description="Seconds to wait for an answer to one request.")
+    timeout_secs: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds to wait for an answer to one request (on a shared line, rtu or "
+        "rtu_over_tcp, the longest timeout of its devices applies).",
+    )
     retries: int = Field(
         1, ge=0, le=10, description="Repeats of a request after a timeout, and after a 'device busy' answer."
     )
@@ -147,9 +143,7 @@ class ModbusDevice(BaseModel):
         description="Largest run of unused registers a request may read to merge two points (for coils and "
         "discrete inputs, 16 bits per register). 0 merges only adjacent points.",
     )
-    one_request_per_point: bool = Field(
-        False, description="Read each point with its own request (no merging)."
-    )
+    one_request_per_point: bool = Field(False, description="Read each point with its own request (no merging).")
     points: list[ModbusPoint] = Field(min_length=1, description="The points read from this device.")
 
 
@@ -168,9 +162,7 @@ class ModbusSourceConfig(SourceConfig):
     parity: Literal["N", "E", "O"] = Field("E", description="Serial parity: N, E or O (rtu).")
     stopbits: Literal[1, 2] = Field(1, description="Serial stop bits (rtu).")
     bytesize: Literal[7, 8] = Field(8, description="Serial data bits (rtu).")
-    poll_interval_ms: int = Field(
-        1000, ge=10, le=3_600_000, description="Time between polls of each device, in ms."
-    )
+    poll_interval_ms: int = Field(1000, ge=10, le=3_600_000, description="Time between polls of each device, in ms.")
     devices: list[ModbusDevice] = Field(min_length=1, description="Devices on this endpoint or line.")
 
     @model_validator(mode="after")
@@ -402,9 +394,7 @@ class _Link:
         if not ok:
             client.close()
             self._retry_at = time.monotonic() + self._backoff.next()
-            self._transitions.failure(
-                key, "modbus %s: cannot connect to %s", self._config.name, self._config.endpoint
-            )
+            self._transitions.failure(key, "modbus %s: cannot connect to %s", self._config.name, self._config.endpoint)
             raise ConnectionLost(f"cannot connect to {self._config.endpoint}")
         if self._shared:
             client.set_max_no_responses(SHARED_LINE_MAX_NO_RESPONSES)
@@ -415,6 +405,11 @@ class _Link:
         self._client = client
         self._transitions.success(key, "modbus %s: connected to %s", self._config.name, self._config.endpoint)
         return client
+
+    def drop(self, client: Any) -> None:
+        """Forget ``client`` after it lost its connection, unless another device already replaced it."""
+        if client is self._client:
+            self.close()
 
     def close(self) -> None:
         if self._client is not None:
@@ -435,7 +430,7 @@ async def _call(link: _Link, send: Callable[[Any], Awaitable[Any]], retries: int
         try:
             response = await send(client)
         except ConnectionException as exc:
-            link.close()
+            link.drop(client)
             raise ConnectionLost(str(exc)) from None
         except ModbusException as exc:
             # ModbusIOException: no answer in time (pymodbus may also drop the connection after several).
@@ -622,9 +617,7 @@ class ModbusConnector:
         self._apply_splits(state)
         return batch
 
-    def _decode(
-        self, device: ModbusDevice, request: Request, values: Sequence[Any], ts: float
-    ) -> list[Reading]:
+    def _decode(self, device: ModbusDevice, request: Request, values: Sequence[Any], ts: float) -> list[Reading]:
         out = []
         for key in request.keys:
             point = device.points[key]
@@ -702,9 +695,7 @@ class ModbusConnector:
         new: list[Request] = []
         for request in state.requests:
             if request in state.split:
-                spans = [
-                    Span(request.table, dev.points[k].address, dev.points[k].width, k) for k in request.keys
-                ]
+                spans = [Span(request.table, dev.points[k].address, dev.points[k].width, k) for k in request.keys]
                 new.extend(plan_requests(spans, one_per_point=True))
                 log.warning(
                     "modbus %s: device %d: reading %s %d..%d point by point from now on (a hole in "
@@ -830,12 +821,8 @@ async def write_modbus(
     try:
         await _call(link, send, retries, 0.0)
     except _NoAnswer as exc:
-        raise ConnectionLost(
-            f"{config.endpoint} device {device_id}: no answer to the write ({exc})"
-        ) from None
+        raise ConnectionLost(f"{config.endpoint} device {device_id}: no answer to the write ({exc})") from None
     except _ExceptionAnswer as exc:
-        raise ConnectorError(
-            f"{config.endpoint} device {device_id}: write {table}[{address}] refused: {exc}"
-        ) from None
+        raise ConnectorError(f"{config.endpoint} device {device_id}: write {table}[{address}] refused: {exc}") from None
     finally:
         link.close()

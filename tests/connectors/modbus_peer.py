@@ -158,17 +158,20 @@ class TcpPeer:
         await self.server.shutdown()
 
 
-async def start_tcp(devices: SimDevice | list[SimDevice], port: int = 0) -> TcpPeer:
-    """A Modbus TCP server on 127.0.0.1 (``port`` 0: a free one), listening when this returns."""
-    server = ModbusTcpServer(devices, address=("127.0.0.1", port))
+async def start_tcp(devices: SimDevice | list[SimDevice], port: int = 0, **server_args) -> TcpPeer:
+    """A Modbus TCP server on 127.0.0.1 (``port`` 0: a free one), listening when this returns.
+
+    ``server_args`` go to ModbusTcpServer (e.g. ``framer=FramerType.RTU`` for an RTU-over-TCP converter).
+    """
+    server = ModbusTcpServer(devices, address=("127.0.0.1", port), **server_args)
     await server.serve_forever(background=True)
     bound = server.transport.sockets[0].getsockname()[1]
     return TcpPeer(server, bound)
 
 
 @contextlib.asynccontextmanager
-async def tcp_peer(devices: SimDevice | list[SimDevice]) -> AsyncIterator[TcpPeer]:
-    peer = await start_tcp(devices)
+async def tcp_peer(devices: SimDevice | list[SimDevice], **server_args) -> AsyncIterator[TcpPeer]:
+    peer = await start_tcp(devices, **server_args)
     try:
         yield peer
     finally:

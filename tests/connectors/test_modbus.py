@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from modbus_peer import Gate, Reader, TickClock, serial_peer, sim_device, socat_pair, start_tcp, tcp_peer
 from pydantic import ValidationError
+from pymodbus.framer import FramerType
 from test_modbus_codec import VECTORS
 
 from agent.clock import ScaledClock, SystemClock
@@ -186,6 +187,31 @@ async def test_rtu_over_a_serial_pair(tmp_path):
     assert step == pytest.approx(0.1, abs=0.05)
     assert report.ok
     assert [line.value for line in report.lines] == [-2.5, -100.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("transport", "framer", "connections"),
+    [
+        ("tcp", FramerType.SOCKET, 2),  # a connection per device: one cannot stall another
+        ("rtu_over_tcp", FramerType.RTU, 1),  # one converter, one line, one connection
+    ],
+)
+async def test_links_per_transport(transport, framer, connections):
+    opened = []
+    devices = [sim_device(1, holding={0: [11]}), sim_device(2, holding={0: [22]})]
+    config_devices = [
+        {"device_id": d, "points": [{"sensor": f"d{d}", "table": "holding", "address": 0, "type": "uint16"}]}
+        for d in (1, 2)
+    ]
+    async with tcp_peer(devices, framer=framer, trace_connect=opened.append) as peer:
+        conn = connector(make_config(peer.port, config_devices, transport=transport))
+        reader = Reader(conn)
+        try:
+            got = values(await reader.next()) | values(await reader.next())
+        finally:
+            await reader.stop()
+    assert got == {"d1": 11.0, "d2": 22.0}
+    assert opened.count(True) == connections
 
 
 # ------------------------------------------------------------------------------------------ isolation
