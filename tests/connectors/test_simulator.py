@@ -20,6 +20,8 @@ from asyncua import Client
 from pymodbus.client import AsyncModbusTcpClient
 
 from agent.clock import ScaledClock, parse_instant
+from connectors.modbus import ModbusSourceConfig
+from connectors.opcua import OpcUaSourceConfig
 from connectors.pump_model import SENSORS, PumpModel, history_frame
 from connectors.simulator import (
     MODBUS_ALARM_COIL,
@@ -314,3 +316,6 @@ def test_demo_config_matches_the_simulator():
         assert {**defaults, **{k: v for k, v in point.items() if k != "sensor"}} == expected
     wanted = {s for sensors in config["components"].values() for s in sensors}
     assert wanted == set(nodes) | {p["sensor"] for p in device["points"]}
+    # The connectors' own models accept the sections as written.
+    assert OpcUaSourceConfig(**opcua).nodes[0].node_id == OPCUA_NODES["flow"]
+    assert ModbusSourceConfig(**modbus).devices[0].points[0].order == "CDAB"
