@@ -136,11 +136,15 @@ stage_source() {
         --exclude=./tests --exclude=./var --exclude=./demo-out -cf - . | tar -C "$BUILD_DIR" -xf -
 }
 
-install_venv() {
-    local venv=$ROOT$VENV
+# Checked before anything is written, so a wrong --python leaves the system as it was.
+check_venv_prerequisites() {
     [[ -f $SRC/pyproject.toml ]] || die "no pyproject.toml in $SRC: run the script from the source tree"
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
         die "$PYTHON is missing or older than Python 3.11 (choose one with --python)"
+}
+
+install_venv() {
+    local venv=$ROOT$VENV
     # A venv whose interpreter no longer starts (the OS upgraded Python under it) is rebuilt from scratch.
     if [[ -x $venv/bin/python ]] && ! "$venv/bin/python" -c '' 2>/dev/null; then
         say "rebuilding broken venv $VENV"
@@ -163,6 +167,7 @@ install_venv() {
 do_install() {
     local upgrade=0
     [[ -e $ROOT$VENV/bin/l4e-agent ]] && upgrade=1
+    if ((WITH_VENV)); then check_venv_prerequisites; fi
     ensure_user
     install_dirs
     if ((WITH_VENV)); then install_venv; fi
