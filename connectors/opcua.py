@@ -1,0 +1,929 @@
+"""OPC-UA source: subscription (default) or polled reads, on asyncua.
+
+This is the only module that uses asyncua's subscription API. It talks to asyncua's raw service layer
+(``client.uaclient``) for subscriptions and reads: one PublishResponse becomes one batch of Readings, with no
+per-value task or queue hop, and the connector keeps full control of keep-alive and lifetime counts.
+
+Timestamps
+    ``timestamp = "source"`` (default) uses the DataValue's SourceTimestamp (falling back to the
+    ServerTimestamp, then to the received time when the server sends neither); ``"server"`` the
+    ServerTimestamp; ``"received"`` the injected Clock's ``now()`` when the PublishResponse or read response
+    arrived. A source/server timestamp further than ``max_clock_skew_secs`` from the received time is replaced
+    by the received time and counted in ``OpcUaConnector.retimed`` (a PLC clock that drifted, or the initial
+    value of a point that has not changed for hours: in both cases "now" is the truthful time of the value).
+    With a Clock whose speed is not 1 (a ScaledClock in demos and tests) the server's wall-clock timestamps do
+    not belong to the agent's timeline, so the received time is used for every reading.
+
+Freshness: a value is never re-sent as new
+    A reading whose source timestamp (or server timestamp when there is no source timestamp) equals the one
+    of the last reading emitted for that sensor is the same sample and is dropped. Subscriptions deliver
+    changes only; after a reconnect the initial notification repeats the last sample, and in poll mode an
+    unchanged point reads back the same DataValue: both are dropped. Equality, not "later than", is the
+    test, so a device clock stepped backwards (NTP, DST bugs) does not silence a sensor. A point that stays
+    constant is therefore not repeated; downstream resampling carries the last value forward, which is what a
+    plant engineer reads off a trend. A server that sends no timestamps at all gives no way to tell, so in
+    poll mode each poll is emitted with the received time (the server vouched for the value, with a Good
+    status, at that instant).
+
+Quality
+    Bad and Uncertain values give no reading and are counted per sensor in ``stats.bad_quality``. Booleans
+    become 0.0/1.0; other non-numeric values are counted in ``stats.read_errors`` and logged once per sensor.
+
+Recovery
+    A lost session (socket closed, keep-alive probe failed, a Bad status change on the subscription, or no
+    notification nor keep-alive for ``stale_after_intervals`` publishing intervals) tears the client down
+    completely and builds a new one: new socket, same security settings, nodes resolved again, subscription
+    created again. Attempts are spaced by capped exponential backoff with jitter, in wall-clock time. The first
+    failure is logged at WARNING, repeats at DEBUG, recovery once at INFO. A rejected user identity is logged
+    once with a clear message and retried with the same backoff.
+
+Intervals (``publishing_interval_ms``, ``sampling_interval_ms``, ``poll_interval_ms``, backoff) are wall-clock
+time, whatever the Clock's speed: they are the server's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+from asyncua.ua.uaerrors import (
+    BadIdentityTokenInvalid,
+    BadIdentityTokenRejected,
+    BadUserAccessDenied,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.clock import Backoff, Clock
+from agent.errors import ConnectionLost, ConnectorError, TransitionLog
+from agent.model import Reading
+from connectors.base import ProbeLine, ProbeReport, SourceConfig, SourceStats
+
+_logger = logging.getLogger(__name__)
+
+# Read once per session; when a server does not publish its limits (0 or unreadable) these batches are safe
+# for every server we know of (the spec's own examples use 1000; embedded servers are happy with 100s).
+_FALLBACK_READ_BATCH = 500
+_FALLBACK_MONITOR_BATCH = 500
+
+_POLICY_CLASSES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+
+# Status codes that say "this address is wrong or not allowed", as opposed to "the sensor is bad".
+_ADDRESS_ERRORS = frozenset(
+    {
+        ua.StatusCodes.BadNodeIdUnknown,
+        ua.StatusCodes.BadNodeIdInvalid,
+        ua.StatusCodes.BadAttributeIdInvalid,
+        ua.StatusCodes.BadNotReadable,
+        ua.StatusCodes.BadUserAccessDenied,
+        ua.StatusCodes.BadNoMatch,
+        ua.StatusCodes.BadBrowseNameInvalid,
+    }
+)
+_AUTH_ERRORS = (BadUserAccessDenied, BadIdentityTokenRejected, BadIdentityTokenInvalid)
+# Everything a lost or refused session can raise; anything else is a bug and goes to the supervisor.
+_RETRIABLE = (OSError, TimeoutError, ua.UaError, ConnectionLost)
+
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_EPOCH_AWARE = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+class DeadbandConfig(BaseModel):
+    """A data-change filter applied by the server: changes smaller than this are not reported."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["absolute", "percent"] = Field(
+        description="absolute: in the value's engineering unit; percent: of the node's EURange "
+        "(the server must expose EURange)."
+    )
+    value: float = Field(ge=0, description="Deadband size (unit per `type`).")
+
+
+class NodeConfig(BaseModel):
+    """One sensor: exactly one of node_id and browse_path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor: str = Field(description="Sensor name (the CSV column) this node feeds.", min_length=1)
+    node_id: str | None = Field(default=None, description='OPC-UA NodeId text, e.g. "ns=2;s=Pump07.Flow".')
+    browse_path: str | None = Field(
+        default=None,
+        description='Path of browse names from the Root folder, "/"-separated, each "<ns>:<name>", '
+        'e.g. "0:Objects/2:Pump07/2:Flow". Resolved again on every (re)connect.',
+    )
+
+    @field_validator("node_id")
+    @classmethod
+    def _parse_node_id(cls, text: str | None) -> str | None:
+        if text is not None:
+            try:
+                ua.NodeId.from_string(text)
+            except Exception as exc:  # asyncua raises several types for malformed text
+                raise ValueError(f"not a valid NodeId: {text!r} ({exc})") from None
+        return text
+
+    @field_validator("browse_path")
+    @classmethod
+    def _parse_browse_path(cls, text: str | None) -> str | None:
+        if text is not None:
+            _browse_elements(text)
+        return text
+
+    @model_validator(mode="after")
+    def _exactly_one_address(self) -> NodeConfig:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError(f"sensor {self.sensor!r}: give exactly one of node_id and browse_path")
+        return self
+
+
+class SecurityConfig(BaseModel):
+    """Secure channel settings, used identically on every (re)connect and by write_opcua."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = Field(
+        default="None", description="Security policy of the secure channel."
+    )
+    mode: Literal["Sign", "SignAndEncrypt"] = Field(
+        default="SignAndEncrypt", description="Message security mode (ignored when policy is None)."
+    )
+    certificate: Path | None = Field(
+        default=None,
+        description="Client certificate (DER or PEM); relative to the asset file's folder. "
+        "`l4e-agent opcua-cert` makes one.",
+    )
+    private_key: Path | None = Field(
+        default=None, description="Client private key (PEM or DER); relative to the asset file's folder."
+    )
+    server_certificate: Path | None = Field(
+        default=None,
+        description="Server certificate to pin; when absent it is taken from the server's "
+        "endpoint list at connect time.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_for_policy(self) -> SecurityConfig:
+        if self.policy != "None" and (self.certificate is None or self.private_key is None):
+            raise ValueError(f"policy {self.policy} needs certificate and private_key")
+        return self
+
+
+class OpcUaSourceConfig(SourceConfig):
+    """An OPC-UA server ([[sources]] with kind = "opcua")."""
+
+    kind: Literal["opcua"] = Field(description="Source type.")
+    endpoint: str = Field(
+        description="Server endpoint URL, opc.tcp://host:port[/path].", pattern=r"^opc\.tcp://[^/:\s]+:\d{1,5}(/\S*)?$"
+    )
+    mode: Literal["subscribe", "poll"] = Field(
+        default="subscribe", description="subscribe: the server reports changes; poll: batched reads."
+    )
+    publishing_interval_ms: float = Field(
+        default=1000, gt=0, description="Subscription publishing interval (ms, wall clock)."
+    )
+    sampling_interval_ms: float = Field(
+        default=1000, ge=0, description="Server-side sampling interval per node (ms; 0 = fastest)."
+    )
+    queue_size: int = Field(
+        default=1, ge=0, description="Server-side queue per node: values kept between publishes (1 = latest)."
+    )
+    deadband: DeadbandConfig | None = Field(default=None, description="Optional data-change deadband.")
+    poll_interval_ms: float = Field(
+        default=1000, gt=0, description="Poll mode: time between read cycles (ms, wall clock)."
+    )
+    nodes: list[NodeConfig] = Field(min_length=1, description="The sensors read from this server.")
+    timestamp: Literal["source", "server", "received"] = Field(
+        default="source", description="Which time stamps a reading (see the module docs)."
+    )
+    max_clock_skew_secs: float = Field(
+        default=300,
+        gt=0,
+        description="A source/server timestamp further than this from the received "
+        "time is replaced by the received time (and counted).",
+    )
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="Secure channel.")
+    username: str | None = Field(default=None, description="User name for a UserName identity token.")
+    password_file: Path | None = Field(
+        default=None, description="File holding the password (first line; relative to the asset file)."
+    )
+    password_env: str | None = Field(default=None, description="Environment variable holding the password.")
+    timeout_secs: float = Field(default=5, gt=0, description="Per-request timeout (s).")
+    backoff_initial_secs: float = Field(default=1, gt=0, description="First reconnect delay (s).")
+    backoff_max_secs: float = Field(default=30, gt=0, description="Reconnect delay cap (s).")
+    stale_after_intervals: int = Field(
+        default=10,
+        ge=0,
+        description="Publishing intervals without any notification or keep-alive "
+        "after which the session is treated as lost (0 disables; never less than timeout_secs).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError(
+                "an inline `password` is not accepted (asset files get copied and logged): "
+                "use password_file or password_env"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check_identity(self) -> OpcUaSourceConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give at most one of password_file and password_env")
+        if (self.password_file is not None or self.password_env is not None) and not self.username:
+            raise ValueError("a password needs a username")
+        if self.backoff_max_secs < self.backoff_initial_secs:
+            raise ValueError("backoff_max_secs must be >= backoff_initial_secs")
+        sensors = [n.sensor for n in self.nodes]
+        duplicates = sorted({s for s in sensors if sensors.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"sensor names used twice: {', '.join(duplicates)}")
+        return self
+
+    def sensors(self, base_dir: Path) -> list[str]:
+        return [n.sensor for n in self.nodes]
+
+
+def _browse_elements(text: str) -> list[ua.QualifiedName]:
+    """'0:Objects/2:Pump07/2:Flow' → qualified names; a ValueError names the bad element."""
+    names = []
+    for part in text.strip("/").split("/"):
+        ns, sep, name = part.partition(":")
+        if not sep or not ns.isdigit() or not name:
+            raise ValueError(f"browse_path element {part!r} is not '<namespace index>:<browse name>'")
+        names.append(ua.QualifiedName(name, int(ns)))
+    return names
+
+
+# --------------------------------------------------------------------------------------------- sessions
+
+
+def _resolve_path(base_dir: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base_dir / path
+
+
+def _read_password(config: OpcUaSourceConfig, base_dir: Path) -> str | None:
+    """The configured password, read at connect time so a rotated secret is picked up on reconnect."""
+    if config.password_env is not None:
+        value = os.environ.get(config.password_env)
+        if value is None:
+            raise ConnectorError(f"source {config.name}: environment variable {config.password_env} is not set")
+        return value
+    if config.password_file is not None:
+        path = _resolve_path(base_dir, config.password_file)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConnectorError(f"source {config.name}: cannot read password_file {path}: {exc}") from exc
+        return lines[0] if lines else ""
+    return None
+
+
+def _application_uri(cert_path: Path) -> str:
+    """The URI in the certificate's SubjectAltName (strict servers require the two to match)."""
+    from cryptography import x509
+
+    data = cert_path.read_bytes()
+    cert = x509.load_pem_x509_certificate(data) if data.startswith(b"-----") else x509.load_der_x509_certificate(data)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    return uris[0] if uris else f"urn:l4e-agent:{socket.gethostname()}"
+
+
+async def _new_client(config: OpcUaSourceConfig, base_dir: Path) -> Client:
+    """A configured, not yet connected Client (security and identity applied; may fetch server endpoints)."""
+    client = Client(config.endpoint, timeout=config.timeout_secs, watchdog_intervall=config.timeout_secs)
+    client.name = client.description = f"l4e-agent {config.name}"
+    client.application_uri = f"urn:l4e-agent:{socket.gethostname()}"
+    client.product_uri = "urn:l4e-agent"
+    # Bounded so that sessions we could not close (a crash, a cut cable) do not pile up on the server.
+    client.session_timeout = 120_000
+    sec = config.security
+    if sec.policy != "None":
+        assert sec.certificate is not None and sec.private_key is not None  # checked by SecurityConfig
+        cert = _resolve_path(base_dir, sec.certificate)
+        client.application_uri = _application_uri(cert)
+        server_cert = _resolve_path(base_dir, sec.server_certificate) if sec.server_certificate else None
+        async with asyncio.timeout(config.timeout_secs * 2):
+            await client.set_security(
+                _POLICY_CLASSES[sec.policy],
+                certificate=str(cert),
+                private_key=str(_resolve_path(base_dir, sec.private_key)),
+                server_certificate=str(server_cert) if server_cert else None,
+                mode=getattr(ua.MessageSecurityMode, sec.mode),
+            )
+        # set_security may fetch endpoints; the session's ApplicationUri must still be the certificate's.
+        client.application_uri = _application_uri(cert)
+    if config.username:
+        client.set_user(config.username)
+        password = _read_password(config, base_dir)
+        if password is not None:
+            client.set_password(password)
+    return client
+
+
+async def _open_client(config: OpcUaSourceConfig, base_dir: Path) -> Client:
+    """A connected Client with an active session; when this raises, nothing is left open."""
+    client = await _new_client(config, base_dir)
+    try:
+        # auto_reconnect=False: recovery is ours (fresh client, re-resolved nodes, our backoff and logging).
+        async with asyncio.timeout(config.timeout_secs * 4):
+            await client.connect(auto_reconnect=False)
+    except BaseException:
+        client.disconnect_socket()
+        raise
+    return client
+
+
+async def _close(client: Client, timeout: float) -> None:
+    """Disconnect and release every task and socket of ``client``; never raises."""
+    try:
+        async with asyncio.timeout(timeout):
+            await client.disconnect()
+    except Exception as exc:  # teardown of a dead peer: nothing more to learn from it
+        _logger.debug("disconnect: %r", exc)
+    finally:
+        client.disconnect_socket()
+
+
+async def _resolve_nodes(client: Client, nodes: Sequence[NodeConfig]) -> list[ua.NodeId | ua.StatusCode]:
+    """NodeIds for ``nodes`` in order; browse paths are translated in one call, failures as StatusCodes."""
+    out: list[ua.NodeId | ua.StatusCode] = [
+        ua.NodeId.from_string(n.node_id) if n.node_id is not None else ua.StatusCode() for n in nodes
+    ]
+    paths = [(i, n.browse_path) for i, n in enumerate(nodes) if n.browse_path is not None]
+    if not paths:
+        return out
+    bpaths = []
+    for _, text in paths:
+        elements = [
+            ua.RelativePathElement(
+                ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+                IsInverse=False,
+                IncludeSubtypes=True,
+                TargetName=name,
+            )
+            for name in _browse_elements(text)
+        ]
+        bpaths.append(
+            ua.BrowsePath(
+                StartingNode=ua.NodeId(ua.ObjectIds.RootFolder), RelativePath=ua.RelativePath(Elements=elements)
+            )
+        )
+    results = await client.uaclient.translate_browsepaths_to_nodeids(bpaths)
+    for (i, _), result in zip(paths, results, strict=True):
+        if result.StatusCode.is_good() and result.Targets:
+            target = result.Targets[0].TargetId  # an ExpandedNodeId: keep the local NodeId part
+            out[i] = ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
+        else:
+            out[i] = result.StatusCode if not result.StatusCode.is_good() else ua.StatusCode(ua.StatusCodes.BadNoMatch)
+    return out
+
+
+async def _operation_limits(client: Client) -> tuple[int, int]:
+    """(MaxNodesPerRead, MaxMonitoredItemsPerCall) from ServerCapabilities, with fallbacks for 0/unknown."""
+    ids = [
+        ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
+        ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall),
+    ]
+    try:
+        values = await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
+    except ua.UaStatusCodeError:
+        values = []
+    limits = []
+    for dv, fallback in zip(values or [None, None], (_FALLBACK_READ_BATCH, _FALLBACK_MONITOR_BATCH), strict=True):
+        value = dv.Value.Value if dv is not None and dv.StatusCode.is_good() and dv.Value else None
+        limits.append(int(value) if isinstance(value, int) and value > 0 else fallback)
+    return limits[0], limits[1]
+
+
+async def _read_values(client: Client, node_ids: Sequence[ua.NodeId], batch: int) -> list[ua.DataValue]:
+    """Value attribute of every node with both timestamps, in reads of at most ``batch`` nodes."""
+    out: list[ua.DataValue] = []
+    for start in range(0, len(node_ids), batch):
+        params = ua.ReadParameters(
+            MaxAge=0,
+            TimestampsToReturn=ua.TimestampsToReturn.Both,
+            NodesToRead=[
+                ua.ReadValueId(NodeId=nid, AttributeId=ua.AttributeIds.Value) for nid in node_ids[start : start + batch]
+            ],
+        )
+        out.extend(await client.uaclient.read(params))
+    return out
+
+
+def _unix(dt: datetime) -> float:
+    # asyncua decodes UTC DateTimes; naive ones are UTC by the spec.
+    return (dt - (_EPOCH_NAIVE if dt.tzinfo is None else _EPOCH_AWARE)).total_seconds()
+
+
+def _as_float(value: Any) -> float | None:
+    """Numeric OPC-UA scalars → float (bool → 0.0/1.0); anything else → None."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _status_name(status: ua.StatusCode | None) -> str:
+    return status.name if status is not None else "Good"
+
+
+# --------------------------------------------------------------------------------------------- connector
+
+
+@dataclass
+class _Feed:
+    """What a live subscription hands to readings(): batches, keep-alive wake-ups and the loss signal."""
+
+    queue: asyncio.Queue
+    stale_secs: float | None
+    lost: str | None = None
+
+    def signal_lost(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+        # A full queue means the consumer is busy with batches; it checks `lost` before waiting again.
+        with suppress(asyncio.QueueFull):
+            self.queue.put_nowait(())
+
+    async def next(self) -> list[Reading] | tuple:
+        """The next batch (() for a keep-alive); raises ConnectionLost when lost or stale."""
+        if self.lost is not None and self.queue.empty():
+            raise ConnectionLost(self.lost)
+        try:
+            async with asyncio.timeout(self.stale_secs):
+                return await self.queue.get()
+        except TimeoutError:
+            raise ConnectionLost(f"no notification nor keep-alive for {self.stale_secs:.1f} s") from None
+
+
+class OpcUaConnector:
+    """Readings from one OPC-UA server; see the module docstring for timestamps, freshness and recovery.
+
+    ``stats`` counts per sensor; ``retimed`` counts readings stamped with the received time because their
+    own timestamp was beyond ``max_clock_skew_secs``; ``connect_attempts`` counts session attempts.
+    """
+
+    def __init__(self, config: OpcUaSourceConfig, clock: Clock, base_dir: Path) -> None:
+        self.name = config.name
+        self.stats = SourceStats()
+        self.retimed: Counter = Counter()
+        self.connect_attempts = 0
+        self._config = config
+        self._clock = clock
+        self._base_dir = base_dir
+        self._sensors = [n.sensor for n in config.nodes]
+        self._session_log = TransitionLog(_logger)
+        self._point_log = TransitionLog(_logger)
+        self._fail_kind: str | None = None
+        self._ever_connected = False
+        # Per sensor: the source (or server) timestamp of the last emitted reading, kept across sessions.
+        self._last_key: dict[str, float] = {}
+        self._use_received = config.timestamp == "received" or clock.speed != 1.0
+
+    # ---- public API
+
+    async def readings(self) -> AsyncIterator[list[Reading]]:
+        """Yield batches of GOOD readings until cancelled; reconnects inside, never raises for a lost peer."""
+        cfg = self._config
+        backoff = Backoff(cfg.backoff_initial_secs, cfg.backoff_max_secs)
+        while True:
+            client: Client | None = None
+            try:
+                self.connect_attempts += 1
+                client = await _open_client(cfg, self._base_dir)
+                handles = await self._resolve(client)
+                if cfg.mode == "subscribe":
+                    feed = await self._subscribe(client, handles)
+                    self._session_up(backoff)
+                    while True:
+                        batch = await feed.next()
+                        if batch:
+                            yield batch
+                else:
+                    read_batch, _ = await _operation_limits(client)
+                    self._session_up(backoff)
+                    async with aclosing(self._poll(client, handles, read_batch)) as batches:
+                        async for batch in batches:
+                            yield batch
+            except _RETRIABLE as exc:
+                self._session_failed(exc)
+            finally:
+                self.stats.connected = False
+                if client is not None:
+                    await _close(client, cfg.timeout_secs)
+            await asyncio.sleep(backoff.next())
+
+    async def probe(self) -> ProbeReport:
+        """Connect once, read every node once: value, variant type, status and both timestamps."""
+        cfg = self._config
+        client: Client | None = None
+        try:
+            client = await _open_client(cfg, self._base_dir)
+            resolved = await _resolve_nodes(client, cfg.nodes)
+            read_batch, _ = await _operation_limits(client)
+            ids = [r for r in resolved if isinstance(r, ua.NodeId)]
+            values = iter(await _read_values(client, ids, read_batch))
+            lines = [
+                self._probe_line(node, r, None if isinstance(r, ua.StatusCode) else next(values))
+                for node, r in zip(cfg.nodes, resolved, strict=True)
+            ]
+        except (*_RETRIABLE, ConnectorError) as exc:
+            return ProbeReport(source=self.name, ok=False, error=_describe(exc))
+        finally:
+            if client is not None:
+                await _close(client, cfg.timeout_secs)
+        return ProbeReport(source=self.name, ok=all(not line.error for line in lines), lines=lines)
+
+    # ---- session life cycle
+
+    def _session_up(self, backoff: Backoff) -> None:
+        self.stats.connected = True
+        backoff.reset()
+        if self._ever_connected:
+            self.stats.reconnects += 1
+        self._ever_connected = True
+        self._fail_kind = None
+        self._session_log.success("session", "OPC-UA source %s: connected to %s", self.name, self._config.endpoint)
+
+    def _session_failed(self, exc: BaseException) -> None:
+        kind = type(exc).__name__
+        message = "OPC-UA source %s: %s; retrying with backoff (up to %.0f s)"
+        args = (self.name, _describe(exc), self._config.backoff_max_secs)
+        if self._session_log.is_failing("session") and kind != self._fail_kind:
+            _logger.warning(message, *args)  # a different failure is a transition worth a line
+            self._session_log.failure("session", message, *args)
+        else:
+            self._session_log.failure("session", message, *args)
+        self._fail_kind = kind
+
+    async def _resolve(self, client: Client) -> dict[int, str]:
+        """Client handle → sensor for every node that resolved; unresolved nodes are logged once and skipped.
+
+        When no node resolves the session is not worth keeping (a server still loading its address space):
+        raise so that the loop retries with backoff.
+        """
+        resolved = await _resolve_nodes(client, self._config.nodes)
+        handles: dict[int, str] = {}
+        self._node_ids: dict[int, ua.NodeId] = {}
+        for handle, (sensor, result) in enumerate(zip(self._sensors, resolved, strict=True)):
+            if isinstance(result, ua.StatusCode):
+                self._point_failed(sensor, f"cannot resolve node ({_status_name(result)})")
+            else:
+                handles[handle] = sensor
+                self._node_ids[handle] = result
+        if not handles:
+            raise ConnectionLost("none of the configured nodes exists on the server")
+        return handles
+
+    def _point_failed(self, sensor: str, reason: str) -> None:
+        self.stats.read_errors[sensor] += 1
+        self._point_log.failure(sensor, "OPC-UA source %s: sensor %s: %s", self.name, sensor, reason)
+
+    # ---- subscription
+
+    async def _subscribe(self, client: Client, handles: dict[int, str]) -> _Feed:
+        cfg = self._config
+        keepalive = max(1, cfg.stale_after_intervals // 2) if cfg.stale_after_intervals else 10
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=cfg.publishing_interval_ms,
+            # The server drops a subscription after LifetimeCount intervals without a publish request (ours
+            # are held while the consumer is busy): give it at least a minute.
+            RequestedLifetimeCount=max(3 * keepalive, math.ceil(60_000 / cfg.publishing_interval_ms)),
+            RequestedMaxKeepAliveCount=keepalive,
+            MaxNotificationsPerPublish=0,
+            PublishingEnabled=True,
+            Priority=0,
+        )
+        feed = _Feed(asyncio.Queue(maxsize=64), None)
+        client.connection_lost_callback = self._on_connection_lost(feed)
+        result = await client.uaclient.create_subscription(params, self._on_publish(feed, handles))
+        if cfg.stale_after_intervals:
+            # Never shorter than two keep-alive periods, whatever the server revised the counts to, nor than
+            # one request timeout: a fast publishing interval must not turn a busy second into a reconnect.
+            intervals = max(cfg.stale_after_intervals, 2 * result.RevisedMaxKeepAliveCount)
+            feed.stale_secs = max(intervals * result.RevisedPublishingInterval / 1000.0, cfg.timeout_secs)
+        _, per_call = await _operation_limits(client)
+        items = [self._monitor_request(handle, self._node_ids[handle]) for handle in handles]
+        for start in range(0, len(items), per_call):
+            chunk = items[start : start + per_call]
+            created = await client.uaclient.create_monitored_items(
+                ua.CreateMonitoredItemsParameters(
+                    SubscriptionId=result.SubscriptionId,
+                    TimestampsToReturn=ua.TimestampsToReturn.Both,
+                    ItemsToCreate=chunk,
+                )
+            )
+            for request, res in zip(chunk, created, strict=True):
+                sensor = handles[request.RequestedParameters.ClientHandle]
+                if not res.StatusCode.is_good():
+                    self._point_failed(sensor, f"cannot monitor node ({_status_name(res.StatusCode)})")
+        return feed
+
+    def _monitor_request(self, handle: int, node_id: ua.NodeId) -> ua.MonitoredItemCreateRequest:
+        cfg = self._config
+        mfilter = None
+        if cfg.deadband is not None:
+            mfilter = ua.DataChangeFilter(
+                Trigger=ua.DataChangeTrigger.StatusValue,
+                DeadbandType=1 if cfg.deadband.type == "absolute" else 2,
+                DeadbandValue=cfg.deadband.value,
+            )
+        return ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(
+                ClientHandle=handle,
+                SamplingInterval=cfg.sampling_interval_ms,
+                Filter=mfilter,
+                QueueSize=cfg.queue_size,
+                DiscardOldest=True,
+            ),
+        )
+
+    def _on_publish(self, feed: _Feed, handles: dict[int, str]):
+        """The publish callback: one PublishResult → one batch on the feed.
+
+        Awaiting a full queue holds asyncua's publish loop, so a slow consumer slows the publish requests and
+        the server (not this process) buffers, as OPC-UA intends.
+        """
+
+        async def on_publish(result: ua.PublishResult) -> None:
+            data = result.NotificationMessage.NotificationData
+            if not data:
+                if feed.queue.empty():  # keep-alive: only needs to reset the stale timer
+                    feed.queue.put_nowait(())
+                return
+            received = self._clock.now()
+            batch: list[Reading] = []
+            for notification in data:
+                if isinstance(notification, ua.DataChangeNotification):
+                    for item in notification.MonitoredItems:
+                        sensor = handles.get(item.ClientHandle)
+                        if sensor is not None:
+                            self._convert(sensor, item.Value, received, batch)
+                elif isinstance(notification, ua.StatusChangeNotification):
+                    feed.signal_lost(f"subscription status {_status_name(notification.Status)}")
+            if batch:
+                self.stats.last_reading_ts = received
+                await feed.queue.put(batch)
+            elif feed.queue.empty():
+                feed.queue.put_nowait(())
+
+        return on_publish
+
+    def _on_connection_lost(self, feed: _Feed):
+        async def lost(exc: Exception) -> None:
+            feed.signal_lost(f"connection lost ({_describe(exc)})")
+
+        return lost
+
+    # ---- poll
+
+    async def _poll(self, client: Client, handles: dict[int, str], batch: int) -> AsyncIterator[list[Reading]]:
+        """Read all nodes every poll_interval_ms (wall clock); a late cycle is not made up twice."""
+        interval = self._config.poll_interval_ms / 1000.0
+        node_ids = [self._node_ids[h] for h in handles]
+        sensors = list(handles.values())
+        due = time.monotonic()
+        while True:
+            values = await _read_values(client, node_ids, batch)
+            received = self._clock.now()
+            out: list[Reading] = []
+            for sensor, dv in zip(sensors, values, strict=True):
+                self._convert(sensor, dv, received, out)
+            if out:
+                self.stats.last_reading_ts = received
+                yield out
+            due += interval
+            now = time.monotonic()
+            if due < now:  # overran (slow server): skip the missed cycles rather than burst
+                due = now + interval - ((now - due) % interval)
+            await asyncio.sleep(due - now)
+
+    # ---- values
+
+    def _convert(self, sensor: str, dv: ua.DataValue, received: float, out: list[Reading]) -> None:
+        """Append the Reading for one DataValue to ``out``, or count why there is none."""
+        status = dv.StatusCode
+        if status is not None and status.value:
+            if status.value in _ADDRESS_ERRORS:
+                self._point_failed(sensor, f"read failed ({status.name})")
+            else:
+                self.stats.bad_quality[sensor] += 1
+            return
+        variant = dv.Value
+        number = _as_float(variant.Value if variant is not None else None)
+        if number is None:
+            kind = variant.VariantType.name if variant is not None else "no value"
+            self._point_failed(sensor, f"value is not numeric ({kind})")
+            return
+        src = dv.SourceTimestamp or dv.ServerTimestamp
+        if src is not None:
+            key = _unix(src)
+            if self._last_key.get(sensor) == key:
+                return  # the very sample already emitted: not refreshed, never re-sent as fresh
+            self._last_key[sensor] = key
+        # Without any timestamp there is nothing to compare: a subscription reports changes only, and a
+        # poll is vouched for by the server's Good status at read time (see the module docstring).
+        if self._point_log.is_failing(sensor):
+            self._point_log.success(sensor, "OPC-UA source %s: sensor %s delivers again", self.name, sensor)
+        self.stats.readings[sensor] += 1
+        out.append(Reading(sensor, number, self._timestamp(sensor, dv, received)))
+
+    def _timestamp(self, sensor: str, dv: ua.DataValue, received: float) -> float:
+        if self._use_received:
+            return received
+        cfg = self._config
+        dt = dv.ServerTimestamp if cfg.timestamp == "server" else (dv.SourceTimestamp or dv.ServerTimestamp)
+        if dt is None:
+            return received
+        ts = _unix(dt)
+        if abs(ts - received) > cfg.max_clock_skew_secs:
+            self.retimed[sensor] += 1
+            return received
+        return ts
+
+    def _probe_line(self, node: NodeConfig, resolved: ua.NodeId | ua.StatusCode, dv: ua.DataValue | None) -> ProbeLine:
+        address = node.node_id or node.browse_path or ""
+        if dv is None:
+            return ProbeLine(sensor=node.sensor, error=f"cannot resolve {address}: {_status_name(resolved)}")
+        variant = dv.Value
+        value = variant.Value if variant is not None else None
+        line = ProbeLine(
+            sensor=node.sensor,
+            value=value,
+            type=variant.VariantType.name if variant is not None else "",
+            status=_status_name(dv.StatusCode),
+            source_ts=dv.SourceTimestamp.isoformat() if dv.SourceTimestamp else "",
+            server_ts=dv.ServerTimestamp.isoformat() if dv.ServerTimestamp else "",
+            extra={"node": str(resolved.to_string())} if node.browse_path else {},
+        )
+        if dv.StatusCode is not None and not dv.StatusCode.is_good():
+            line.error = f"status {line.status}"
+        elif _as_float(value) is None:
+            line.error = "value is not numeric"
+        return line
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line, operator-facing account of a session failure."""
+    if isinstance(exc, _AUTH_ERRORS):
+        return (
+            f"the server rejected the user identity ({type(exc).__name__}): "
+            "check username and password_file/password_env"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused ({exc})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, ConnectionLost) else f"{type(exc).__name__}: {text}"
+
+
+# --------------------------------------------------------------------------------------------- write-back
+
+
+_INT_RANGES = {
+    ua.VariantType.SByte: (-(2**7), 2**7 - 1),
+    ua.VariantType.Byte: (0, 2**8 - 1),
+    ua.VariantType.Int16: (-(2**15), 2**15 - 1),
+    ua.VariantType.UInt16: (0, 2**16 - 1),
+    ua.VariantType.Int32: (-(2**31), 2**31 - 1),
+    ua.VariantType.UInt32: (0, 2**32 - 1),
+    ua.VariantType.Int64: (-(2**63), 2**63 - 1),
+    ua.VariantType.UInt64: (0, 2**64 - 1),
+}
+
+
+def _coerce(value: float | int | bool, vtype: ua.VariantType, node_id: str) -> Any:
+    """``value`` in the node's own type; a ConnectorError when it does not fit."""
+    if vtype == ua.VariantType.Boolean:
+        return bool(value)
+    if vtype in (ua.VariantType.Float, ua.VariantType.Double):
+        return float(value)
+    if vtype in _INT_RANGES:
+        if not float(value).is_integer():
+            raise ConnectorError(f"{node_id} is {vtype.name}: {value!r} is not a whole number")
+        low, high = _INT_RANGES[vtype]
+        if not low <= int(value) <= high:
+            raise ConnectorError(f"{node_id} is {vtype.name}: {value!r} is out of range")
+        return int(value)
+    raise ConnectorError(f"{node_id} is {vtype.name}: only numeric and Boolean nodes can be written")
+
+
+async def _variant_type(client: Client, node_id: ua.NodeId, text: str) -> ua.VariantType:
+    """The node's value type: the current value's variant type, else its built-in DataType."""
+    value, dtype = await client.uaclient.read(
+        ua.ReadParameters(
+            NodesToRead=[
+                ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.Value),
+                ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.DataType),
+            ]
+        )
+    )
+    if value.StatusCode.value in _ADDRESS_ERRORS:
+        raise ConnectorError(f"{text}: {value.StatusCode.name}")
+    if value.Value is not None and value.Value.VariantType not in (ua.VariantType.Null, None):
+        return value.Value.VariantType
+    dt = dtype.Value.Value if dtype.Value is not None else None
+    if isinstance(dt, ua.NodeId) and dt.NamespaceIndex == 0 and isinstance(dt.Identifier, int):
+        try:
+            return ua.VariantType(dt.Identifier)
+        except ValueError:
+            pass
+    raise ConnectorError(f"{text}: cannot tell its data type ({dt})")
+
+
+async def write_opcua(config: OpcUaSourceConfig, node_id: str, value: float | int | bool, base_dir: Path) -> None:
+    """Connect, write ``value`` to ``node_id`` in the node's own data type, disconnect.
+
+    Same endpoint, security and identity as the source. Raises ConnectionLost when the server cannot be
+    reached (retriable) and ConnectorError when the write itself is refused or the value does not fit.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConnectorError(f"{node_id}: refusing to write {value!r}")
+    nid = ua.NodeId.from_string(node_id)
+    client: Client | None = None
+    try:
+        client = await _open_client(config, base_dir)
+        vtype = await _variant_type(client, nid, node_id)
+        variant = ua.Variant(_coerce(value, vtype, node_id), vtype)
+        results = await client.uaclient.write_attributes([nid], [ua.DataValue(variant)], ua.AttributeIds.Value)
+        if not results[0].is_good():
+            raise ConnectorError(f"write to {node_id} refused: {results[0].name}")
+    except (OSError, TimeoutError, ua.UaError) as exc:
+        raise ConnectionLost(f"write to {node_id} on {config.endpoint}: {_describe(exc)}") from exc
+    finally:
+        if client is not None:
+            await _close(client, config.timeout_secs)
+
+
+# --------------------------------------------------------------------------------------------- certificates
+
+
+def make_client_certificate(
+    cert_path: Path, key_path: Path, application_uri: str | None = None, hostname: str | None = None
+) -> None:
+    """Create a self-signed client certificate (DER, valid 365 days) and its private key (PEM, mode 0600).
+
+    Existing files are kept when they still match ``application_uri`` and ``hostname`` (asyncua regenerates
+    only a missing or mismatched pair). Defaults: hostname = this host, application_uri =
+    ``urn:l4e-agent:<hostname>``. The server must trust the certificate (most servers put it in a "rejected"
+    folder on first contact for an administrator to accept).
+    """
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    host = hostname or socket.gethostname()
+    uri = application_uri or f"urn:l4e-agent:{host}"
+    cert_path, key_path = Path(cert_path), Path(key_path)
+    for path in (cert_path, key_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    old_umask = os.umask(0o077)  # the key is written by asyncua: make it private from the start
+    try:
+        asyncio.run(
+            setup_self_signed_certificate(
+                key_path, cert_path, uri, host, [ExtendedKeyUsageOID.CLIENT_AUTH], {"organizationName": "l4e-agent"}
+            )
+        )
+    finally:
+        os.umask(old_umask)
+    key_path.chmod(0o600)
+
+
+__all__ = [
+    "DeadbandConfig",
+    "NodeConfig",
+    "OpcUaConnector",
+    "OpcUaSourceConfig",
+    "SecurityConfig",
+    "make_client_certificate",
+    "write_opcua",
+]
