@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from agent import alarms as alarms_module
@@ -450,3 +453,27 @@ async def test_corrupt_state_is_set_aside(tmp_path: Path) -> None:
 def test_engine_refuses_missing_hooks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="rec"):
         AlarmEngine("pump", config(ANOMALY), tmp_path, {}, FakeClock())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    preds=st.lists(st.sampled_from([0, 1, 1, 2]), max_size=60),  # 2 = a MACHINE_OFF row
+    cuts=st.lists(st.integers(0, 60), max_size=5),
+    n=st.integers(1, 4),
+    m=st.integers(1, 4),
+)
+def test_transitions_alternate_and_do_not_depend_on_batching(preds, cuts, n, m) -> None:
+    rule = anomaly_rule(min_consecutive=n, clear_after=m)
+    lines = [
+        Result(T0 + 60 * (i + 1), 0, "MACHINE_OFF", None) if p == 2 else rows([p], start=T0 + 60 * (i + 1))[0]
+        for i, p in enumerate(preds)
+    ]
+    bounds = sorted({0, len(lines), *(c for c in cuts if c <= len(lines))})
+    batches = [lines[a:b] for a, b in itertools.pairwise(bounds)]
+    whole, _ = run_rule(rule, [lines])
+    split, _ = run_rule(rule, [*batches, lines])  # and a full replay at the end, which changes nothing
+    assert [a for batch in split for a in batch] == whole[0]
+    states = [a.state for a in whole[0]]
+    assert states == ["raised", "cleared"] * (len(states) // 2) + ["raised"] * (len(states) % 2)
+    for raised, cleared in zip(whole[0][::2], whole[0][1::2], strict=False):
+        assert raised.id == cleared.id and raised.ts < cleared.ts
