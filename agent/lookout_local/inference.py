@@ -50,7 +50,9 @@ def iso_utc_minutes(ts: float) -> str:
 
 
 def find_files(store, cfg: InputConfig, component: str, window: Window, frequency: int) -> list[str]:
-    """Keys of ``component``'s files whose name timestamp lies in [start − F, end + F], oldest first."""
+    """Keys of ``component``'s files whose name timestamp lies in [start − F, end + F], oldest first, except
+    that the window's own file (named with its start) comes last: where files overlap (the agent writes
+    [start, end], so a window's end row is also the next file's start row) its rows win."""
     head = f"{cfg.prefix}{component}{cfg.delimiter}"
     found = []
     for key in store.list(head):
@@ -60,7 +62,8 @@ def find_files(store, cfg: InputConfig, component: str, window: Window, frequenc
         start = parse_object_name(name, component, cfg.delimiter, cfg.timestamp_format, cfg.offset_secs)
         if start is not None and window.start - frequency <= start <= window.end + frequency:
             found.append((start, key))
-    return [key for _start, key in sorted(found)]
+    found.sort(key=lambda item: (item[0] == window.start, item[0], item[1]))
+    return [key for _start, key in found]
 
 
 def missing_file_reason(cfg: InputConfig, component: str, window: Window, frequency: int) -> str:

@@ -1,0 +1,137 @@
+"""Inference scheduler operations: create/describe/list/update/start/stop/delete and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import BUCKET, wait_for
+
+ROLE = "arn:aws:iam::123456789012:role/l4e"
+
+
+def create(client, name: str, model: str = "m1", **extra):
+    params = dict(
+        ModelName=model, InferenceSchedulerName=name, DataUploadFrequency="PT5M",
+        DataDelayOffsetInMinutes=60,  # no window becomes due while these tests run on the system clock
+        DataInputConfiguration={"S3InputConfiguration": {"Bucket": BUCKET, "Prefix": f"{name}/input/"},
+                                "InputTimeZoneOffset": "+00:00",
+                                "InferenceInputNameConfiguration": {"TimestampFormat": "yyyyMMddHHmmss",
+                                                                    "ComponentTimestampDelimiter": "_"}},
+        DataOutputConfiguration={"S3OutputConfiguration": {"Bucket": BUCKET, "Prefix": f"{name}/output/"}},
+        RoleArn=ROLE)
+    params.update(extra)
+    return client.create_inference_scheduler(**params)
+
+
+def status(client, name: str) -> str:
+    return client.describe_inference_scheduler(InferenceSchedulerName=name)["Status"]
+
+
+def test_lifecycle_of_statuses(trained):
+    _svc, client, _store = trained
+    created = create(client, "s-life", Tags=[{"Key": "line", "Value": "3"}])
+    assert created["Status"] == "PENDING"
+    assert created["InferenceSchedulerArn"].startswith(
+        "arn:aws:lookoutequipment:us-east-1:123456789012:inference-scheduler/s-life/")
+    wait_for(lambda: status(client, "s-life") == "RUNNING")
+    desc = client.describe_inference_scheduler(InferenceSchedulerName="s-life")
+    assert (desc["ModelName"], desc["DataUploadFrequency"], desc["DataDelayOffsetInMinutes"]) == ("m1", "PT5M", 60)
+    assert desc["DataInputConfiguration"]["InferenceInputNameConfiguration"]["ComponentTimestampDelimiter"] == "_"
+    with pytest.raises(client.exceptions.ConflictException):
+        client.start_inference_scheduler(InferenceSchedulerName="s-life")
+    with pytest.raises(client.exceptions.ConflictException):
+        client.delete_inference_scheduler(InferenceSchedulerName="s-life")
+    with pytest.raises(client.exceptions.ConflictException):
+        client.delete_model(ModelName="m1")
+    with pytest.raises(client.exceptions.ConflictException):
+        client.delete_dataset(DatasetName="hist")
+    stopped = client.stop_inference_scheduler(InferenceSchedulerName="s-life")
+    assert stopped["Status"] == "STOPPING" and stopped["ModelName"] == "m1"
+    wait_for(lambda: status(client, "s-life") == "STOPPED")
+    with pytest.raises(client.exceptions.ConflictException):
+        client.stop_inference_scheduler(InferenceSchedulerName="s-life")
+    assert client.start_inference_scheduler(InferenceSchedulerName="s-life")["Status"] == "PENDING"
+    wait_for(lambda: status(client, "s-life") == "RUNNING")
+    client.stop_inference_scheduler(InferenceSchedulerName="s-life")
+    wait_for(lambda: status(client, "s-life") == "STOPPED")
+    assert client.list_tags_for_resource(ResourceArn=created["InferenceSchedulerArn"])["Tags"] == [
+        {"Key": "line", "Value": "3"}]
+    client.delete_inference_scheduler(InferenceSchedulerName="s-life")
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.describe_inference_scheduler(InferenceSchedulerName="s-life")
+
+
+def test_update(trained):
+    _svc, client, _store = trained
+    create(client, "s-upd")
+    client.update_inference_scheduler(InferenceSchedulerName="s-upd", DataUploadFrequency="PT10M",
+                                      DataDelayOffsetInMinutes=30,
+                                      DataOutputConfiguration={"S3OutputConfiguration": {
+                                          "Bucket": BUCKET, "Prefix": "elsewhere/"}})
+    desc = client.describe_inference_scheduler(InferenceSchedulerName="s-upd")
+    assert (desc["DataUploadFrequency"], desc["DataDelayOffsetInMinutes"]) == ("PT10M", 30)
+    assert desc["DataOutputConfiguration"]["S3OutputConfiguration"]["Prefix"] == "elsewhere/"
+    assert desc["UpdatedAt"] >= desc["CreatedAt"]
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.update_inference_scheduler(InferenceSchedulerName="nope", DataDelayOffsetInMinutes=1)
+    with pytest.raises(client.exceptions.ValidationException):
+        client.update_inference_scheduler(InferenceSchedulerName="s-upd", DataDelayOffsetInMinutes=61)
+    with pytest.raises(client.exceptions.ValidationException):
+        client.update_inference_scheduler(InferenceSchedulerName="s-upd", DataInputConfiguration={
+            "S3InputConfiguration": {"Bucket": BUCKET, "Prefix": "no-trailing-slash"}})
+
+
+def test_create_errors(trained):
+    _svc, client, _store = trained
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        create(client, "s-err", model="no-such-model")
+    create(client, "s-dup")
+    with pytest.raises(client.exceptions.ConflictException):
+        create(client, "s-dup")
+    with pytest.raises(client.exceptions.ValidationException):
+        create(client, "s-err", DataInputConfiguration={"S3InputConfiguration": {"Bucket": BUCKET},
+                                                         "InputTimeZoneOffset": "+5:30"})
+    with pytest.raises(client.exceptions.ValidationException):
+        create(client, "s-err", DataInputConfiguration={"S3InputConfiguration": {"Bucket": BUCKET},
+                                                         "InferenceInputNameConfiguration": {"TimestampFormat": "x"}})
+    for call in (client.describe_inference_scheduler, client.start_inference_scheduler,
+                 client.stop_inference_scheduler, client.delete_inference_scheduler):
+        with pytest.raises(client.exceptions.ResourceNotFoundException):
+            call(InferenceSchedulerName="s-none")
+
+
+def test_untrained_model_cannot_be_scheduled(trained):
+    _svc, client, _store = trained
+    client.create_model(ModelName="m-untrained", DatasetName="hist",
+                        TrainingDataStartTime=2e9, TrainingDataEndTime=2e9 + 86400)  # fails: no data there
+    wait_for(lambda: client.describe_model(ModelName="m-untrained")["Status"] == "FAILED")
+    with pytest.raises(client.exceptions.ValidationException):
+        create(client, "s-untrained", model="m-untrained")
+
+
+def test_idempotent_create(trained):
+    _svc, client, _store = trained
+    first = create(client, "s-idem", ClientToken="sched-token")
+    again = create(client, "s-idem", ClientToken="sched-token")
+    assert first["InferenceSchedulerArn"] == again["InferenceSchedulerArn"]
+
+
+def test_list_schedulers_and_executions(trained):
+    _svc, client, _store = trained
+    for name in ("s-list-a", "s-list-b", "s-list-c"):
+        create(client, name)
+    names = [s["InferenceSchedulerName"] for s in
+             client.list_inference_schedulers(InferenceSchedulerNameBeginsWith="s-list-")["InferenceSchedulerSummaries"]]
+    assert names == ["s-list-a", "s-list-b", "s-list-c"]
+    page = client.list_inference_schedulers(InferenceSchedulerNameBeginsWith="s-list-", MaxResults=2)
+    assert len(page["InferenceSchedulerSummaries"]) == 2
+    rest = client.list_inference_schedulers(InferenceSchedulerNameBeginsWith="s-list-", NextToken=page["NextToken"])
+    assert [s["InferenceSchedulerName"] for s in rest["InferenceSchedulerSummaries"]] == ["s-list-c"]
+    assert "NextToken" not in rest
+    summary = page["InferenceSchedulerSummaries"][0]
+    assert summary["ModelName"] == "m1" and summary["DataUploadFrequency"] == "PT5M"
+    assert client.list_inference_schedulers(ModelName="other")["InferenceSchedulerSummaries"] == []
+    assert client.list_inference_schedulers(Status="STOPPED", InferenceSchedulerNameBeginsWith="s-list-")[
+        "InferenceSchedulerSummaries"] == []
+    # the API documents an empty list (not an error) for a scheduler that does not exist
+    assert client.list_inference_executions(InferenceSchedulerName="ghost")["InferenceExecutionSummaries"] == []
