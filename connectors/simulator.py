@@ -165,15 +165,13 @@ class PlantSimulator:
         self._modbus: ModbusTcpServer | None = None
         self._task: asyncio.Task | None = None
 
-    @property
-    def modbus_address(self) -> tuple[str, int]:
-        return self.host, self.modbus_port
-
     async def start(self) -> None:
         """Start both servers, publish the first values, then keep them fresh.
 
-        Raises OSError if a port is taken; nothing is left running then.
+        Raises OSError if a port is taken; nothing is left running then. One start per stop.
         """
+        if self._opcua is not None or self._modbus is not None:
+            raise RuntimeError("PlantSimulator already started")
         try:
             await self._start_opcua()
             await self._start_modbus()
