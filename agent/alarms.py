@@ -597,6 +597,9 @@ class OutboxEntry:
 
 @dataclass
 class EngineState:
+    """Everything the engine persists (``alarms.json`` in the state directory): per-rule counters and open
+    alarms, and the outbox of deliveries still owed."""
+
     anomaly: dict[str, AnomalyState] = field(default_factory=dict)
     events: dict[str, dict[str, OpenEvent]] = field(default_factory=dict)
     outbox: list[OutboxEntry] = field(default_factory=list)
@@ -723,7 +726,8 @@ class AlarmEngine:
 
     async def on_results(self, results: Iterable[Result]) -> list[Alarm]:
         """Feed result rows (one or more executions); returns the transitions decided (already persisted and
-        queued for delivery)."""
+        queued for delivery). Raises StateError when the state cannot be saved: then nothing changed and
+        nothing is delivered, so the caller can feed the same rows again (rows already counted are skipped)."""
         rows = list(results)
         now = self.clock.now()
 
@@ -904,6 +908,7 @@ class AlarmEngine:
         except OSError as exc:
             raise StateError(f"cannot read {self.state_path}: {exc}") from exc
         try:
+            # A StateError (a file from a newer agent) propagates: better stop than forget open alarms.
             return EngineState.from_json(raw)
         except (ValueError, KeyError, TypeError) as exc:
             # A corrupt file cannot come from _write_atomic; keep it for inspection and start afresh rather
