@@ -7,8 +7,8 @@ state are written in closed form:
 
 - the duty schedule (stops) is drawn per 4-hour slot by hashing (seed, slot);
 - speed ramps and coast-downs are exponentials of the time since the last start/stop;
-- temperatures follow the running state through a first-order lag, computed by superposing the closed-form
-  response to each stop of the last slots;
+- temperatures follow the running state and the speed set-point through first-order lags, computed by
+  superposing the closed-form responses to each stop and each set-point step of the last slots;
 - noise is a Gaussian drawn by hashing (seed, channel, whole second), so it is the same on every call.
 
 Physics (nominal point: 1480 rpm, 120 m³/h, 6 bar differential): flow ∝ speed, head ∝ speed² (affinity
