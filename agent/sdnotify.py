@@ -11,7 +11,9 @@ loop and only while a health predicate holds, so a stalled loop *or* stopped dat
 Usage (in ``agent.service``)::
 
     notifier = Notifier.from_env()
-    gate = WatchdogGate(notifier, health)        # health() -> bool | tuple[bool, str]
+    health = all_healthy(ProgressCheck("readings", lambda: sum(counts.values()), max_stall_secs=120),
+                         supervisor_ok)          # each: () -> bool | tuple[bool, str]
+    gate = WatchdogGate(notifier, health)        # the same health() can serve /healthz
     ...start connectors and the metrics server...
     notifier.ready("collecting 12 sensors")
     watchdog_task = asyncio.create_task(gate.run())
@@ -163,6 +165,59 @@ def watchdog_interval_secs(environ: Mapping[str, str] | None = None, pid: int | 
         except ValueError:
             return None
     return usec / 2 / 1_000_000
+
+
+class ProgressCheck:
+    """A health check that holds while a running total keeps growing: "data is flowing".
+
+    ``total()`` returns a monotonic count kept elsewhere (e.g. the sum of a connector's readings
+    Counter); it is read only when the check runs, so the hot path pays nothing. The check is healthy
+    until ``max_stall_secs`` (monotonic seconds) pass without the total changing; the time before the
+    first check counts as progress, so a fresh start has ``max_stall_secs`` to produce data.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        total: Callable[[], float],
+        max_stall_secs: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.total = total
+        self.max_stall_secs = max_stall_secs
+        self._monotonic = monotonic
+        self._last_total: float | None = None
+        self._last_progress = monotonic()
+
+    def __call__(self) -> tuple[bool, str]:
+        now = self._monotonic()
+        current = self.total()
+        if current != self._last_total:
+            self._last_total = current
+            self._last_progress = now
+        stalled = now - self._last_progress
+        if stalled > self.max_stall_secs:
+            return False, f"{self.name}: no progress for {stalled:.0f} s"
+        return True, ""
+
+
+def all_healthy(*checks: Callable[[], HealthResult]) -> Callable[[], tuple[bool, str]]:
+    """One check from several: healthy when every one is; the reason lists each failing check's reason.
+
+    Every check runs each time (so each :class:`ProgressCheck` keeps its own baseline up to date).
+    """
+
+    def check() -> tuple[bool, str]:
+        reasons = []
+        for one in checks:
+            ok, reason = _split_health(one())
+            if not ok:
+                reasons.append(reason)
+        return not reasons, "; ".join(reasons)
+
+    return check
 
 
 def _split_health(result: HealthResult) -> tuple[bool, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import Notifier, WatchdogGate, watchdog_interval_secs
+from agent.sdnotify import Notifier, ProgressCheck, WatchdogGate, all_healthy, watchdog_interval_secs
 
 
 class Manager:
@@ -161,6 +161,44 @@ async def test_gate_without_watchdog_returns_at_once(manager: Manager) -> None:
     gate = WatchdogGate(Notifier(manager.address), lambda: True, environ={})
     assert not gate.enabled
     await asyncio.wait_for(gate.run(), timeout=1.0)
+
+
+def test_progress_check_fails_when_the_total_stops_growing() -> None:
+    now = [1000.0]
+    readings = [0]
+    check = ProgressCheck("readings", lambda: readings[0], max_stall_secs=60, monotonic=lambda: now[0])
+    assert check() == (True, "")
+    now[0] += 59
+    assert check() == (True, "")  # a fresh start gets max_stall_secs to produce data
+    readings[0] += 5
+    now[0] += 30
+    assert check() == (True, "")
+    now[0] += 61
+    assert check() == (False, "readings: no progress for 61 s")
+    readings[0] += 1
+    assert check() == (True, "")
+
+
+def test_all_healthy_joins_reasons() -> None:
+    check = all_healthy(lambda: True, lambda: (False, "plc1 down"), lambda: False)
+    assert check() == (False, "plc1 down; unhealthy")
+    assert all_healthy(lambda: (True, ""), lambda: True)() == (True, "")
+
+
+def test_gate_stops_pinging_when_data_stops(manager: Manager) -> None:
+    """The watchdog path end to end: readings stop → the progress check fails → no more pings."""
+    now = [0.0]
+    readings = [0]
+    health = all_healthy(ProgressCheck("readings", lambda: readings[0], 10, monotonic=lambda: now[0]))
+    gate = WatchdogGate(Notifier(manager.address), health, interval_secs=5)
+    for _ in range(4):
+        readings[0] += 3
+        now[0] += 5
+        assert gate.tick()
+    now[0] += 11
+    assert not gate.tick()
+    messages = [m[0] for m in manager.pending()]
+    assert messages == ["WATCHDOG=1"] * 4 + ["STATUS=unhealthy: readings: no progress for 11 s"]
 
 
 async def _until(condition, timeout: float = 2.0) -> None:
