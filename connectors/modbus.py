@@ -541,6 +541,8 @@ class ModbusConnector:
 
         Unexpected errors in a device task (bugs, not I/O) are re-raised here for the supervisor.
         """
+        # Unbounded on purpose: a full queue would block device tasks and break their cadence; the consumer
+        # (the spool) takes batches far faster than a PLC produces them.
         queue: asyncio.Queue[list[Reading] | BaseException] = asyncio.Queue()
         states = self._build_states()
         tasks = [

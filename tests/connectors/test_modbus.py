@@ -232,7 +232,7 @@ async def test_a_dead_device_behind_the_gateway_does_not_slow_the_live_one(failu
         },
         {
             "device_id": 2,
-            "timeout_secs": 0.5,
+            "timeout_secs": 1.0,
             "retries": 0,
             "points": [{"sensor": "dead", "table": "holding", "address": 0, "type": "uint16"}],
         },
@@ -247,7 +247,7 @@ async def test_a_dead_device_behind_the_gateway_does_not_slow_the_live_one(failu
             dead.release()
     steps = [b - a for a, b in itertools.pairwise(stamps)]
     assert statistics.mean(steps[1:]) == pytest.approx(interval, rel=0.10)
-    assert max(steps[1:]) < 1.5 * interval  # a stall behind the 0.5 s timeout would show here
+    assert max(steps[1:]) < 2 * interval  # a stall behind the dead device's 1 s timeout would show here
     assert conn.stats.readings["live"] == 11 and conn.stats.readings["dead"] == 0
     assert conn.stats.read_errors["dead"] >= 1 and conn.stats.read_errors["live"] == 0
     if failure == "never answers":
@@ -335,7 +335,7 @@ async def test_reconnects_after_the_server_goes_away_and_comes_back():
 
 
 async def test_cadence_and_timestamps_follow_a_scaled_clock():
-    clock = ScaledClock(start=1_800_000_000.0, speed=20)
+    clock = ScaledClock(start=1_800_000_000.0, speed=10)
     async with tcp_peer(sim_device(1, holding={0: [1]})) as peer:
         points = [{"sensor": "p", "table": "holding", "address": 0, "type": "uint16"}]
         conn = connector(make_config(peer.port, [{"points": points}], poll_interval_ms=1000), clock)
@@ -346,10 +346,10 @@ async def test_cadence_and_timestamps_follow_a_scaled_clock():
         finally:
             await reader.stop()
         wall = time.monotonic() - wall
-    assert wall < 1.0  # four clock seconds at 20x
+    assert wall < 2.0  # four clock seconds at 10x take 0.4 s
     for ts in stamps[1:]:
-        assert ts - math.floor(ts) < 0.2  # polled on the clock's whole-second grid
-    assert all(b - a == pytest.approx(1.0, abs=0.2) for a, b in itertools.pairwise(stamps[1:]))
+        assert ts - math.floor(ts) < 0.3  # polled on the clock's whole-second grid (30 ms of wall slack)
+    assert all(b - a == pytest.approx(1.0, abs=0.3) for a, b in itertools.pairwise(stamps[1:]))
 
 
 # ------------------------------------------------------------------------------------------ probe
