@@ -55,12 +55,17 @@ class Uploader:
         self._retry_at = 0.0  # monotonic wall time before which no attempt is made
         self._errors = TransitionLog(log)
         self._late_logged: set[int] = set()
+        self._lock = asyncio.Lock()  # the scheduled job and a drain must not upload the same file twice
 
     def backlog(self) -> int:
         return len(self.outbox.entries())
 
     async def run_once(self) -> int:
         """Upload what is pending, oldest first, until done or the first failure. Returns files uploaded."""
+        async with self._lock:
+            return await self._run_once()
+
+    async def _run_once(self) -> int:
         if time.monotonic() < self._retry_at:
             return 0
         done = 0
@@ -88,6 +93,8 @@ class Uploader:
             self.stats.record(key, now - entry.window_end)
             deadline = entry.window_end + self.delay_offset_secs
             if now > deadline and entry.window_end not in self._late_logged:
+                if len(self._late_logged) > 1000:  # bounded memory over months of running
+                    self._late_logged.clear()
                 self._late_logged.add(entry.window_end)
                 self.stats.windows_late += 1
                 log.warning("window ending %s uploaded %.0fs after its deadline (end + delay offset): the "
