@@ -12,12 +12,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hook_peers import ROOT, connector_writer_factory, modbus_peer, opcua_peer, result_rows, webhook_peer
 
 from agent.alarms import AlarmEngine, AlarmsConfig, HookError
 from agent.clock import SystemClock
 from agent.hooks import ExecHook, WebhookHook, build_hooks
 from agent.model import Alarm, Diagnostic
+from tests.integration.hook_peers import (
+    ROOT,
+    connector_writer_factory,
+    modbus_peer,
+    opcua_peer,
+    result_rows,
+    webhook_peer,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
