@@ -489,7 +489,7 @@ class MetricsServer:
             await _write_response(writer, status, content_type, body, head_only=method == "HEAD")
         except _BadRequest as exc:
             await _write_response(writer, 400, "text/plain; charset=utf-8", f"{exc}\n".encode(), head_only=False)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away or was too slow; nothing to answer
         finally:
             writer.close()
@@ -524,18 +524,25 @@ class _BadRequest(Exception):
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
     """Read the request line and headers; return (method, path without the query string)."""
-    request_line = (await reader.readline()).decode("latin-1").strip()
+    request_line = (await _read_line(reader)).decode("latin-1").strip()
     parts = request_line.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         raise _BadRequest("malformed request line")
     for _ in range(_MAX_HEADER_LINES):
-        line = await reader.readline()
+        line = await _read_line(reader)
         if line in (b"\r\n", b"\n", b""):
             break
     else:
         raise _BadRequest("too many header lines")
     method, target, _version = parts
     return method, target.split("?", 1)[0]
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readline()
+    except ValueError as exc:  # StreamReader's limit (8 KiB) exceeded: no legitimate scraper does that
+        raise _BadRequest("request line or header too long") from exc
 
 
 async def _write_response(

@@ -178,10 +178,11 @@ async def test_broken_health_check_is_503_and_garbage_is_400() -> None:
         status, _, body = await asyncio.to_thread(get, server.port, "/healthz")
         assert (status, body) == (503, "health check raised RuntimeError: state dir unreadable\n")
 
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"hello\r\n\r\n")
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), timeout=5)
-        writer.close()
-        await writer.wait_closed()
-        assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        for garbage in (b"hello\r\n\r\n", b"GET /" + b"x" * 10_000 + b" HTTP/1.1\r\n\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(garbage)
+            await writer.drain()
+            response = await asyncio.wait_for(reader.read(), timeout=5)
+            writer.close()
+            await writer.wait_closed()
+            assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
