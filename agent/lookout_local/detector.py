@@ -9,9 +9,12 @@ Training (``Detector.fit``) on an (n × p) matrix of resampled sensor values:
 
 Scoring a row: d² = ‖W z‖², ``anomaly_score = d²ᵏ / (d²ᵏ + Tᵏ)`` with k = 2, so d² = T scores exactly 0.5
 (the decision threshold), typical training rows score ≈ 0.05–0.15 and the score is in [0, 1).
-Because W is symmetric, each component of w = W z stays tied to one sensor, so w_i² / d² is a non-negative
-per-sensor share of the distance that sums to 1: those are the diagnostics. A broken correlation between
-sensors shows as a large d² even when every sensor stays inside its own normal range.
+Diagnostics are reconstruction-based contributions (Alcala & Qin 2009): with P = W² the regularised inverse
+covariance, sensor i contributes (P z)_i² / P_ii, the squared distance removed by reconstructing sensor i
+from all the others. They are non-negative and, for a fault on one sensor, largest on that sensor even when
+sensors are strongly correlated (a plain split of d² smears over correlated sensors); they are normalised to
+shares that sum to 1. A broken correlation between sensors shows as a large d² even when every sensor stays
+inside its own normal range.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ class Detector:
     scale: np.ndarray
     whiten: np.ndarray
     threshold: float
+
+    def __post_init__(self) -> None:
+        self.precision = self.whiten @ self.whiten  # regularised inverse covariance, kept for scoring
 
     @classmethod
     def fit(cls, values: np.ndarray, names: list[str]) -> Detector:
@@ -68,18 +74,20 @@ class Detector:
         return cls(list(names), median, scale, whiten, threshold)
 
     def distance(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(d² per row, w² per row × sensor) for rows of ``values`` (NaN → the training median)."""
+        """(d² per row, reconstruction-based contribution per row × sensor); NaN → the training median."""
         z = _standardise(np.asarray(values, dtype=np.float64), self.median, self.scale)
-        w2 = (z @ self.whiten) ** 2
-        return w2.sum(axis=1), w2
+        w = z @ self.whiten
+        contrib = (z @ self.precision) ** 2 / np.diag(self.precision)
+        return np.sum(w**2, axis=1), contrib
 
     def score(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(anomaly score in [0, 1) per row, per-sensor shares per row summing to 1)."""
-        d2, w2 = self.distance(values)
+        d2, contrib = self.distance(values)
         ratio = d2 / self.threshold
         scores = ratio**POWER / (ratio**POWER + 1.0)
+        total = contrib.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            shares = np.where(d2[:, None] > 0, w2 / d2[:, None], 1.0 / w2.shape[1])
+            shares = np.where(total > 0, contrib / total, 1.0 / contrib.shape[1])
         return scores, shares
 
     def save(self, path: Path) -> None:

@@ -3,6 +3,7 @@ through an unmodified boto3 ``lookoutequipment`` client; synthetic history inges
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -56,10 +57,8 @@ def write_history(store: FileStore, frames: dict, prefix: str = HISTORY_PREFIX, 
 
 def ingest(client, name: str, prefix: str = HISTORY_PREFIX, key_pattern: str | None = None) -> dict:
     """Create (if needed) and ingest a dataset; returns the finished job description."""
-    try:
+    with contextlib.suppress(client.exceptions.ConflictException):
         client.create_dataset(DatasetName=name, DatasetSchema={"InlineDataSchema": synth.schema()})
-    except client.exceptions.ConflictException:
-        pass
     s3 = {"Bucket": BUCKET, "Prefix": prefix}
     if key_pattern:
         s3["KeyPattern"] = key_pattern
