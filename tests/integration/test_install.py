@@ -151,7 +151,8 @@ def test_real_venv_install_and_upgrade(tmp_path: Path) -> None:
     venv = root / "opt/l4e-agent/venv"
     script = venv / "bin/l4e-agent"
     assert os.access(script, os.X_OK)
-    assert script.read_text().splitlines()[0] == f"#!{venv}/bin/python"
+    # The shebang, or distlib's /bin/sh trampoline for paths longer than the kernel allows, names the venv.
+    assert f"{venv}/bin/python" in script.read_text()
     assert "from agent.cli import main" in script.read_text()
     probe = subprocess.run(
         [str(venv / "bin/python"), "-c", "import agent, importlib.metadata as m; "
