@@ -207,7 +207,9 @@ class OpcUaSourceConfig(SourceConfig):
     queue_size: int = Field(
         default=1, ge=0, description="Server-side queue per node: values kept between publishes (1 = latest)."
     )
-    deadband: DeadbandConfig | None = Field(default=None, description="Optional data-change deadband.")
+    deadband: DeadbandConfig | None = Field(
+        default=None, description="Optional data-change deadband, applied to every non-Boolean node."
+    )
     poll_interval_ms: float = Field(
         default=1000, gt=0, description="Poll mode: time between read cycles (ms, wall clock)."
     )
@@ -499,6 +501,7 @@ class OpcUaConnector:
         self._clock = clock
         self._base_dir = base_dir
         self._sensors = [n.sensor for n in config.nodes]
+        self._node_ids: dict[int, ua.NodeId] = {}  # client handle → NodeId, for the current session
         self._session_log = TransitionLog(_logger)
         self._point_log = TransitionLog(_logger)
         self._fail_kind: str | None = None
@@ -591,7 +594,7 @@ class OpcUaConnector:
         """
         resolved = await _resolve_nodes(client, self._config.nodes)
         handles: dict[int, str] = {}
-        self._node_ids: dict[int, ua.NodeId] = {}
+        self._node_ids = {}
         for handle, (sensor, result) in enumerate(zip(self._sensors, resolved, strict=True)):
             if isinstance(result, ua.StatusCode):
                 self._point_failed(sensor, f"cannot resolve node ({_status_name(result)})")
@@ -629,8 +632,9 @@ class OpcUaConnector:
             # one request timeout: a fast publishing interval must not turn a busy second into a reconnect.
             intervals = max(cfg.stale_after_intervals, 2 * result.RevisedMaxKeepAliveCount)
             feed.stale_secs = max(intervals * result.RevisedPublishingInterval / 1000.0, cfg.timeout_secs)
-        _, per_call = await _operation_limits(client)
-        items = [self._monitor_request(handle, self._node_ids[handle]) for handle in handles]
+        read_batch, per_call = await _operation_limits(client)
+        filtered = await self._deadband_handles(client, handles, read_batch)
+        items = [self._monitor_request(h, self._node_ids[h], deadband=h in filtered) for h in handles]
         for start in range(0, len(items), per_call):
             chunk = items[start : start + per_call]
             created = await client.uaclient.create_monitored_items(
@@ -646,10 +650,27 @@ class OpcUaConnector:
                     self._point_failed(sensor, f"cannot monitor node ({_status_name(res.StatusCode)})")
         return feed
 
-    def _monitor_request(self, handle: int, node_id: ua.NodeId) -> ua.MonitoredItemCreateRequest:
+    async def _deadband_handles(self, client: Client, handles: dict[int, str], batch: int) -> set[int]:
+        """Handles that get the deadband filter: every node whose DataType is not Boolean.
+
+        A deadband on a Boolean makes no sense (the spec has servers reject it; some servers apply it and a
+        deadband >= 1 then hides every switch), so the DataType attribute is read once per session.
+        """
+        if self._config.deadband is None:
+            return set()
+        ids = list(handles)
+        boolean = ua.NodeId(ua.ObjectIds.Boolean)
+        out = set()
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            types = await client.uaclient.read_attributes([self._node_ids[h] for h in chunk], ua.AttributeIds.DataType)
+            out.update(h for h, dv in zip(chunk, types, strict=True) if dv.Value is None or dv.Value.Value != boolean)
+        return out
+
+    def _monitor_request(self, handle: int, node_id: ua.NodeId, deadband: bool) -> ua.MonitoredItemCreateRequest:
         cfg = self._config
         mfilter = None
-        if cfg.deadband is not None:
+        if deadband and cfg.deadband is not None:
             mfilter = ua.DataChangeFilter(
                 Trigger=ua.DataChangeTrigger.StatusValue,
                 DeadbandType=1 if cfg.deadband.type == "absolute" else 2,
@@ -689,6 +710,7 @@ class OpcUaConnector:
                         if sensor is not None:
                             self._convert(sensor, item.Value, received, batch)
                 elif isinstance(notification, ua.StatusChangeNotification):
+                    # BadTimeout (expired) or GoodSubscriptionTransferred (moved away): either way not ours now.
                     feed.signal_lost(f"subscription status {_status_name(notification.Status)}")
             if batch:
                 self.stats.last_reading_ts = received

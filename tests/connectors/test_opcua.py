@@ -160,6 +160,26 @@ async def test_bad_and_uncertain_values_are_counted_not_delivered(peer: OpcUaPee
     assert connector.stats.readings["flow"] == 2
 
 
+async def test_absolute_deadband_suppresses_small_changes(peer: OpcUaPeer) -> None:
+    cfg = config(peer, deadband={"type": "absolute", "value": 1.0})
+    connector = OpcUaConnector(cfg, SystemClock(), Path("."))
+    async with collecting(connector) as got:
+        await got.next()
+        await peer.set("flow", 2.0)  # |2.0 - 1.5| < 1.0: the server keeps it to itself
+        await peer.set("run", False)
+        await got.until(lambda r: r.sensor == "run")
+        await peer.set("flow", 3.5)
+        reading = await got.until(lambda r: r.sensor == "flow")
+    assert reading.value == 3.5
+    assert connector.stats.readings["flow"] == 2
+
+
+async def test_missing_password_env_is_a_clear_probe_error(peer: OpcUaPeer) -> None:
+    cfg = config(peer, username="operator", password_env="L4E_TEST_OPCUA_PASSWORD")
+    report = await OpcUaConnector(cfg, SystemClock(), Path(".")).probe()
+    assert not report.ok and "L4E_TEST_OPCUA_PASSWORD is not set" in report.error
+
+
 async def test_non_numeric_value_is_a_read_error_logged_once(peer: OpcUaPeer, caplog: pytest.LogCaptureFixture) -> None:
     nodes = [*NODES, {"sensor": "label", "node_id": "ns=2;s=Pump07.Label"}]
     connector = OpcUaConnector(config(peer, nodes=nodes), SystemClock(), Path("."))
