@@ -26,7 +26,9 @@ Freshness: a value is never re-sent as new
     status, at that instant).
 
 Quality
-    Bad and Uncertain values give no reading and are counted per sensor in ``stats.bad_quality``. Booleans
+    Bad and Uncertain values give no reading and are counted per sensor in ``stats.bad_quality``; statuses
+    that say the address is wrong or not allowed (BadNodeIdUnknown, BadNotReadable, BadUserAccessDenied, ...)
+    are configuration problems instead, counted in ``stats.read_errors`` and logged once per sensor. Booleans
     become 0.0/1.0; other non-numeric values are counted in ``stats.read_errors`` and logged once per sensor.
 
 Recovery
@@ -96,6 +98,8 @@ _ADDRESS_ERRORS = frozenset(
         ua.StatusCodes.BadBrowseNameInvalid,
     }
 )
+_SEVERITY_MASK = 0xC000_0000  # 00 Good, 01 Uncertain, 1x Bad
+_CODE_MASK = 0xFFFF_0000  # the code without its info bits
 _AUTH_ERRORS = (BadUserAccessDenied, BadIdentityTokenRejected, BadIdentityTokenInvalid)
 # Everything a lost or refused session can raise; anything else is a bug and goes to the supervisor.
 _RETRIABLE = (OSError, TimeoutError, ua.UaError, ConnectionLost)
@@ -754,8 +758,9 @@ class OpcUaConnector:
     def _convert(self, sensor: str, dv: ua.DataValue, received: float, out: list[Reading]) -> None:
         """Append the Reading for one DataValue to ``out``, or count why there is none."""
         status = dv.StatusCode
-        if status is not None and status.value:
-            if status.value in _ADDRESS_ERRORS:
+        # Severity bits only: Good with info bits (e.g. a server queue overflow) is still a good value.
+        if status is not None and status.value & _SEVERITY_MASK:
+            if status.value & _CODE_MASK in _ADDRESS_ERRORS:
                 self._point_failed(sensor, f"read failed ({status.name})")
             else:
                 self.stats.bad_quality[sensor] += 1
@@ -870,7 +875,7 @@ async def _variant_type(client: Client, node_id: ua.NodeId, text: str) -> ua.Var
             ]
         )
     )
-    if value.StatusCode.value in _ADDRESS_ERRORS:
+    if value.StatusCode.value & _CODE_MASK in _ADDRESS_ERRORS:
         raise ConnectorError(f"{text}: {value.StatusCode.name}")
     if value.Value is not None and value.Value.VariantType not in (ua.VariantType.Null, None):
         return value.Value.VariantType
@@ -918,7 +923,8 @@ def make_client_certificate(
     Existing files are kept when they still match ``application_uri`` and ``hostname`` (asyncua regenerates
     only a missing or mismatched pair). Defaults: hostname = this host, application_uri =
     ``urn:l4e-agent:<hostname>``. The server must trust the certificate (most servers put it in a "rejected"
-    folder on first contact for an administrator to accept).
+    folder on first contact for an administrator to accept). Synchronous (for the CLI): it runs its own event
+    loop, so call it from a thread when a loop is already running.
     """
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
     from cryptography.x509.oid import ExtendedKeyUsageOID

@@ -152,7 +152,7 @@ async def test_bad_and_uncertain_values_are_counted_not_delivered(peer: OpcUaPee
         await peer.set("flow", 8.0, status=ua.StatusCodes.UncertainLastUsableValue)
         await peer.set("run", True)
         await got.until(lambda r: r.sensor == "run" and r.value == 1.0)
-        await peer.set("flow", 5.0)
+        await peer.set("flow", 5.0, status=0x0000_0480)  # Good with the Overflow info bit: still Good
         good = await got.until(lambda r: r.sensor == "flow")
     assert batch.value == 0.0
     assert connector.stats.bad_quality["flow"] == 2
@@ -269,17 +269,17 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-RESTARTS = 20
-
-
-async def test_server_restarts_resume_without_leaks(peer: OpcUaPeer, caplog: pytest.LogCaptureFixture) -> None:
-    connector = OpcUaConnector(config(peer), SystemClock(), Path("."))
+@pytest.mark.parametrize(("mode", "restarts"), [("subscribe", 20), ("poll", 5)])
+async def test_server_restarts_resume_without_leaks(
+    peer: OpcUaPeer, caplog: pytest.LogCaptureFixture, mode: str, restarts: int
+) -> None:
+    connector = OpcUaConnector(config(peer, mode=mode), SystemClock(), Path("."))
     started = time.monotonic()
     with caplog.at_level(logging.INFO, logger="connectors.opcua"):
         async with collecting(connector) as got:
             await got.next()
             tasks, fds = _client_tasks(), _open_fds()
-            for i in range(RESTARTS):
+            for i in range(restarts):
                 await peer.restart()
                 t0 = time.monotonic()
                 await peer.set("flow", 100.0 + i)
@@ -288,12 +288,12 @@ async def test_server_restarts_resume_without_leaks(peer: OpcUaPeer, caplog: pyt
                 assert time.monotonic() - t0 < FAST["backoff_max_secs"] * 4 + 1
             assert _client_tasks() <= tasks
             assert _open_fds() <= fds
-    assert connector.stats.reconnects == RESTARTS
+    assert connector.stats.reconnects == restarts
     ours = [r for r in caplog.records if r.name == "connectors.opcua"]
     warnings = [r for r in ours if r.levelno == logging.WARNING]
     recoveries = [r for r in ours if r.levelno == logging.INFO and "connected" in r.getMessage()]
-    assert len(recoveries) == RESTARTS
-    assert len(warnings) <= 2 * RESTARTS  # "lost", then perhaps one different "refused": never per attempt
+    assert len(recoveries) == restarts
+    assert len(warnings) <= 2 * restarts  # "lost", then perhaps one different "refused": never per attempt
     assert time.monotonic() - started < 50
 
 
