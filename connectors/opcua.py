@@ -15,8 +15,8 @@ Timestamps
     not belong to the agent's timeline, so the received time is used for every reading.
 
 Freshness: a value is never re-sent as new
-    A reading whose source timestamp (or server timestamp when there is no source timestamp) equals the one
-    of the last reading emitted for that sensor is the same sample and is dropped. Subscriptions deliver
+    A reading whose source timestamp (or server timestamp when there is no source timestamp) and value equal
+    those of the last reading emitted for that sensor is the same sample and is dropped. Subscriptions deliver
     changes only; after a reconnect the initial notification repeats the last sample, and in poll mode an
     unchanged point reads back the same DataValue: both are dropped. Equality, not "later than", is the
     test, so a device clock stepped backwards (NTP, DST bugs) does not silence a sensor. A point that stays
@@ -510,8 +510,8 @@ class OpcUaConnector:
         self._point_log = TransitionLog(_logger)
         self._fail_kind: str | None = None
         self._ever_connected = False
-        # Per sensor: the source (or server) timestamp of the last emitted reading, kept across sessions.
-        self._last_key: dict[str, float] = {}
+        # Per sensor: (source-or-server timestamp, value) of the last emitted reading, kept across sessions.
+        self._last_key: dict[str, tuple[float, float]] = {}
         self._use_received = config.timestamp == "received" or clock.speed != 1.0
 
     # ---- public API
@@ -771,27 +771,34 @@ class OpcUaConnector:
             kind = variant.VariantType.name if variant is not None else "no value"
             self._point_failed(sensor, f"value is not numeric ({kind})")
             return
-        src = dv.SourceTimestamp or dv.ServerTimestamp
+        stamp = dv.SourceTimestamp or dv.ServerTimestamp
+        src = _unix(stamp) if stamp is not None else None
         if src is not None:
-            key = _unix(src)
+            # Same stamp and same value: the very sample already emitted (a re-subscription's initial value,
+            # an unchanged point polled again). The value is part of the key because coarse PLC clocks can
+            # stamp two different consecutive samples alike.
+            key = (src, number)
             if self._last_key.get(sensor) == key:
-                return  # the very sample already emitted: not refreshed, never re-sent as fresh
+                return
             self._last_key[sensor] = key
         # Without any timestamp there is nothing to compare: a subscription reports changes only, and a
         # poll is vouched for by the server's Good status at read time (see the module docstring).
         if self._point_log.is_failing(sensor):
             self._point_log.success(sensor, "OPC-UA source %s: sensor %s delivers again", self.name, sensor)
         self.stats.readings[sensor] += 1
-        out.append(Reading(sensor, number, self._timestamp(sensor, dv, received)))
+        out.append(Reading(sensor, number, self._timestamp(sensor, dv, src, received)))
 
-    def _timestamp(self, sensor: str, dv: ua.DataValue, received: float) -> float:
+    def _timestamp(self, sensor: str, dv: ua.DataValue, src: float | None, received: float) -> float:
+        """The reading's time per the timestamp policy; ``src`` is the source-or-server stamp already decoded."""
         if self._use_received:
             return received
         cfg = self._config
-        dt = dv.ServerTimestamp if cfg.timestamp == "server" else (dv.SourceTimestamp or dv.ServerTimestamp)
-        if dt is None:
+        if cfg.timestamp == "server":
+            ts = _unix(dv.ServerTimestamp) if dv.ServerTimestamp is not None else None
+        else:
+            ts = src
+        if ts is None:
             return received
-        ts = _unix(dt)
         if abs(ts - received) > cfg.max_clock_skew_secs:
             self.retimed[sensor] += 1
             return received

@@ -289,6 +289,8 @@ async def test_server_restarts_resume_without_leaks(
             assert _client_tasks() <= tasks
             assert _open_fds() <= fds
     assert connector.stats.reconnects == restarts
+    # `run` never changed: every re-subscription's initial value (and every poll) repeated the one sample.
+    assert connector.stats.readings["run"] == 1
     ours = [r for r in caplog.records if r.name == "connectors.opcua"]
     warnings = [r for r in ours if r.levelno == logging.WARNING]
     recoveries = [r for r in ours if r.levelno == logging.INFO and "connected" in r.getMessage()]
