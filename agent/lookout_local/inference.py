@@ -9,8 +9,11 @@ earlier (else later) point of the same window. Results go to ``results_key(Outpu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +26,33 @@ from agent.model import Window
 from agent.windows import format_name_timestamp, grid_points, parse_object_name, results_key
 
 log = logging.getLogger(__name__)
+
+
+class _ParsedFiles:
+    """LRU of parsed input files keyed by (component schema, content digest). Each file is read by three
+    consecutive windows (names in [start − F, end + F]); parsing, not reading, is what costs, and a digest
+    key stays correct when the agent rewrites a key (it would then write the same bytes anyway, rule 7)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def parse(self, data: bytes, comp: Component) -> pd.DataFrame:
+        key = (comp, hashlib.blake2b(data, digest_size=16).digest())
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        frame = read_component_csv(data, comp)
+        with self._lock:
+            self._items[key] = frame
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return frame
+
+
+_PARSED = _ParsedFiles()
 
 
 class InferenceFailed(Exception):
@@ -98,7 +128,7 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
         frames = []
         for key in keys:
             try:
-                frames.append(read_component_csv(store.get(key), comp))
+                frames.append(_PARSED.parse(store.get(key), comp))
             except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
                 log.info("skipping unreadable input s3://%s/%s: %s", cfg.bucket, key, exc)
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["timestamp"])

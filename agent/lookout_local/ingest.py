@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,21 +96,31 @@ def read_component_csv(data: bytes, comp: Component, quality: Quality | None = N
     missing = [c for c in (comp.timestamp, *comp.sensors) if c not in frame.columns]
     if missing:
         raise ValueError(f"columns {missing} of component {comp.name!r} are missing from the header")
-    out = pd.DataFrame({"timestamp": parse_column(frame[comp.timestamp])})
-    for sensor in comp.sensors:
-        raw = frame[sensor]
-        values = raw if raw.dtype.kind in "fiu" else pd.to_numeric(raw, errors="coerce")
-        values = values.astype("float64")
-        if quality is not None:
-            missing_cells = raw.isna()
-            if raw.dtype == object:
-                missing_cells |= raw.astype("string").str.strip().eq("").fillna(False).astype(bool)
-            invalid = (values.isna() & ~missing_cells) | np.isinf(values)
-            quality.missing_by_sensor[f"{comp.name}\\{sensor}"] = (
-                quality.missing_by_sensor.get(f"{comp.name}\\{sensor}", 0) + int(missing_cells.sum()))
-            quality.invalid_by_sensor[f"{comp.name}\\{sensor}"] = (
-                quality.invalid_by_sensor.get(f"{comp.name}\\{sensor}", 0) + int(invalid.sum()))
-        out[sensor] = values.where(np.isfinite(values))
+    raw = frame[list(comp.sensors)]
+    # whole-frame numpy work: per-column pandas assignment dominated the cost with hundreds of sensors
+    absent = raw.isna().to_numpy()
+    text_cols = [i for i, kind in enumerate(raw.dtypes.map(lambda d: d.kind)) if kind not in "fiub"]
+    if not text_cols:
+        values = raw.to_numpy(dtype=np.float64)
+    else:
+        values = np.empty(raw.shape, dtype=np.float64)
+        numeric_cols = [i for i in range(raw.shape[1]) if i not in set(text_cols)]
+        if numeric_cols:
+            values[:, numeric_cols] = raw.iloc[:, numeric_cols].to_numpy(dtype=np.float64)
+        for i in text_cols:  # text in a sensor column: blanks are missing, other non-numbers invalid
+            col = raw.iloc[:, i]
+            absent[:, i] |= col.astype("string").str.strip().eq("").fillna(False).to_numpy(dtype=bool)
+            values[:, i] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    if quality is not None:
+        invalid = (~finite & ~absent).sum(axis=0)
+        for i, sensor in enumerate(comp.sensors):
+            name = f"{comp.name}\\{sensor}"
+            quality.missing_by_sensor[name] = quality.missing_by_sensor.get(name, 0) + int(absent[:, i].sum())
+            quality.invalid_by_sensor[name] = quality.invalid_by_sensor.get(name, 0) + int(invalid[i])
+    values[~finite] = np.nan
+    out = pd.DataFrame(values, columns=list(comp.sensors), index=frame.index)
+    out.insert(0, "timestamp", parse_column(frame[comp.timestamp]))
     bad_time = out["timestamp"].isna()
     if quality is not None:
         quality.unsupported_timestamps += int(bad_time.sum())
@@ -151,7 +162,10 @@ def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components:
                 quality.all_missing_sensors += 1
             elif (present.iloc[-1] - present.iloc[0]).total_seconds() < SHORT_RANGE_SECS:
                 quality.short_range_sensors += 1
-        frame.to_parquet(out_dir / f"{comp.name}.parquet", index=False)
+        # tmp + rename: a reader (training) never sees a half-written file
+        tmp = out_dir / f".{comp.name}.parquet.tmp"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, out_dir / f"{comp.name}.parquet")
         first = frame["timestamp"].iloc[0].timestamp()
         last = frame["timestamp"].iloc[-1].timestamp()
         start = first if start is None else min(start, first)

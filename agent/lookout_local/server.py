@@ -40,6 +40,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # InlineDataSchema may be 1,000,000 characters
 class _Handler(BaseHTTPRequestHandler):
     server_version = "l4e-lookout-local"
     protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds: an idle keep-alive connection or a stalled body does not hold a thread forever
 
     def log_message(self, format, *args):
         log.debug("%s %s", self.address_string(), format % args)
@@ -153,6 +154,7 @@ class LocalLookoutService:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+        self.operations = None
         if self.ctx is not None:
             self.ctx.state.close()
             self.ctx = None
@@ -165,6 +167,9 @@ class LocalLookoutService:
 
     def handle(self, method: str, path: str, headers, body: bytes) -> bytes:
         """One API request → response body. Raises ApiError for anything the client must hear about."""
+        operations = self.operations
+        if operations is None:  # a kept-alive connection outliving stop()
+            raise ApiError("the service is stopping", "ServiceUnavailableException", 503)
         if self.access_keys:
             lower = {k.lower(): v for k, v in headers.items()}
             verify(self.access_keys, method, path, lower, body)
@@ -173,5 +178,5 @@ class LocalLookoutService:
         op = protocol.operation_name(headers.get("X-Amz-Target"), set(Operations.names))
         model = protocol.service_model().operation_model(op)
         params = validate(model.input_shape, protocol.parse_body(body))
-        result = self.operations.call(op, params)
+        result = operations.call(op, params)
         return protocol.encode(model.output_shape, json.loads(json.dumps(result)))

@@ -13,6 +13,8 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from agent.lookout_local.context import Context
 from agent.lookout_local.ingest import IngestionFailed, ingest
@@ -32,6 +34,14 @@ class Worker:
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()
         self.idle.set()
+        self._gate = threading.Lock()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the worker between jobs (waits for a running job to finish): jobs submitted meanwhile stay
+        IN_PROGRESS until the block exits. For maintenance and for tests of the in-progress states."""
+        with self._gate:
+            yield
 
     def submit(self, kind: str, ident: str) -> None:
         self.idle.clear()
@@ -59,15 +69,19 @@ class Worker:
             if item is None:
                 return
             kind, ident = item
-            try:
-                if kind == "ingest":
-                    self.run_ingestion(ident)
-                else:
-                    self.run_training(ident)
-            except Exception:  # keep the worker alive; the job itself was marked FAILED
-                log.exception("%s %s failed unexpectedly", kind, ident)
+            with self._gate:
+                self._run_job(kind, ident)
             if self._queue.empty():
                 self.idle.set()
+
+    def _run_job(self, kind: str, ident: str) -> None:
+        try:
+            if kind == "ingest":
+                self.run_ingestion(ident)
+            else:
+                self.run_training(ident)
+        except Exception:  # the job methods mark data failures themselves; this keeps the thread alive
+            log.exception("%s %s failed unexpectedly", kind, ident)
 
     # ingestion ----------------------------------------------------------------------------------------
     def run_ingestion(self, job_id: str) -> None:

@@ -168,7 +168,7 @@ def test_schema_is_inferred_from_folders_when_absent(client, store, history):
         c: ["Timestamp", *s] for c, s in synth.COMPONENTS.items()}
 
 
-def test_ingestion_errors(client, store, history):
+def test_ingestion_errors(service, client, store, history):
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.start_data_ingestion_job(DatasetName="missing", RoleArn=ROLE,
                                         IngestionInputConfiguration={"S3InputConfiguration": {"Bucket": BUCKET}})
@@ -179,12 +179,13 @@ def test_ingestion_errors(client, store, history):
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.describe_data_ingestion_job(JobId="0" * 32)
     # an ingestion in progress blocks a second one and the dataset's deletion
-    write_history(store, {c: f.iloc[:2 * synth.DAY] for c, f in history.items()}, parts=8)
-    client.start_data_ingestion_job(DatasetName="busy", RoleArn=ROLE,
-                                    IngestionInputConfiguration={"S3InputConfiguration": {
-                                        "Bucket": BUCKET, "Prefix": "history/"}})
-    if client.describe_dataset(DatasetName="busy")["Status"] == "INGESTION_IN_PROGRESS":
+    write_history(store, {c: f.iloc[:300] for c, f in history.items()})
+    config = {"S3InputConfiguration": {"Bucket": BUCKET, "Prefix": "history/"}}
+    with service.worker.paused():
+        client.start_data_ingestion_job(DatasetName="busy", RoleArn=ROLE, IngestionInputConfiguration=config)
+        assert client.describe_dataset(DatasetName="busy")["Status"] == "INGESTION_IN_PROGRESS"
         with pytest.raises(client.exceptions.ConflictException):
-            client.start_data_ingestion_job(DatasetName="busy", RoleArn=ROLE, IngestionInputConfiguration={
-                "S3InputConfiguration": {"Bucket": BUCKET, "Prefix": "history/"}})
+            client.start_data_ingestion_job(DatasetName="busy", RoleArn=ROLE, IngestionInputConfiguration=config)
+        with pytest.raises(client.exceptions.ConflictException):
+            client.delete_dataset(DatasetName="busy")
     wait_for(lambda: client.describe_dataset(DatasetName="busy")["Status"] == "ACTIVE")

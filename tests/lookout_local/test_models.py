@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from . import synth
-from .conftest import BUCKET, train
+from .conftest import BUCKET, train, wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/l4e"
 
@@ -105,3 +105,15 @@ def test_client_token_makes_create_model_idempotent(trained):
     first = client.create_model(ModelName="m-idem", DatasetName="hist", ClientToken="model-token")
     again = client.create_model(ModelName="m-idem", DatasetName="hist", ClientToken="model-token")
     assert first["ModelArn"] == again["ModelArn"]
+
+
+def test_training_in_progress_blocks_deletions(trained):
+    svc, client, _store = trained
+    with svc.worker.paused():
+        assert client.create_model(ModelName="m-busy", DatasetName="hist")["Status"] == "IN_PROGRESS"
+        assert client.describe_model(ModelName="m-busy")["Status"] == "IN_PROGRESS"
+        with pytest.raises(client.exceptions.ConflictException):
+            client.delete_model(ModelName="m-busy")
+        with pytest.raises(client.exceptions.ConflictException):
+            client.delete_dataset(DatasetName="hist")
+    wait_for(lambda: client.describe_model(ModelName="m-busy")["Status"] == "SUCCESS")
