@@ -125,12 +125,17 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
         keys = find_files(store, cfg, comp.name, window, frequency)
         if not keys:
             raise InferenceFailed(missing_file_reason(cfg, comp.name, window, frequency))
-        frames = []
+        frames, problems = [], []
         for key in keys:
             try:
                 frames.append(_PARSED.parse(store.get(key), comp))
             except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
                 log.info("skipping unreadable input s3://%s/%s: %s", cfg.bucket, key, exc)
+                problems.append(f"s3://{cfg.bucket}/{key}: {exc}")
+        if not frames:
+            # local wording (the real service's text for this case is not documented)
+            raise InferenceFailed(f"Could not read any data file for sensor {comp.name} within expected range of "
+                                  f"({_z(window.start)}, {_z(window.end)}]: {'; '.join(problems)}")
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["timestamp"])
         secs = rows["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9 if len(rows) else np.array([])
         in_window = rows[(secs > window.start) & (secs <= window.end)]

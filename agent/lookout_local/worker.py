@@ -160,6 +160,8 @@ class Worker:
             model.update(TrainingExecutionStartTime=started, TrainingExecutionEndTime=now, LastUpdatedTime=now)
             if error is None:
                 version_arn = f"{model['ModelArn']}/model-version/1"
+                # the effective rate is reported even when it was inferred: clients size their windows by it
+                model["DataPreProcessingConfiguration"] = {"TargetSamplingRate": rate_name}
                 model.update(Status="SUCCESS", ModelMetrics=json.dumps(metrics), _rate=rate_name,
                              ModelQuality="QUALITY_THRESHOLD_MET" if metrics["labeled_ranges"]
                              else "CANNOT_DETERMINE_QUALITY",

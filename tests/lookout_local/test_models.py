@@ -117,3 +117,11 @@ def test_training_in_progress_blocks_deletions(trained):
         with pytest.raises(client.exceptions.ConflictException):
             client.delete_dataset(DatasetName="hist")
     wait_for(lambda: client.describe_model(ModelName="m-busy")["Status"] == "SUCCESS")
+
+
+def test_sampling_rate_is_inferred_and_reported(trained):
+    _svc, client, _store = trained
+    client.create_model(ModelName="m-rate", DatasetName="hist")
+    model = wait_for(lambda: (d := client.describe_model(ModelName="m-rate"))["Status"] != "IN_PROGRESS" and d)
+    assert model["Status"] == "SUCCESS", model.get("FailedReason")
+    assert model["DataPreProcessingConfiguration"] == {"TargetSamplingRate": "PT1M"}  # the data's 1-minute step

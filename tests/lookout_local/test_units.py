@@ -145,3 +145,40 @@ def test_python_dash_m_serves_until_sigterm(tmp_path):
         assert proc.wait(timeout=15) == 0
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _window_input(tmp_path, cfg, names: dict[str, bytes]):
+    from agent.store import FileStore
+
+    store = FileStore(tmp_path / cfg.bucket)
+    for key, data in names.items():
+        store.put(cfg.prefix + key, data)
+    return store
+
+
+def test_input_naming_with_offset_delimiter_and_epoch(tmp_path):
+    from agent.lookout_local.inference import InputConfig, find_files, missing_file_reason
+    from agent.model import Window
+
+    window = Window(1767485100, 1767485400)  # (2026-01-04T00:05Z, 00:10Z]
+    ist = InputConfig("b1b", "in/", "-", "yyyyMMddHHmmss", 19800)  # +05:30: names carry local time
+    store = _window_input(tmp_path, ist, {"pump-20260104053500.csv": b"x", "pump-20260104003500.csv": b"x",
+                                          "pump-20260104054500.csv": b"x", "sub/pump-20260104053500.csv": b"x"})
+    assert find_files(store, ist, "pump", window, 300) == ["in/pump-20260104054500.csv", "in/pump-20260104053500.csv"]
+    assert missing_file_reason(ist, "motor", window, 300).endswith(
+        "under prefix 's3://b1b/in/motor-20260104053000' ~ 's3://b1b/in/motor-20260104054500'")
+    epoch = InputConfig("b2b", "", "", "EPOCH", 0)
+    store = _window_input(tmp_path, epoch, {f"pump{window.start}.csv": b"x", f"pump{window.start + 900}.csv": b"x"})
+    assert find_files(store, epoch, "pump", window, 300) == [f"pump{window.start}.csv"]
+
+
+def test_unreadable_input_fails_with_a_reason(tmp_path):
+    from agent.lookout_local.inference import InferenceFailed, InputConfig, window_frame
+    from agent.lookout_local.schema import Component
+    from agent.model import Window
+
+    window = Window(1767485100, 1767485400)
+    cfg = InputConfig("b3b", "in/", "_", "yyyyMMddHHmmss", 0)
+    store = _window_input(tmp_path, cfg, {"pump_20260104000500.csv": b"Timestamp,other\n2026-01-04T00:06:00,1\n"})
+    with pytest.raises(InferenceFailed, match=r"Could not read any data file for sensor pump.*missing from the header"):
+        window_frame(store, cfg, [Component("pump", "Timestamp", ("flow",))], window, 300, 60)
