@@ -140,6 +140,9 @@ class Scheduler:
             "ModelVersion": (model_doc or {}).get("ActiveModelVersion", 1),
             "ModelVersionArn": (model_doc or {}).get("ActiveModelVersionArn"),
         }
+        # visible as IN_PROGRESS while it runs; a crash leaves it so and the restart re-runs the window
+        # (``_last_end`` has not moved), overwriting the same results key
+        self.ctx.state.put_execution(name, float(window.start), {**execution, "Status": "IN_PROGRESS"})
         anomalous = None
         started = time.monotonic()
         try:

@@ -63,7 +63,7 @@ def test_ingest_train_and_infer_over_s3(tmp_path, s3_endpoint, history):
             execs = client.list_inference_executions(InferenceSchedulerName="s3sched",
                                                      DataStartTimeAfter=window.start,
                                                      DataEndTimeBefore=window.end)["InferenceExecutionSummaries"]
-            return execs[0] if execs else None
+            return execs[0] if execs and execs[0]["Status"] != "IN_PROGRESS" else None
 
         execution = wait_for(first_execution, timeout=30)
         client.stop_inference_scheduler(InferenceSchedulerName="s3sched")
