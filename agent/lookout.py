@@ -65,10 +65,14 @@ def make_client(endpoint_url: str | None, region: str | None = None):
 def call(client, operation: str, **params) -> dict:
     """``client.<operation>(**params)`` with errors mapped: unreachable/5xx/throttled → LookoutUnavailable;
     any other API error → LookoutError whose ``code`` attribute is the AWS error code."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
     try:
         return getattr(client, operation)(**params)
+    except (NoCredentialsError, PartialCredentialsError) as exc:  # a setup problem: retrying will not help
+        error = LookoutError(f"{operation}: {exc}")
+        error.code = "NoCredentials"
+        raise error from None
     except ClientError as exc:
         err = exc.response.get("Error", {})
         code = err.get("Code", "")
@@ -277,8 +281,11 @@ def _check(config_path: Path, lookout: LookoutConfig, key: str, api_value, sched
         return
     file_value = getattr(lookout, key)
     if not (same(file_value, api_value) if same else file_value == api_value):
+        hint = ""
+        if same and urlparse(str(file_value)).scheme != urlparse(str(api_value)).scheme:
+            hint = " (lookout.store says where the scheduler's buckets are: unset = S3, or a local folder)"
         raise ConfigError(f"the file says {file_value!r} but inference scheduler {scheduler!r} has "
-                          f"{api_value!r}; remove the key or make it agree", file=str(config_path),
+                          f"{api_value!r}; remove the key or make it agree{hint}", file=str(config_path),
                           key=f"lookout.{key}")
 
 

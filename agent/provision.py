@@ -188,6 +188,8 @@ def provision(config: AssetConfig, config_path: Path, client, *, s3_client_facto
 def _dataset(run: _Run, name: str, locs, store, history, ranges, role: str) -> None:
     cfg = run.config
     existing = run.describe("describe_dataset", DatasetName=name)
+    if existing is not None and existing.get("Schema"):
+        _same_schema(run, name, existing["Schema"])
     if existing is not None and existing.get("Status") == "ACTIVE":
         run.say(f"dataset {name}: exists and is ACTIVE: reused (no export, no ingestion)")
         return
@@ -220,6 +222,21 @@ def _dataset(run: _Run, name: str, locs, store, history, ranges, role: str) -> N
     job = call(run.client, "start_data_ingestion_job", DatasetName=name, RoleArn=role,
                IngestionInputConfiguration={"S3InputConfiguration": {"Bucket": bucket, "Prefix": prefix}})
     _wait_job(run, name, job["JobId"])
+
+
+def _same_schema(run: _Run, name: str, schema: str) -> None:
+    """An existing dataset is reused only with the config's components (else models would not match the CSVs)."""
+    from agent.lookout import parse_schema
+
+    try:
+        ts_col, components = parse_schema(schema)
+    except (ValueError, KeyError, TypeError):
+        return  # unreadable: the service will say more when it trains
+    mine = {c: list(s) for c, s in run.config.components.items()}
+    if components != mine or ts_col != run.config.lookout.timestamp_column:
+        raise ConfigError(f"dataset {name!r} exists with components {components!r} (timestamp {ts_col!r}) but "
+                          f"the file says {mine!r} (timestamp {run.config.lookout.timestamp_column!r}); choose "
+                          "another dataset name or make them agree", file=str(run.config_path), key="components")
 
 
 def _wait_job(run: _Run, name: str, job_id: str) -> None:
@@ -282,6 +299,8 @@ def _scheduler(run: _Run, names: dict, locs, role: str) -> str:
                 status = call(run.client, "start_inference_scheduler", InferenceSchedulerName=name)["Status"]
         else:
             run.say(f"scheduler {name}: exists ({status}): reused")
+        for line in _scheduler_diffs(existing, names["model"], lk, locs):
+            run.say(f"scheduler {name}: differs from the file: {line} (not changed)")
         return status
     (in_bucket, in_prefix), (out_bucket, out_prefix) = locs["input"], locs["output"]
     run.say(f"scheduler {name}: create for model {names['model']}: every {lk.upload_frequency} + "
@@ -301,3 +320,23 @@ def _scheduler(run: _Run, names: dict, locs, role: str) -> str:
                    RoleArn=role)
     run.say(f"scheduler {name}: created ({created['Status']}); it starts by itself")
     return created["Status"]
+
+
+def _scheduler_diffs(doc: dict, model: str, lk, locs) -> list[str]:
+    """'<setting>: scheduler has X, file says Y' for each setting of an existing scheduler that differs."""
+    inp = doc.get("DataInputConfiguration") or {}
+    s3_in = inp.get("S3InputConfiguration") or {}
+    names = inp.get("InferenceInputNameConfiguration") or {}
+    s3_out = (doc.get("DataOutputConfiguration") or {}).get("S3OutputConfiguration") or {}
+    pairs = {
+        "model": (doc.get("ModelName"), model),
+        "upload_frequency": (doc.get("DataUploadFrequency"), lk.upload_frequency),
+        "delay_offset_minutes": (int(doc.get("DataDelayOffsetInMinutes") or 0), lk.delay_offset_minutes),
+        "input": ((s3_in.get("Bucket"), s3_in.get("Prefix", "")), locs["input"]),
+        "output": ((s3_out.get("Bucket"), s3_out.get("Prefix", "")), locs["output"]),
+        "timestamp_format": (names.get("TimestampFormat"), lk.timestamp_format),
+        "delimiter": (names.get("ComponentTimestampDelimiter"), lk.delimiter),
+        "timezone_offset": (inp.get("InputTimeZoneOffset") or "+00:00", lk.timezone_offset),
+    }
+    return [f"{key}: scheduler has {theirs!r}, file says {mine!r}" for key, (theirs, mine) in pairs.items()
+            if theirs is not None and theirs != mine]

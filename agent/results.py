@@ -34,7 +34,7 @@ from pathlib import Path
 
 from agent.clock import Clock, iso_utc, parse_instant
 from agent.config import LookoutConfig
-from agent.errors import LookoutError, StoreError, StoreUnavailable, TransitionLog
+from agent.errors import ConfigError, LookoutError, StoreError, StoreUnavailable, TransitionLog
 from agent.lookout import LookoutUnavailable, bucket_store, call, store_of
 from agent.model import Diagnostic, Event, Result
 from agent.store import ObjectStore, open_location
@@ -156,6 +156,7 @@ class ResultsPoller:
     client: a boto3 lookoutequipment client (None → listing mode). s3_client_factory: makes the S3 client
     when a bucket lives in S3. initial_lookback_secs: without a saved cursor, the first poll starts this
     many clock seconds before now (so attaching to an old scheduler does not replay its whole history).
+    Raises ConfigError when there is neither (scheduler name and client) nor ``lookout.output``. No I/O here.
     """
 
     def __init__(self, asset: str, lookout: LookoutConfig, state_dir: Path, clock: Clock, client=None,
@@ -174,6 +175,9 @@ class ResultsPoller:
         self._stores: dict[str, ObjectStore] = {}
         self._listing: tuple[ObjectStore, str] | None = None
         self._trouble = TransitionLog(log)
+        if not (lookout.scheduler and client is not None) and lookout.output is None:
+            raise ConfigError("results need either a scheduler name and an API client, or an output location",
+                              key="lookout.output")
 
     # -- cursor ----------------------------------------------------------------------------------------
 
@@ -217,11 +221,15 @@ class ResultsPoller:
     async def poll_once(self, on_results: OnResults, on_event: OnEvent) -> int:
         """Handle every new execution in order; returns how many were handled (succeeded, failed or missing
         object). Stops early, without raising, at an IN_PROGRESS execution or when the API or store is
-        unreachable (logged once per outage; counted in ``stats.poll_errors``); the next poll resumes."""
+        unreachable or refuses (logged once per outage; counted in ``stats.poll_errors``); the next poll
+        resumes. Exceptions from ``on_results``/``on_event`` propagate (the cursor stays before that
+        execution). At most one poll_once per instance may run at a time."""
         self.stats.polls += 1
         try:
             items = await self._items()
-        except (LookoutUnavailable, StoreUnavailable) as exc:
+        except (LookoutError, StoreError) as exc:
+            # unreachable or refused (access denied, unknown scheduler): nothing is lost by waiting; the
+            # cursor stays and the next poll tries again
             self.stats.poll_errors += 1
             self._trouble.failure("list", "results: cannot list new results (%s); retrying next poll", exc)
             return 0
@@ -253,8 +261,6 @@ class ResultsPoller:
                 self._trouble.failure("api", "results: Lookout API unreachable: listing %s instead",
                                       self.lookout.output)
                 return await asyncio.to_thread(self._list_output, after)
-        if self.lookout.output is None:
-            raise LookoutError("results: neither a scheduler with an API client nor [lookout] output is set")
         return await asyncio.to_thread(self._list_output, after)
 
     def _list_executions(self, after: float) -> list[_Item]:
