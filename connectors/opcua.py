@@ -581,7 +581,7 @@ class OpcUaConnector:
 
     def _session_failed(self, exc: BaseException) -> None:
         kind = type(exc).__name__
-        message = "OPC-UA source %s: %s; retrying with backoff (up to %.0f s)"
+        message = "OPC-UA source %s: %s; retrying with backoff (up to %g s)"
         args = (self.name, _describe(exc), self._config.backoff_max_secs)
         if self._session_log.is_failing("session") and kind != self._fail_kind:
             _logger.warning(message, *args)  # a different failure is a transition worth a line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -336,7 +337,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 folder / "server-key.pem",
                 folder / "server-cert.der",
                 "urn:l4e-agent:test-server",
-                "127.0.0.1",
+                socket.gethostname(),
                 [ExtendedKeyUsageOID.SERVER_AUTH],
                 {},
             )
