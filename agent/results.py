@@ -175,6 +175,7 @@ class ResultsPoller:
         self._stores: dict[str, ObjectStore] = {}
         self._listing: tuple[ObjectStore, str] | None = None
         self._trouble = TransitionLog(log)
+        self._lock = asyncio.Lock()  # two overlapping polls would hand the same execution over twice
         if not (lookout.scheduler and client is not None) and lookout.output is None:
             raise ConfigError("results need either a scheduler name and an API client, or an output location",
                               key="lookout.output")
@@ -223,7 +224,11 @@ class ResultsPoller:
         object). Stops early, without raising, at an IN_PROGRESS execution or when the API or store is
         unreachable or refuses (logged once per outage; counted in ``stats.poll_errors``); the next poll
         resumes. Exceptions from ``on_results``/``on_event`` propagate (the cursor stays before that
-        execution). At most one poll_once per instance may run at a time."""
+        execution). Overlapping calls on one instance run one after the other."""
+        async with self._lock:
+            return await self._poll(on_results, on_event)
+
+    async def _poll(self, on_results: OnResults, on_event: OnEvent) -> int:
         self.stats.polls += 1
         try:
             items = await self._items()
@@ -242,8 +247,8 @@ class ResultsPoller:
                 await self._handle(item, on_results, on_event)
             except StoreUnavailable as exc:
                 self.stats.poll_errors += 1
-                self._trouble.failure("get", "results: cannot read s3://%s/%s (%s); retrying next poll",
-                                      item.bucket, item.key, exc)
+                self._trouble.failure("get", "results: cannot read results object %s of window %s (%s); "
+                                      "retrying next poll", item.key, iso_utc(item.start), exc)
                 break
             self._trouble.success("get", "results: reading results works again")
             handled += 1
@@ -253,7 +258,9 @@ class ResultsPoller:
         after = self._after()
         if self.lookout.scheduler and self.client is not None:
             try:
-                return await asyncio.to_thread(self._list_executions, after)
+                items = await asyncio.to_thread(self._list_executions, after)
+                self._trouble.success("api", "results: Lookout API reachable again")
+                return items
             except LookoutUnavailable:
                 if self.lookout.output is None:
                     raise

@@ -231,3 +231,55 @@ async def test_api_unreachable_falls_back_to_listing(world):
     no_output = ResultsPoller("pump-07", lookout.model_copy(update={"output": None}), state, clock, client=client)
     assert await no_output.poll_once(sink.on_results, sink.on_event) == 0
     assert no_output.stats.poll_errors == 1
+
+
+async def test_store_outage_stops_the_poll_without_advancing(world):
+    from agent.errors import StoreUnavailable
+
+    bucket, lookout, clock, state = world
+    fake = FakeLookout()
+    for k in (0, 1):
+        bucket.put(results_key("out/", window(k)), result_file(window(k)))
+        fake.add(window(k), "SUCCESS", results_key("out/", window(k)))
+
+    class Flaky:
+        """The bucket, failing the second read once (a network outage)."""
+
+        reads = 0
+
+        def get(self, key):
+            Flaky.reads += 1
+            if Flaky.reads == 2:
+                raise StoreUnavailable("connection reset")
+            return bucket.get(key)
+
+        def describe(self):
+            return "flaky://"
+
+    poller = ResultsPoller("pump-07", lookout, state, clock, client=fake)
+    poller._stores["plant-data"] = Flaky()
+    sink = Sink()
+    assert await poller.poll_once(sink.on_results, sink.on_event) == 1
+    assert poller.stats.poll_errors == 1 and poller.cursor == window(0).start
+    assert await poller.poll_once(sink.on_results, sink.on_event) == 1
+    assert [r.ts for r in sink.rows] == [window(0).start + 60 * i for i in range(1, 11)]
+
+
+async def test_api_refusal_is_counted_not_raised(world):
+    from agent.errors import ConfigError
+
+    _bucket, lookout, clock, state = world
+
+    class Refusing:
+        def list_inference_executions(self, **_kwargs):
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, "ListInferenceExecutions")
+
+    poller = ResultsPoller("pump-07", lookout.model_copy(update={"output": None}), state, clock, client=Refusing())
+    sink = Sink()
+    assert await poller.poll_once(sink.on_results, sink.on_event) == 0
+    assert poller.stats.poll_errors == 1 and sink.events == []
+    with pytest.raises(ConfigError):  # neither a usable API nor an output location
+        ResultsPoller("pump-07", lookout.model_copy(update={"output": None}), state, clock)
