@@ -1,10 +1,10 @@
 """Fixtures: the local L4E service on 127.0.0.1 (any free port) over a FileStore in a tmp folder, reached
-through an unmodified boto3 ``lookoutequipment`` client; synthetic history ingested and a model trained."""
+through an unmodified boto3 ``lookoutequipment`` client; synthetic history ingested and a model trained.
+(The clean environment per test comes from tests/conftest.py.)"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
@@ -19,14 +19,6 @@ from . import synth
 
 BUCKET = "plant-data"
 HISTORY_PREFIX = "history/"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """No AWS settings from the developer's shell leak into a test."""
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
 
 
 def make_client(endpoint: str, key: str = "x", secret: str = "x"):
