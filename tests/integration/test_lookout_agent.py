@@ -502,3 +502,53 @@ async def test_results_from_s3_listing(tmp_path, moto_s3):
     again = ResultsPoller("pump-07", lookout, tmp_path / "state", clock, s3_client_factory=moto_s3.client)
     assert await again.poll_once(on_results, on_event) == 0
     assert len(got) == 15
+
+
+async def test_provision_discover_and_results_over_s3(tmp_path, moto_s3, history, monkeypatch):
+    """The whole API path with the buckets in S3 (moto over HTTP): provision exports to S3, the service ingests
+    from it, discovery gives s3:// locations, the poller reads the results object from S3."""
+    from agent.model import Window
+    from agent.windows import object_key
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_s3.url)  # for the service's own S3 client
+    s3 = moto_s3.client()
+    s3.create_bucket(Bucket="plant-s3")
+    write_history(tmp_path / "history.csv", history, synth.DAY)
+    path = asset_toml(tmp_path, END_TO_END.format(input="s3://plant-s3/pump-07/input/"))
+    config = load(path)
+    clock = ScaledClock(START + synth.DAY, 300.0)
+    with LocalLookoutService(tmp_path / "svc", "s3", clock=clock, tick_secs=0.05) as svc:
+        client = make_client(svc.endpoint_url)
+        await asyncio.to_thread(provision, config, path, client, s3_client_factory=moto_s3.client,
+                                progress=lambda _line: None, poll_secs=0.05, timeout_secs=60)
+        assert "pump-07/training-data/motor/motor.csv" in {
+            o["Key"] for o in s3.list_objects_v2(Bucket="plant-s3")["Contents"]}
+        found = discover(config, path, tmp_path / "state", client)
+        assert (found.lookout.input, found.lookout.output) == ("s3://plant-s3/pump-07/input/",
+                                                               "s3://plant-s3/pump-07/output/")
+        created = client.describe_inference_scheduler(InferenceSchedulerName="pump-07-scheduler")["CreatedAt"]
+        start = int(created.timestamp() // 300) * 300
+        window = Window(start, start + 300)
+        lo, hi = synth.minute_index(window.start), synth.minute_index(window.end)
+        for comp, frame in history.items():
+            key = object_key("pump-07/input/", comp, "_", window.start, "yyyyMMddHHmmss")
+            s3.put_object(Bucket="plant-s3", Key=key, Body=synth.to_csv(frame.iloc[lo:hi + 1]))
+        poller = ResultsPoller("pump-07", found.lookout, tmp_path / "state", clock, client=client,
+                               s3_client_factory=moto_s3.client)
+        rows, events = [], []
+
+        async def on_results(batch):
+            rows.extend(batch)
+
+        async def on_event(event):
+            events.append(event)
+
+        deadline = time.monotonic() + 30
+        while not any(e.details.get("window_start") == window.start for e in events):
+            assert time.monotonic() < deadline, events
+            await poller.poll_once(on_results, on_event)
+            await asyncio.sleep(0.1)
+    succeeded = [e for e in events if e.kind == "execution_succeeded"]
+    assert [e.details["window_start"] for e in succeeded] == [window.start]
+    assert [r.ts for r in rows] == [window.start + 60 * i for i in range(1, 6)]
+    assert poller.stats.missing_objects == 0
