@@ -25,7 +25,9 @@ DEFAULT_STATE_ROOT = Path("/var/lib/l4e-agent")
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s", stream=sys.stderr)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run is noise
+    for noisy in ("apscheduler", "asyncua", "botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # a line per job run / request is noise
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # logs every timeout at ERROR; we log transitions
 
 
 def _instant(text: str) -> float:
@@ -60,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the agent for one or more asset files")
     p.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
-    p.add_argument("--state-dir", type=Path, help=f"state root (default {DEFAULT_STATE_ROOT}); each asset "
-                   "uses <state-dir>/<asset>/")
+    p.add_argument("--state-dir", type=Path, help=f"state folder. With one CONFIG it is that asset's own "
+                   f"folder; with several, each asset uses <state-dir>/<asset>/ (default {DEFAULT_STATE_ROOT}"
+                   "/<asset>)")
     p.add_argument("--until", type=_instant, help="stop (drain, exit 0) when the clock reaches this instant")
     _add_clock_args(p)
 
@@ -129,14 +132,25 @@ def cmd_run(args) -> int:
 
     configs = _load_all(args.configs)
     state_root = args.state_dir or DEFAULT_STATE_ROOT
+    single = args.state_dir is not None and len(configs) == 1
     clock = make_clock(args, state_root)
     runners = []
     for path, config in zip(args.configs, configs, strict=True):
-        state_dir = config.state_dir or state_root / config.asset
+        # one asset (as systemd runs it: StateDirectory=l4e-agent/%i): --state-dir is its own folder
+        state_dir = config.state_dir or (state_root if single else state_root / config.asset)
         runners.append(AssetRunner(config, path, state_dir, clock))
 
+    from agent.logs import configure_logging
+
+    configure_logging(configs[0].log.format, configs[0].log.level)
+
+    def reload() -> list[AssetRunner]:
+        fresh = _load_all(args.configs)  # raises ConfigError: the running configuration stays
+        return [AssetRunner(c, p, c.state_dir or (state_root if single else state_root / c.asset), clock)
+                for p, c in zip(args.configs, fresh, strict=True)]
+
     async def _main() -> int:
-        return await Agent(runners, clock).run(until=args.until)
+        return await Agent(runners, clock, metrics_config=configs[0].metrics, reload=reload).run(until=args.until)
 
     return asyncio.run(_main())
 

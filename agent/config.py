@@ -26,9 +26,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.alarms import AlarmsConfig
 from agent.errors import ConfigError
+from agent.logs import LogConfig
+from agent.metrics import MetricsConfig
 from agent.store import parse_location
 from agent.windows import SAMPLING_RATES, UPLOAD_FREQUENCIES, parse_offset
+from connectors.modbus import ModbusSourceConfig
+from connectors.opcua import OpcUaSourceConfig
 from connectors.replay import ReplaySourceConfig
 
 NAME_PATTERN = re.compile(r"^[0-9a-zA-Z._\-]{1,200}$")  # botocore ComponentName; also L4E column names
@@ -67,6 +72,11 @@ class LookoutConfig(_Section):
                                  "in calendar-format file names (rows inside stay UTC).")
     timestamp_column: str = Field(default="Timestamp", description="Name of the timestamp column (first in "
                                   "every file, as in the dataset schema).")
+    store: str | None = Field(default=None, description="Where the scheduler's buckets live when its locations "
+                              "come from the API: unset = S3; file:///root/ = a local folder with one sub-folder "
+                              "per bucket (the local service's --store).")
+    region: str | None = Field(default=None, description="AWS region of the Lookout API (default: the AWS "
+                               "settings, else us-east-1).")
 
     @field_validator("timezone_offset")
     @classmethod
@@ -160,8 +170,18 @@ class UploadConfig(_Section):
 # kind → model; one line per connector (no plugin loader, no dynamic import)
 SOURCE_MODELS: dict[str, type] = {
     "replay": ReplaySourceConfig,
+    "opcua": OpcUaSourceConfig,
+    "modbus": ModbusSourceConfig,
 }
-SourceEntry = Annotated[ReplaySourceConfig, Field(discriminator="kind")]
+SourceEntry = Annotated[ReplaySourceConfig | OpcUaSourceConfig | ModbusSourceConfig, Field(discriminator="kind")]
+
+
+class HealthConfig(_Section):
+    """Data-health checks that raise events (and alarms, when a rule listens)."""
+
+    source_silent_secs: float = Field(default=300.0, gt=0, description="A source that delivered no reading "
+                                      "for this long (clock seconds) is reported silent; recovery is reported "
+                                      "with its next reading.")
 
 
 class AssetConfig(BaseSettings):
@@ -180,6 +200,13 @@ class AssetConfig(BaseSettings):
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Raw reading spool.")
     upload: UploadConfig = Field(default_factory=UploadConfig, description="Upload retries.")
     sources: list[SourceEntry] = Field(description="Where readings come from.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Data-health checks.")
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig, description="Alarm rules and the hooks that "
+                                 "deliver them (see config/alarms-example.toml).")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus /metrics and /healthz "
+                                   "(process-wide: the first asset file's settings apply).")
+    log: LogConfig = Field(default_factory=LogConfig, description="Log format and level (process-wide: the "
+                           "first asset file's settings apply).")
     state_dir: Path | None = Field(default=None, description="State folder (default: /var/lib/l4e-agent/"
                                    "<asset>, or --state-dir).")
 
@@ -220,6 +247,10 @@ class AssetConfig(BaseSettings):
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
+        try:
+            self.alarms.check_sources({s.name: s.kind for s in self.sources})
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def all_sensors(self) -> list[str]:

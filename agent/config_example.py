@@ -49,6 +49,38 @@ SOURCE_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+ALARMS_EXAMPLE = """\
+# Hooks deliver alarms: kind = exec | webhook | file | log | write_back (see agent/alarms.py for every key).
+[alarms.hooks.journal]
+kind = "log"
+[alarms.hooks.history]
+kind = "file"
+path = "/var/lib/l4e-agent/alarms.jsonl"
+# [alarms.hooks.ops]
+# kind = "webhook"
+# url = "http://127.0.0.1:8080/alarm"
+# secret_file = "/etc/l4e-agent/hook.secret"   # HMAC-SHA256 in X-L4E-Signature
+# [alarms.hooks.horn]
+# kind = "write_back"                         # set on raise, reset on clear, through a [[sources]] entry
+# source = "plc1"
+# table = "coil"
+# address = 12
+# Rules decide: kind = anomaly | execution_failed | source_silent | window_missing | spool_full
+[[alarms.rules]]
+name = "anomaly"
+kind = "anomaly"
+min_consecutive = 3        # prediction = 1 for at least this many consecutive rows
+score_threshold = 0.8      # or one row with anomaly_score >= this
+clear_after = 5            # normal rows that clear it
+top_k = 3                  # diagnostics carried in the alarm
+hooks = ["journal", "history"]
+[[alarms.rules]]
+name = "data-health"
+kind = "window_missing"
+hooks = ["journal"]
+"""
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -109,7 +141,7 @@ def render_example() -> str:
     top = AssetConfig.model_fields
     out += _comment(top["asset"].description)
     out.append(f"asset = {toml_value(EXAMPLE['asset'])}")
-    for name in ("lookout", "window", "spool", "upload"):
+    for name in ("lookout", "window", "spool", "upload", "health", "metrics", "log"):
         field = top[name]
         model = field.annotation
         out += ["", *_comment(field.description), f"[{name}]"]
@@ -120,6 +152,7 @@ def render_example() -> str:
     for sensor, values in EXAMPLE["sensors"].items():
         out += ["", *_comment(top["sensors"].description), f"[sensors.{sensor}]"]
         out += _section(sensor_model, values)
+    out += ["", *_comment(top["alarms"].description), ALARMS_EXAMPLE.rstrip("\n")]
     for kind, model in SOURCE_MODELS.items():
         example = SOURCE_EXAMPLES.get(kind)
         if example is None:

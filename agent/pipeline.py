@@ -152,8 +152,9 @@ class WindowCloser:
         msg = (f"no readings for {len(windows)} window(s) {iso_window(first)} … {iso_window(last)}: "
                f"no file written for any component")
         log.warning("%s", msg)
-        return [Event("window_missing", "*", msg, now,
-                      {"first_start": first.start, "last_end": last.end, "count": len(windows)})]
+        return [Event("window_missing", comp, msg, now, {"window_start": first.start, "window_end": last.end,
+                                                           "count": len(windows)})
+                for comp in self.plan.components]
 
     def _close(self, window: Window, now: float) -> list[Event]:
         plan = self.plan
@@ -172,6 +173,8 @@ class WindowCloser:
                 continue
             self.outbox.put(window.end, plan.name(comp, window), data)
             self.stats.files_written += 1
+            events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
+                                now, {"window_start": window.start, "window_end": window.end}))
         self.last_written = window.end
         self.carry = carry
         self._save_state()

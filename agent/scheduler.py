@@ -24,20 +24,36 @@ class JobScheduler:
                                            job_defaults={"coalesce": True, "max_instances": 1,
                                                          "misfire_grace_time": None})
         self._started = False
+        self._running: set[asyncio.Task] = set()
 
     def every(self, name: str, interval_secs: float, job: Callable[[], Awaitable[None]],
               first_in_secs: float = 0.0) -> None:
         """Run ``job`` every ``interval_secs`` wall seconds (first run after ``first_in_secs``)."""
         first = datetime.now().astimezone() + timedelta(seconds=first_in_secs)
-        self._scheduler.add_job(job, "interval", seconds=max(0.01, interval_secs), id=name, name=name,
+
+        async def tracked() -> None:
+            task = asyncio.current_task()
+            self._running.add(task)
+            try:
+                await job()
+            finally:
+                self._running.discard(task)
+
+        tracked.__name__ = name
+        self._scheduler.add_job(tracked, "interval", seconds=max(0.01, interval_secs), id=name, name=name,
                                 next_run_time=first, replace_existing=True)
 
     def start(self) -> None:
         self._scheduler.start()
         self._started = True
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace_secs: float = 10.0) -> None:
+        """Stop waking jobs, let runs in progress finish (up to ``grace_secs``; an upload cut in the middle
+        would be repeated by the drain), then stop."""
         if self._started:
+            self._scheduler.pause()
+            if self._running:
+                await asyncio.wait(set(self._running), timeout=grace_secs)
             self._scheduler.shutdown(wait=False)
             self._started = False
             await asyncio.sleep(0)  # let cancelled job wrappers unwind

@@ -15,13 +15,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.alarms import AlarmEngine
 from agent.clock import Backoff, Clock
 from agent.config import AssetConfig, base_dir_of
+from agent.hooks import build_hooks
 from agent.model import Event
 from agent.outbox import Outbox
 from agent.pipeline import WindowCloser, WindowPlan
@@ -30,13 +32,42 @@ from agent.spool import Spool
 from agent.store import ObjectStore, open_location
 from agent.upload import Uploader
 from connectors.base import Connector
+from connectors.modbus import ModbusConnector
+from connectors.opcua import OpcUaConnector
 from connectors.replay import ReplayConnector
 
 log = logging.getLogger("l4e.service")
 
 CONNECTORS: dict[str, type] = {
     "replay": ReplayConnector,
+    "opcua": OpcUaConnector,
+    "modbus": ModbusConnector,
 }
+
+
+def connector_writer_factory(config: AssetConfig, base_dir: Path):
+    """The write_back hooks' writers, through the connectors of the named [[sources]] entry."""
+    from connectors.modbus import write_modbus
+    from connectors.opcua import write_opcua
+
+    sources = {s.name: s for s in config.sources}
+
+    def factory(hook):
+        source = sources[hook.source]
+        if hook.protocol == "modbus":
+            device_id = 1 if hook.device_id is None else hook.device_id
+
+            async def write(value) -> None:
+                await write_modbus(source, device_id, hook.table, hook.address, value, type=hook.type,
+                                   order=hook.order)
+        else:
+
+            async def write(value) -> None:
+                await write_opcua(source, hook.node_id, value, base_dir)
+
+        return write
+
+    return factory
 
 
 def plan_from_config(config: AssetConfig) -> WindowPlan:
@@ -84,14 +115,25 @@ class AssetRunner:
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
         self.stats = AssetStats()
         self.event_listeners: list[Callable[[Event], None]] = []
+        self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
+                                  build_hooks(config.alarms, base, connector_writer_factory(config, base)),
+                                  clock, window_secs=self.plan.frequency)
+        self.alarms_raised: Counter = Counter()  # rule → alarms raised (for metrics)
+        self.results_poller = None  # set by the service when results are read back (agent.results)
+        self._pending_events: list[Event] = []
         self._tasks: list[asyncio.Task] = []
         self._refusing = False
         self._refusal_logged = False
+        self._dropping = False
+        self._started_at: float | None = None
+        self._silent: set[str] = set()
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
+        """Record events, hand them to listeners now and to the alarm engine at its next job run."""
         for ev in events:
             self.stats.events.append(ev)
+            self._pending_events.append(ev)
             for listener in self.event_listeners:
                 try:
                     listener(ev)
@@ -124,6 +166,10 @@ class AssetRunner:
 
     async def flush_job(self) -> None:
         self.spool.flush()
+        over = self.closer.over_budget()
+        if self._dropping and not over:
+            self._dropping = False
+            self.emit([Event("spool_recovered", "spool", "back within the disk budget", self.clock.now())])
         if self.plan.when_full == "drop_newest":
             self._refusing = self.closer.over_budget()
             if self._refusing and not self._refusal_logged:
@@ -132,8 +178,11 @@ class AssetRunner:
                                  "until uploads free space", self.clock.now(), {"stage": "input"})])
             elif not self._refusing:
                 self._refusal_logged = False
-        else:
-            self.emit(self.closer.enforce_budget(self.clock.now()))
+            self._dropping = self._dropping or self._refusing
+        elif over:
+            dropped = self.closer.enforce_budget(self.clock.now())
+            self._dropping = self._dropping or bool(dropped)
+            self.emit(dropped)
 
     async def window_job(self) -> None:
         self.spool.flush()
@@ -141,6 +190,58 @@ class AssetRunner:
 
     async def upload_job(self) -> None:
         await self.uploader.run_once()
+
+    def check_sources(self) -> list[Event]:
+        """source_silent / source_recovered transitions from each connector's last reading (clock time)."""
+        now = self.clock.now()
+        bound = self.config.health.source_silent_secs
+        events = []
+        for conn in self.connectors:
+            last = conn.stats.last_reading_ts
+            reference = last if last is not None else self._started_at
+            silent = reference is not None and now - reference > bound
+            if silent and conn.name not in self._silent:
+                self._silent.add(conn.name)
+                events.append(Event("source_silent", conn.name, f"source {conn.name}: no reading for more than "
+                                    f"{bound:g}s", now, {"last_reading_ts": last}))
+                log.warning("source %s silent for more than %gs", conn.name, bound)
+            elif not silent and conn.name in self._silent:
+                self._silent.discard(conn.name)
+                events.append(Event("source_recovered", conn.name, f"source {conn.name}: readings again", now))
+                log.info("source %s delivers readings again", conn.name)
+        return events
+
+    async def alarm_job(self) -> None:
+        """Health checks, then pending events and quiet-time clears into the alarm engine."""
+        self.emit(self.check_sources())
+        events, self._pending_events = self._pending_events, []
+        for ev in events:
+            self._count(await self.alarms.on_event(ev))
+        self._count(await self.alarms.tick())
+
+    def _count(self, transitions) -> None:
+        for alarm in transitions:
+            if alarm.state == "raised":
+                self.alarms_raised[alarm.rule] += 1
+
+    async def results_job(self) -> None:
+        if self.results_poller is not None:
+            await self.results_poller.poll_once(self.on_results, self._on_result_event)
+
+    async def on_results(self, rows) -> None:
+        self._count(await self.alarms.on_results(rows))
+
+    async def _on_result_event(self, event: Event) -> None:
+        self.stats.events.append(event)
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed for %s", event.kind)
+        self._count(await self.alarms.on_event(event))
+
+    def silent_sources(self) -> set[str]:
+        return set(self._silent)
 
     def start(self, scheduler: JobScheduler) -> None:
         clock, plan = self.clock, self.plan
@@ -152,6 +253,9 @@ class AssetRunner:
         scheduler.every(f"{plan.asset}.flush", flush_every, self.flush_job, flush_every)
         scheduler.every(f"{plan.asset}.windows", window_tick, self.window_job)
         scheduler.every(f"{plan.asset}.upload", upload_tick, self.upload_job, window_tick / 2)
+        scheduler.every(f"{plan.asset}.alarms", min(max(clock.real_seconds(10.0), 0.1), 5.0), self.alarm_job)
+        scheduler.every(f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job)
+        self._started_at = clock.now()
         for connector in self.connectors:
             self._tasks.append(asyncio.create_task(self._pump(connector), name=f"source:{connector.name}"))
 
@@ -167,33 +271,94 @@ class AssetRunner:
             self.spool.flush()
             self.emit(self.closer.close_due(self.clock.now()))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.uploader.run_once(), upload_timeout_secs)
+                await asyncio.wait_for(self.uploader.run_once(force=True), upload_timeout_secs)
+            events, self._pending_events = self._pending_events, []
+            for ev in events:
+                self._count(await self.alarms.on_event(ev))
         except Exception:
             log.exception("asset %s: error while draining", self.plan.asset)
         finally:
             self.spool.close()
+            await self.alarms.close(upload_timeout_secs)
 
 
 class Agent:
-    """Runs one AssetRunner per asset file until stopped."""
+    """Runs one AssetRunner per asset file until stopped; metrics, health, sd_notify and SIGHUP reload.
 
-    def __init__(self, runners: list[AssetRunner], clock: Clock) -> None:
+    ``reload`` (SIGHUP) is a callable returning fresh runners built from the re-read asset files; when it
+    raises (e.g. ConfigError), the running configuration stays and the reason is logged.
+    """
+
+    def __init__(self, runners: list[AssetRunner], clock: Clock, *, metrics_config=None, reload=None) -> None:
+        from agent.sdnotify import Notifier
+        from agent.supervision import Supervision
+
         self.runners = runners
         self.clock = clock
         self.scheduler = JobScheduler()
         self.stop_event = asyncio.Event()
+        self.supervision = Supervision(runners)
+        self.metrics_config = metrics_config
+        self.metrics_server = None
+        self.notifier = Notifier.from_env(unset=True)  # hooks started by us must not inherit the socket
+        self._reload = reload
+        self._reload_requested = asyncio.Event()
 
     def request_stop(self) -> None:
         self.stop_event.set()
 
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            if self._reload is None:
+                continue
+            self.notifier.reloading()
+            try:
+                fresh = self._reload()
+            except Exception as exc:  # an invalid new file keeps the old configuration running
+                log.error("reload refused, keeping the running configuration: %s", exc)
+                self.notifier.ready(self.supervision.summary())
+                continue
+            log.info("reloading: %d asset(s)", len(fresh))
+            for runner in self.runners:
+                await runner.drain()
+            self.runners = fresh
+            self.supervision.set_runners(fresh)
+            for runner in fresh:
+                runner.start(self.scheduler)
+            self.notifier.ready(self.supervision.summary())
+
+    async def _status_job(self) -> None:
+        self.notifier.status(self.supervision.summary())
+
     async def run(self, until: float | None = None) -> int:
+        from agent.metrics import MetricsServer
+        from agent.sdnotify import WatchdogGate
+
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
+                   signal.SIGHUP: self.request_reload}
+        for sig, handler in signals.items():
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, handler)
         for runner in self.runners:
             runner.start(self.scheduler)
+        self.scheduler.every("agent.status", 10.0, self._status_job, 10.0)
         self.scheduler.start()
+        helpers = [asyncio.create_task(self._reload_loop(), name="reload")]
+        gate = WatchdogGate(self.notifier, self.supervision.health)
+        if gate.enabled:
+            helpers.append(asyncio.create_task(gate.run(), name="watchdog"))
+        if self.metrics_config is not None and self.metrics_config.enabled:
+            self.metrics_server = MetricsServer.from_config(self.metrics_config, self.supervision.registry,
+                                                            self.supervision.health)
+            await self.metrics_server.start()
+            log.info("metrics on http://%s:%d/metrics", self.metrics_config.host, self.metrics_server.port)
+        self.notifier.ready(self.supervision.summary())
         log.info("agent started: %d asset(s): %s", len(self.runners),
                  ", ".join(r.plan.asset for r in self.runners))
         try:
@@ -207,10 +372,15 @@ class Agent:
                 waiter.cancel()
         finally:
             log.info("agent stopping: draining")
+            self.notifier.stopping("draining")
+            for task in helpers:
+                task.cancel()
             await self.scheduler.shutdown()
             for runner in self.runners:
                 await runner.drain()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+            for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         log.info("agent stopped")

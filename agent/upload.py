@@ -32,6 +32,7 @@ class UploadStats:
     latency_sum: float = 0.0
     latency_count: int = 0
     uploaded_keys: list[str] = field(default_factory=list)  # the most recent keys (bounded), for status
+    recent_latencies: list[float] = field(default_factory=list)  # the most recent samples (bounded), for metrics
 
     def record(self, key: str, latency: float) -> None:
         self.uploaded += 1
@@ -40,6 +41,8 @@ class UploadStats:
         self.latency_count += 1
         self.uploaded_keys.append(key)
         del self.uploaded_keys[:-50]
+        self.recent_latencies.append(latency)
+        del self.recent_latencies[:-200]
 
 
 class Uploader:
@@ -53,20 +56,26 @@ class Uploader:
         self.backoff = backoff or Backoff(1.0, 60.0)
         self.stats = UploadStats()
         self._retry_at = 0.0  # monotonic wall time before which no attempt is made
+        self._failing_since: float | None = None  # monotonic wall time of the first failure in a row
         self._errors = TransitionLog(log)
         self._late_logged: set[int] = set()
         self._lock = asyncio.Lock()  # the scheduled job and a drain must not upload the same file twice
 
+    def failing_for(self) -> float:
+        """Wall seconds since uploads started failing (0 when the last attempt succeeded)."""
+        return 0.0 if self._failing_since is None else time.monotonic() - self._failing_since
+
     def backlog(self) -> int:
         return len(self.outbox.entries())
 
-    async def run_once(self) -> int:
-        """Upload what is pending, oldest first, until done or the first failure. Returns files uploaded."""
+    async def run_once(self, force: bool = False) -> int:
+        """Upload what is pending, oldest first, until done or the first failure. Returns files uploaded.
+        During a backoff nothing is tried unless ``force`` (the last round before shutdown)."""
         async with self._lock:
-            return await self._run_once()
+            return await self._run_once(force)
 
-    async def _run_once(self) -> int:
-        if time.monotonic() < self._retry_at:
+    async def _run_once(self, force: bool) -> int:
+        if not force and time.monotonic() < self._retry_at:
             return 0
         done = 0
         for entry in self.outbox.entries():
@@ -79,6 +88,8 @@ class Uploader:
                 await asyncio.to_thread(self.store.put, key, data)
             except (StoreUnavailable, StoreError) as exc:
                 self.stats.failures += 1
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
                 delay = self.backoff.next()
                 self._retry_at = time.monotonic() + delay
                 permanent = not isinstance(exc, StoreUnavailable)
@@ -88,6 +99,7 @@ class Uploader:
                 return done
             self.outbox.remove(entry)
             self.backoff.reset()
+            self._failing_since = None
             self._errors.success("put", "uploads to %s work again", self.store.describe())
             now = self.clock.now()
             self.stats.record(key, now - entry.window_end)

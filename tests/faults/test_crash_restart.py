@@ -62,7 +62,7 @@ def test_kill_9_mid_window_then_restart(tmp_path):
     killed_at = clock_now()
 
     # what was durable at the kill: the spool segments of the open windows
-    flushed = Spool(state / "pump-07" / "spool", 300)
+    flushed = Spool(state / "spool", 300)
     flushed_rows = []
     for end in flushed.windows():
         table = flushed.read(end).to_pandas()
@@ -99,4 +99,4 @@ def test_kill_9_mid_window_then_restart(tmp_path):
         assert math.isclose(float(cell), part["value"].mean(), rel_tol=1e-12), (stamp, sensor)
         checked += 1
     assert checked >= 3
-    assert not os.listdir(state / "pump-07" / "outbox" / ".tmp")
+    assert not os.listdir(state / "outbox" / ".tmp")

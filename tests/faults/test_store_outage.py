@@ -49,7 +49,7 @@ async def test_outage_then_recovery_delivers_each_window_once_in_order(tmp_path,
     clock = ScaledClock(T0.timestamp() - 60, SPEED)
     store = RecordingStore(S3Store(client, "plant-l4e"))
     runner = AssetRunner(config, path, tmp_path / "state", clock, store=store, prefix="pump-07/input/")
-    until = (T0 + pd.Timedelta(minutes=35, seconds=10)).timestamp()
+    until = (T0 + pd.Timedelta(minutes=40, seconds=10)).timestamp()
     agent_task = asyncio.create_task(Agent([runner], clock).run(until=until))
 
     async def wait(predicate, timeout):
@@ -70,7 +70,7 @@ async def test_outage_then_recovery_delivers_each_window_once_in_order(tmp_path,
     assert await asyncio.wait_for(agent_task, 60) == 0
 
     expected = [f"pump-07/input/pump_{(T0 + pd.Timedelta(minutes=5 * k)).strftime('%Y%m%d%H%M%S')}.csv"
-                for k in range(7)]
+                for k in range(8)]  # windows ending 00:05 … 00:40, all due by `until`
     assert store.confirmed == expected  # exactly once each, oldest first
     assert sorted(S3Store(moto_s3.client(), "plant-l4e").list()) == expected
     assert runner.uploader.stats.windows_late >= 1  # the outage made some windows late, and that is counted
