@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed", type=float, default=None, help="simulated seconds per wall second")
     parser.add_argument("--access-key", action="append", default=[], metavar="ID:SECRET",
                         help="require SigV4 signatures made with this key pair (repeatable)")
+    parser.add_argument("--access-keys-file", default=None, metavar="PATH",
+                        help="ID:SECRET pairs, one per line (keeps secrets out of the process list)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -40,7 +42,14 @@ def serve_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        keys = parse_access_keys(args.access_key)
+        pairs = list(args.access_key)
+        if args.access_keys_file:
+            try:
+                text = Path(args.access_keys_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"--access-keys-file: {exc}") from None
+            pairs += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        keys = parse_access_keys(pairs)
         state_dir = Path(args.state_dir)
         store = args.store or (state_dir / "store").resolve().as_uri() + "/"
         if (args.clock_start is None) != (args.speed is None):

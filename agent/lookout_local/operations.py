@@ -20,7 +20,6 @@ Semantics follow the botocore documentation:
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable
 
@@ -39,8 +38,6 @@ from agent.windows import UPLOAD_FREQUENCIES, parse_offset
 MAX_TAGS = 50
 DATASET, MODEL, SCHEDULER = "dataset", "model", "inference-scheduler"
 IDEMPOTENT = ("CreateDataset", "StartDataIngestionJob", "CreateModel", "CreateInferenceScheduler")
-DEFAULT_DELIMITER = "_"              # the L4E SDK's default; the service's is unconfirmed (contract §2)
-DEFAULT_TIMESTAMP_FORMAT = "yyyyMMddHHmmss"
 
 
 def _not_found(kind: str, name: str) -> ResourceNotFoundException:
@@ -63,7 +60,6 @@ class Operations:
         self.ctx = ctx
         self.state = ctx.state
         self.submit = submit
-        self._lock = threading.Lock()
 
     names = frozenset((
         "CreateDataset", "DescribeDataset", "ListDatasets", "DeleteDataset",
@@ -114,7 +110,7 @@ class Operations:
             raise ConflictException(f"dataset {name!r} already exists")
         schema = (p.get("DatasetSchema") or {}).get("InlineDataSchema")
         if schema is not None:
-            schema = dump_schema(parse_schema(schema))
+            parse_schema(schema)  # refuse an unusable schema now; DescribeDataset returns the string as given
         now = self._now()
         doc = {"DatasetName": name, "DatasetArn": self.ctx.arn(DATASET, name), "CreatedAt": now,
                "LastUpdatedAt": now, "Status": "CREATED", "Schema": schema,
@@ -198,7 +194,7 @@ class Operations:
                                       f"{dataset['Status']}); run a data ingestion job first")
         full = parse_schema(dataset["Schema"])
         inline = (p.get("DatasetSchema") or {}).get("InlineDataSchema")
-        schema = dump_schema(subset(full, parse_schema(inline)) if inline else full)
+        schema = dump_schema(subset(full, parse_schema(inline))) if inline else dataset["Schema"]
         for start, end in (("TrainingDataStartTime", "TrainingDataEndTime"),
                            ("EvaluationDataStartTime", "EvaluationDataEndTime")):
             if p.get(start) is not None and p.get(end) is not None and p[start] >= p[end]:

@@ -96,8 +96,11 @@ class Worker:
         error, result, schema = None, None, dataset.get("Schema")
         try:
             store = self.ctx.stores.bucket(s3["Bucket"])
-            components = parse_schema(schema) if schema else _infer_schema(store, s3.get("Prefix", ""))
-            schema = dump_schema(components)
+            if schema:
+                components = parse_schema(schema)
+            else:
+                components = _infer_schema(store, s3.get("Prefix", ""))
+                schema = dump_schema(components)
             result = ingest(store, s3["Bucket"], s3.get("Prefix", ""), s3.get("KeyPattern"), components,
                             self.ctx.dataset_dir(dataset["DatasetName"]))
         except IngestionFailed as exc:

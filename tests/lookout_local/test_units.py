@@ -182,3 +182,9 @@ def test_unreadable_input_fails_with_a_reason(tmp_path):
     store = _window_input(tmp_path, cfg, {"pump_20260104000500.csv": b"Timestamp,other\n2026-01-04T00:06:00,1\n"})
     with pytest.raises(InferenceFailed, match=r"Could not read any data file for sensor pump.*missing from the header"):
         window_frame(store, cfg, [Component("pump", "Timestamp", ("flow",))], window, 300, 60)
+
+
+def test_serve_main_reads_the_access_keys_file(tmp_path):
+    assert serve_main(["--state-dir", str(tmp_path), "--access-keys-file", str(tmp_path / "absent")]) == 78
+    (tmp_path / "keys").write_text("# comment\nnosecret\n")
+    assert serve_main(["--state-dir", str(tmp_path), "--access-keys-file", str(tmp_path / "keys")]) == 78
