@@ -166,12 +166,22 @@ class Worker:
                 # the effective rate is reported even when it was inferred: clients size their windows by it
                 model["DataPreProcessingConfiguration"] = {"TargetSamplingRate": rate_name}
                 model.update(Status="SUCCESS", ModelMetrics=json.dumps(metrics), _rate=rate_name,
-                             ModelQuality="QUALITY_THRESHOLD_MET" if metrics["labeled_ranges"]
-                             else "CANNOT_DETERMINE_QUALITY",
+                             ModelQuality=_quality(metrics),
                              ActiveModelVersion=1, ActiveModelVersionArn=version_arn, ModelVersionActivatedAt=now)
             else:
                 model.update(Status="FAILED", FailedReason=error[:5000])
             state.put("model", name, model["ModelArn"], model["CreatedAt"], model)
+
+
+def _quality(metrics: dict) -> str:
+    """ModelQuality from the evaluation: without labels it cannot be judged; with labels, the model meets
+    the bar when it detects at least half of the labelled events (a local rule; AWS's is not published)."""
+    labeled = metrics["labeled_event_metrics"]
+    if not labeled["num_labeled"]:
+        return "CANNOT_DETERMINE_QUALITY"
+    if 2 * labeled["num_labeled_detected"] >= labeled["num_labeled"]:
+        return "QUALITY_THRESHOLD_MET"
+    return "POOR_QUALITY_DETECTED"
 
 
 def _infer_schema(store, prefix: str) -> list[Component]:

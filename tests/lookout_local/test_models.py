@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from . import synth
-from .conftest import BUCKET, train, wait_for
+from .conftest import BUCKET, ingest, train, wait_for, write_history
 
 ROLE = "arn:aws:iam::123456789012:role/l4e"
 
@@ -22,6 +22,7 @@ def test_trained_model_description(trained):
     assert model["DataPreProcessingConfiguration"] == {"TargetSamplingRate": "PT1M"}
     assert model["TrainingExecutionEndTime"] >= model["TrainingExecutionStartTime"]
     assert model["ActiveModelVersion"] == 1
+    assert model["ModelQuality"] == "CANNOT_DETERMINE_QUALITY"  # no labels
     metrics = json.loads(model["ModelMetrics"])
     assert metrics["predicted_event_metrics"]["num_predicted"] == len(metrics["predicted_ranges"])
     # normal history: (almost) nothing flagged
@@ -40,7 +41,8 @@ def test_labels_and_evaluation_range(trained):
     assert model["Status"] == "SUCCESS", model.get("FailedReason")
     metrics = json.loads(model["ModelMetrics"])
     assert metrics["labeled_ranges"] == [{"start": "2026-01-03T06:00:00.000000", "end": "2026-01-03T07:00:00.000000"}]
-    assert metrics["labeled_event_metrics"]["num_labeled"] == 1
+    assert metrics["labeled_event_metrics"] == {"num_labeled": 1, "num_labeled_detected": 0}
+    assert model["ModelQuality"] == "POOR_QUALITY_DETECTED"  # the labelled hour holds normal data
     assert 1000 < metrics["evaluated_points"] <= synth.DAY + 1
     assert model["EvaluationDataStartTime"] == day + pd.Timedelta(days=2)
     assert client.list_tags_for_resource(ResourceArn=model["ModelArn"])["Tags"] == [{"Key": "team", "Value": "ops"}]
@@ -125,3 +127,24 @@ def test_sampling_rate_is_inferred_and_reported(trained):
     model = wait_for(lambda: (d := client.describe_model(ModelName="m-rate"))["Status"] != "IN_PROGRESS" and d)
     assert model["Status"] == "SUCCESS", model.get("FailedReason")
     assert model["DataPreProcessingConfiguration"] == {"TargetSamplingRate": "PT1M"}  # the data's 1-minute step
+
+
+def test_evaluation_detects_a_labelled_fault(trained, history):
+    _svc, client, store = trained
+    frames = {c: f.iloc[:3 * synth.DAY].copy() for c, f in history.items()}
+    fault = (frames["pump"]["Timestamp"] >= "2026-01-03T06:00") & (frames["pump"]["Timestamp"] < "2026-01-03T07:00")
+    frames["pump"].loc[fault, "vibration"] += 5 * frames["pump"]["vibration"].std()
+    write_history(store, frames, prefix="faulty-history/")
+    store.put("faulty-labels/labels.csv", b"2026-01-03T06:00:00.000000,2026-01-03T07:00:00.000000\n")
+    assert ingest(client, "faulty", prefix="faulty-history/")["Status"] == "SUCCESS"
+    day = pd.Timestamp("2026-01-01T00:00:00Z")
+    model = train(client, "m-faulty", "faulty",
+                  TrainingDataStartTime=day, TrainingDataEndTime=day + pd.Timedelta(days=2),
+                  EvaluationDataStartTime=day + pd.Timedelta(days=2), EvaluationDataEndTime=day + pd.Timedelta(days=3),
+                  LabelsInputConfiguration={"S3InputConfiguration": {"Bucket": BUCKET, "Prefix": "faulty-labels/"}})
+    metrics = json.loads(model["ModelMetrics"])
+    assert metrics["labeled_event_metrics"] == {"num_labeled": 1, "num_labeled_detected": 1}
+    assert model["ModelQuality"] == "QUALITY_THRESHOLD_MET"
+    hit = [r for r in metrics["predicted_ranges"]
+           if r["start"] <= "2026-01-03T07:00" and r["end"] >= "2026-01-03T06:00"]
+    assert hit and max(hit[0]["diagnostics"], key=lambda d: d["value"])["name"] == "pump\\vibration"
