@@ -48,7 +48,7 @@ class SerializationException(ApiError):
 
 
 class UnknownOperationException(ApiError):
-    code, status = "UnknownOperationException", 404
+    code, status = "UnknownOperationException", 400  # what AWS JSON services answer for a bad X-Amz-Target
 
 
 class InternalServerException(ApiError):

@@ -189,6 +189,10 @@ class Operations:
         if self.state.get(MODEL, name) is not None:
             raise ConflictException(f"model {name!r} already exists")
         dataset = self._get(DATASET, p["DatasetName"])
+        label_group = (p.get("LabelsInputConfiguration") or {}).get("LabelGroupName")
+        if label_group:  # the Label API is not among the 2021 operations served here
+            raise ResourceNotFoundException(f"label group {label_group!r} does not exist; give labels as "
+                                            "LabelsInputConfiguration.S3InputConfiguration instead")
         if dataset["Status"] != "ACTIVE" or not dataset.get("Schema"):
             raise ValidationException(f"dataset {p['DatasetName']!r} has no ingested data (status "
                                       f"{dataset['Status']}); run a data ingestion job first")

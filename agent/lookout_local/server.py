@@ -23,7 +23,7 @@ from pathlib import Path
 from agent.clock import SystemClock
 from agent.lookout_local import protocol
 from agent.lookout_local.context import Context
-from agent.lookout_local.errors import ApiError, InternalServerException
+from agent.lookout_local.errors import ApiError, InternalServerException, UnknownOperationException
 from agent.lookout_local.operations import Operations
 from agent.lookout_local.scheduler import Scheduler
 from agent.lookout_local.sigv4 import verify
@@ -174,7 +174,7 @@ class LocalLookoutService:
             lower = {k.lower(): v for k, v in headers.items()}
             verify(self.access_keys, method, path, lower, body)
         if path.split("?")[0] != "/":
-            raise ApiError(f"path {path!r}: the API is served at POST /", "UnknownOperationException", 404)
+            raise UnknownOperationException(f"path {path!r}: the API is served at POST /")
         op = protocol.operation_name(headers.get("X-Amz-Target"), set(Operations.names))
         model = protocol.service_model().operation_model(op)
         params = validate(model.input_shape, protocol.parse_body(body))

@@ -72,6 +72,8 @@ def test_model_errors(trained):
         client.create_model(ModelName="x", DatasetName="no-such-dataset")
     with pytest.raises(client.exceptions.ConflictException):
         client.create_model(ModelName="m1", DatasetName="hist")
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.create_model(ModelName="x", DatasetName="hist", LabelsInputConfiguration={"LabelGroupName": "lg"})
     client.create_dataset(DatasetName="never-ingested")
     with pytest.raises(client.exceptions.ValidationException):
         client.create_model(ModelName="x", DatasetName="never-ingested")

@@ -33,7 +33,7 @@ def raw(endpoint: str, body: bytes, target: str | None, method: str = "POST", pa
 
 def test_unknown_operation_is_an_aws_shaped_error(service):
     status, headers, body = raw(service.endpoint_url, b"{}", TARGET + "ListLabelGroups")
-    assert status == 404
+    assert status == 400
     assert body["__type"] == headers["x-amzn-ErrorType"] == "UnknownOperationException"
     assert "ListLabelGroups" in body["message"]
 
@@ -46,7 +46,7 @@ def test_unknown_operation_through_boto3(client):
 
 def test_missing_target(service):
     status, _h, body = raw(service.endpoint_url, b"{}", None)
-    assert (status, body["__type"]) == (404, "UnknownOperationException")
+    assert (status, body["__type"]) == (400, "UnknownOperationException")
 
 
 @pytest.mark.parametrize("payload", [b"{not json", b"[1, 2]", b"\xff\xfe", b'"text"'])
@@ -103,7 +103,7 @@ def test_health_check(service):
 
 def test_wrong_path(service):
     status, _h, body = raw(service.endpoint_url, b"{}", TARGET + "ListDatasets", path="/other")
-    assert status == 404 and body["__type"] == "UnknownOperationException"
+    assert status == 400 and body["__type"] == "UnknownOperationException"
 
 
 @pytest.fixture
