@@ -78,6 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="source name (default: all)")
 
     sub.add_parser("config-example", help="print the example asset file generated from the config models")
+
+    p = sub.add_parser("provision", help="history → dataset → ingestion → model → running inference scheduler")
+    p.add_argument("config", type=Path)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    p.add_argument("--history", type=Path, help="history CSV (default: the asset's replay source)")
+    p.add_argument("--labels", type=Path, help="two-column headerless CSV of anomalous (start, end) ranges")
+    p.add_argument("--training-range", nargs=2, type=_instant, metavar=("START", "END"))
+    p.add_argument("--evaluation-range", nargs=2, type=_instant, metavar=("START", "END"))
+
+    p = sub.add_parser("status", help="scheduler state, last executions and scores, windows and backlog")
+    p.add_argument("config", type=Path)
+    p.add_argument("--state-dir", type=Path, help="the asset's state folder (default /var/lib/l4e-agent/<asset>)")
+
+    p = sub.add_parser("opcua-cert", help="make a self-signed OPC-UA client certificate and key")
+    p.add_argument("--cert", type=Path, required=True, help="certificate file to write (DER)")
+    p.add_argument("--key", type=Path, required=True, help="private key file to write (PEM, mode 0600)")
+    p.add_argument("--application-uri", help="default urn:l4e-agent:<hostname>")
+    p.add_argument("--hostname")
     return parser
 
 
@@ -88,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         from agent.lookout_local import serve_main
 
         return serve_main(argv[2:])
+    if argv[:1] == ["simulate"]:
+        from connectors.simulator import simulate_main
+
+        return simulate_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from agent.demo import demo_main
+
+        _setup_logging("WARNING")
+        return demo_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
@@ -98,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "probe":
             return cmd_probe(args)
+        if args.command == "provision":
+            return cmd_provision(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "opcua-cert":
+            from connectors.opcua import make_client_certificate
+
+            make_client_certificate(args.cert, args.key, args.application_uri, args.hostname)
+            print(f"wrote {args.cert} and {args.key}; make the server trust the certificate")
+            return 0
         if args.command == "config-example":
             from agent.config_example import render_example
 
@@ -116,10 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _load_all(paths: list[Path]):
+def _discovered(config, path: Path, state_dir: Path):
+    """Fill the [lookout] settings from the scheduler when the file names one (cached for outages)."""
+    if config.lookout.scheduler is None:
+        return config
+    from agent.lookout import discover, make_client
+
+    return discover(config, path, state_dir, make_client(config.lookout.endpoint_url, config.lookout.region))
+
+
+def _load_all(paths: list[Path], state_dirs: list[Path] | None = None):
     from agent.config import load
 
     configs = [load(p) for p in paths]  # every file validated before anything starts
+    if state_dirs is not None:
+        configs = [_discovered(c, p, d) for c, p, d in zip(configs, paths, state_dirs, strict=True)]
     assets = [c.asset for c in configs]
     dupes = {a for a in assets if assets.count(a) > 1}
     if dupes:
@@ -127,27 +175,44 @@ def _load_all(paths: list[Path]):
     return configs
 
 
+def _state_dirs(args, configs) -> list[Path]:
+    """One asset (as systemd runs it: StateDirectory=l4e-agent/%i): --state-dir is its own folder."""
+    state_root = args.state_dir or DEFAULT_STATE_ROOT
+    single = args.state_dir is not None and len(configs) == 1
+    return [c.state_dir or (state_root if single else state_root / c.asset) for c in configs]
+
+
+def make_runner(config, path: Path, state_dir: Path, clock):
+    from agent.service import AssetRunner
+
+    runner = AssetRunner(config, path, state_dir, clock)
+    lk = config.lookout
+    if lk.scheduler or lk.output:
+        from agent.lookout import make_client
+        from agent.results import ResultsPoller
+
+        client = make_client(lk.endpoint_url, lk.region) if lk.scheduler else None
+        runner.results_poller = ResultsPoller(config.asset, lk, state_dir, clock, client=client)
+    return runner
+
+
 def cmd_run(args) -> int:
     from agent.service import Agent, AssetRunner
 
-    configs = _load_all(args.configs)
+    plain = _load_all(args.configs)
+    dirs = _state_dirs(args, plain)
+    configs = _load_all(args.configs, dirs)
     state_root = args.state_dir or DEFAULT_STATE_ROOT
-    single = args.state_dir is not None and len(configs) == 1
     clock = make_clock(args, state_root)
-    runners = []
-    for path, config in zip(args.configs, configs, strict=True):
-        # one asset (as systemd runs it: StateDirectory=l4e-agent/%i): --state-dir is its own folder
-        state_dir = config.state_dir or (state_root if single else state_root / config.asset)
-        runners.append(AssetRunner(config, path, state_dir, clock))
+    runners = [make_runner(c, p, d, clock) for p, c, d in zip(args.configs, configs, dirs, strict=True)]
 
     from agent.logs import configure_logging
 
     configure_logging(configs[0].log.format, configs[0].log.level)
 
     def reload() -> list[AssetRunner]:
-        fresh = _load_all(args.configs)  # raises ConfigError: the running configuration stays
-        return [AssetRunner(c, p, c.state_dir or (state_root if single else state_root / c.asset), clock)
-                for p, c in zip(args.configs, fresh, strict=True)]
+        fresh = _load_all(args.configs, dirs)  # raises ConfigError: the running configuration stays
+        return [make_runner(c, p, d, clock) for p, c, d in zip(args.configs, fresh, dirs, strict=True)]
 
     async def _main() -> int:
         return await Agent(runners, clock, metrics_config=configs[0].metrics, reload=reload).run(until=args.until)
@@ -164,6 +229,19 @@ def cmd_check(args) -> int:
     configs = _load_all(args.configs)
     now = args.at if args.at is not None else time.time()
     for path, config in zip(args.configs, configs, strict=True):
+        if config.lookout.scheduler and args.online:
+            from agent.lookout import make_client, scheduler_status
+
+            client = make_client(config.lookout.endpoint_url, config.lookout.region)
+            config = _discovered(config, path, DEFAULT_STATE_ROOT / config.asset)
+            state = scheduler_status(client, config.lookout.scheduler)
+            print(f"{path}: scheduler {state.name}: {state.status}")
+            if state.warning:
+                print(f"  WARNING: {state.warning}")
+        elif config.lookout.upload_frequency is None:
+            print(f"{path}: OK (settings come from scheduler {config.lookout.scheduler}: use --online to read "
+                  "them and print the plan)")
+            continue
         plan = plan_from_config(config)
         lk = config.lookout
         scheme, where, prefix = parse_location(lk.input)
@@ -218,6 +296,33 @@ def _probe(config, path: Path, source: str | None) -> int:
 
     asyncio.run(_run())
     return 0 if ok else 1
+
+
+def cmd_provision(args) -> int:
+    from agent.config import load
+    from agent.lookout import make_client
+    from agent.provision import provision
+
+    config = load(args.config)
+    client = make_client(config.lookout.endpoint_url, config.lookout.region)
+    result = provision(config, args.config, client, dry_run=args.dry_run, history=args.history, labels=args.labels,
+                       training_range=tuple(args.training_range) if args.training_range else None,
+                       evaluation_range=tuple(args.evaluation_range) if args.evaluation_range else None)
+    if not args.dry_run:
+        print(f"scheduler {result['scheduler']}: {result['status']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from agent.config import load
+    from agent.lookout import make_client
+    from agent.status import status
+
+    config = load(args.config)
+    state_dir = args.state_dir or config.state_dir or DEFAULT_STATE_ROOT / config.asset
+    client = make_client(config.lookout.endpoint_url, config.lookout.region) if config.lookout.scheduler else None
+    print(status(config, state_dir, client))
+    return 0
 
 
 def cmd_probe(args) -> int:

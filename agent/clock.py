@@ -65,12 +65,22 @@ class ScaledClock:
     def now(self) -> float:
         return self.start + (time.time() - self.anchor) * self.speed
 
+    def rebase(self, start: float, speed: float | None = None) -> None:
+        """Continue from ``start`` now (and at ``speed``): e.g. the demo holds the clock still while it
+        provisions, then lets the plant's time run. Sleepers re-check the clock, so none oversleeps."""
+        if speed is not None:
+            if speed <= 0:
+                raise ValueError("speed must be > 0")
+            self.speed = float(speed)
+        self.start = float(start)
+        self.anchor = time.time()
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
 
     async def sleep_until(self, ts: float) -> None:
         while (delay := ts - self.now()) > 0:
-            await asyncio.sleep(min(delay / self.speed, 60.0))
+            await asyncio.sleep(min(delay / self.speed, 1.0))  # short naps: the clock may be rebased
 
     def real_seconds(self, seconds: float) -> float:
         return seconds / self.speed

@@ -64,8 +64,12 @@ class MotoS3:
 
 @pytest.fixture
 def moto_s3() -> Iterator[MotoS3]:
+    import urllib.request
+
     server = MotoS3()
     server.start()
+    # moto keeps buckets in process memory across server instances: start every test from an empty S3
+    urllib.request.urlopen(urllib.request.Request(server.url + "/moto-api/reset", method="POST"), timeout=10).read()
     try:
         yield server
     finally:
