@@ -10,6 +10,10 @@
    ``--windows`` 5-minute windows scored as the scheduler does (list, read, resample, score, write
    results.jsonl). Baseline: ``pandas.read_csv`` of each window's files.
 
+3. API: ``--calls`` DescribeDataset round trips through boto3 over HTTP to an embedded service.
+   Baseline: the same boto3 call answered by a stub HTTP server returning a fixed body (pure client +
+   HTTP cost), so the ratio is the service's own share.
+
 Reports wall seconds, the ratio to the baseline, and RSS (current and peak, MiB, from /proc/self/status).
 """
 
@@ -135,17 +139,69 @@ def bench_inference(root: Path, sensors: int, windows: int) -> None:
           f"   RSS {rss[0]:.0f} MiB (peak {rss[1]:.0f})   anomalous windows {flagged}/{windows}")
 
 
+def bench_api(root: Path, calls: int) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import boto3
+    from botocore.config import Config
+
+    from agent.lookout_local import LocalLookoutService
+
+    def client(endpoint):
+        return boto3.client("lookoutequipment", endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id="x", aws_secret_access_key="x",
+                            config=Config(retries={"total_max_attempts": 1}))
+
+    with LocalLookoutService(root / "api-state", (root / "api-store").as_uri() + "/") as svc:
+        c = client(svc.endpoint_url)
+        c.create_dataset(DatasetName="api")
+        reply = json.dumps({k: v for k, v in c.describe_dataset(DatasetName="api").items()
+                            if k != "ResponseMetadata"}, default=lambda d: d.timestamp()).encode()
+        t_svc, _ = timed(lambda: [c.describe_dataset(DatasetName="api") for _ in range(calls)])
+
+    class Stub(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.0")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+    stub.daemon_threads = True
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    c = client(f"http://127.0.0.1:{stub.server_address[1]}")
+    c.describe_dataset(DatasetName="api")
+    t_stub, _ = timed(lambda: [c.describe_dataset(DatasetName="api") for _ in range(calls)])
+    stub.shutdown()
+    stub.server_close()
+    print(f"API: {calls} DescribeDataset calls through boto3 over HTTP")
+    print(f"  baseline stub server         {t_stub / calls * 1e3:7.2f} ms/call")
+    print(f"  local service                {t_svc / calls * 1e3:7.2f} ms/call = {t_svc / t_stub:5.2f} x baseline")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--train-sensors", type=int, default=50)
     parser.add_argument("--infer-sensors", type=int, default=300)
     parser.add_argument("--windows", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print(f"start RSS {rss_mib()[0]:.0f} MiB")
         bench_training(Path(tmp), args.days, args.train_sensors)
         bench_inference(Path(tmp), args.infer_sensors, args.windows)
+        bench_api(Path(tmp), args.calls)
 
 
 if __name__ == "__main__":
