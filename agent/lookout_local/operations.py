@@ -12,9 +12,15 @@ Semantics follow the botocore documentation:
 - lifecycles: dataset CREATED → INGESTION_IN_PROGRESS → ACTIVE; ingestion job and model IN_PROGRESS →
   SUCCESS | FAILED (run by the worker); scheduler PENDING → RUNNING, STOPPING → STOPPED (moved by the
   scheduler's next tick). CreateInferenceScheduler creates and starts.
-- ListInferenceExecutions is newest DataStartTime first (the order the AWS samples display); filters are
-  inclusive: DataStartTime ≥ DataStartTimeAfter, DataEndTime ≤ DataEndTimeBefore. An unknown scheduler
-  gives an empty list, as the API documentation says.
+- ListInferenceExecutions is newest DataStartTime first: a choice, the API documents no order (clients that
+  need one sort, as agent.results does). Filters are inclusive: DataStartTime ≥ DataStartTimeAfter,
+  DataEndTime ≤ DataEndTimeBefore. An unknown scheduler gives an empty list, as the API documentation says.
+  Other lists: datasets, models, schedulers by name; ingestion jobs newest first.
+- local rules where AWS's are unpublished: at most 50 tags per resource (ServiceQuotaExceededException on
+  TagResource, ValidationException on Create*); CreateModel needs an ACTIVE dataset and CreateInferenceScheduler
+  a SUCCESS model (ValidationException otherwise); LabelGroupName is ResourceNotFoundException (no Label API
+  here; labels come from S3); a scheduler starts only when STOPPED, stops unless STOPPED/STOPPING, is
+  deleted only when STOPPED.
 """
 
 from __future__ import annotations
@@ -243,18 +249,17 @@ class Operations:
         return {}
 
     # inference schedulers ------------------------------------------------------------------------------
-    def _check_io(self, inp: dict | None, out: dict | None) -> None:
-        if inp is not None:
-            if not inp.get("S3InputConfiguration"):
-                raise ValidationException("DataInputConfiguration.S3InputConfiguration is required by this service")
-            if inp.get("InputTimeZoneOffset"):
-                try:
-                    parse_offset(inp["InputTimeZoneOffset"])
-                except ValueError as exc:
-                    raise ValidationException(str(exc)) from None
-        if out is not None and out["S3OutputConfiguration"].get("Prefix", "") not in ("",) and \
-                not out["S3OutputConfiguration"]["Prefix"].endswith("/"):
-            raise ValidationException("DataOutputConfiguration.S3OutputConfiguration.Prefix must end with '/'")
+    def _check_io(self, inp: dict | None) -> None:
+        """What the model's patterns cannot say (prefix shapes and enums are checked by validation)."""
+        if inp is None:
+            return
+        if not inp.get("S3InputConfiguration"):
+            raise ValidationException("DataInputConfiguration.S3InputConfiguration is required by this service")
+        if inp.get("InputTimeZoneOffset"):
+            try:
+                parse_offset(inp["InputTimeZoneOffset"])
+            except ValueError as exc:
+                raise ValidationException(str(exc)) from None
 
     def _grid_start(self, frequency: str, now: float) -> int:
         step = UPLOAD_FREQUENCIES[frequency]
@@ -269,7 +274,7 @@ class Operations:
             raise ValidationException(f"model {p['ModelName']!r} is not trained (status {model['Status']})")
         if p.get("DataDelayOffsetInMinutes") is not None and not 0 <= p["DataDelayOffsetInMinutes"] <= 60:
             raise ValidationException("DataDelayOffsetInMinutes must be between 0 and 60")
-        self._check_io(p["DataInputConfiguration"], p["DataOutputConfiguration"])
+        self._check_io(p["DataInputConfiguration"])
         self._check_rate(model, p["DataUploadFrequency"])
         now = self._now()
         doc = {key: p.get(key) for key in ("ModelName", "DataUploadFrequency", "DataInputConfiguration",
@@ -306,7 +311,7 @@ class Operations:
         doc = self._get(SCHEDULER, name)
         if doc["Status"] == "STOPPING":
             raise ConflictException(f"inference scheduler {name!r} is stopping")
-        self._check_io(p.get("DataInputConfiguration"), p.get("DataOutputConfiguration"))
+        self._check_io(p.get("DataInputConfiguration"))
         if p.get("DataDelayOffsetInMinutes") is not None and not 0 <= p["DataDelayOffsetInMinutes"] <= 60:
             raise ValidationException("DataDelayOffsetInMinutes must be between 0 and 60")
         if p.get("DataUploadFrequency") and p["DataUploadFrequency"] != doc["DataUploadFrequency"]:
