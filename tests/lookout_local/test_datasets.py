@@ -189,3 +189,16 @@ def test_ingestion_errors(service, client, store, history):
         with pytest.raises(client.exceptions.ConflictException):
             client.delete_dataset(DatasetName="busy")
     wait_for(lambda: client.describe_dataset(DatasetName="busy")["Status"] == "ACTIVE")
+
+
+def test_client_token_makes_ingestion_idempotent(client, store, history):
+    write_history(store, {c: f.iloc[:300] for c, f in history.items()})
+    client.create_dataset(DatasetName="once", DatasetSchema={"InlineDataSchema": synth.schema()})
+    config = {"S3InputConfiguration": {"Bucket": BUCKET, "Prefix": "history/"}}
+    first = client.start_data_ingestion_job(DatasetName="once", RoleArn=ROLE, IngestionInputConfiguration=config,
+                                            ClientToken="ingest-token")
+    again = client.start_data_ingestion_job(DatasetName="once", RoleArn=ROLE, IngestionInputConfiguration=config,
+                                            ClientToken="ingest-token")
+    assert again["JobId"] == first["JobId"]
+    assert len(client.list_data_ingestion_jobs(DatasetName="once")["DataIngestionJobSummaries"]) == 1
+    wait_for(lambda: client.describe_data_ingestion_job(JobId=first["JobId"])["Status"] == "SUCCESS")
