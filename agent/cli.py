@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         from agent.demo import demo_main
 
         _setup_logging("WARNING")
+        logging.getLogger("l4e.alarms").setLevel(logging.ERROR)  # the demo prints alarm lines itself
         return demo_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)

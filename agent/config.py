@@ -193,8 +193,9 @@ class AssetConfig(BaseSettings):
     asset: str = Field(description="Asset name (used for the state folder, logs, metrics, alarms).",
                        pattern=r"^[0-9a-zA-Z._\-]{1,200}$")
     lookout: LookoutConfig = Field(description="Scheduler settings.")
-    components: dict[str, list[str]] = Field(description="ComponentName → its sensors, in schema order "
-                                             "(the CSV column order).")
+    components: dict[str, list[str]] = Field(default_factory=dict, description="ComponentName → its sensors, "
+                                             "in schema order (the CSV column order). May be omitted when "
+                                             "[lookout] scheduler names a scheduler: its model's schema is used.")
     sensors: dict[str, SensorConfig] = Field(default_factory=dict, description="Per-sensor settings.")
     window: WindowConfig = Field(default_factory=WindowConfig, description="Resampling rules.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Raw reading spool.")
@@ -222,8 +223,6 @@ class AssetConfig(BaseSettings):
     @field_validator("components")
     @classmethod
     def _components(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        if not value:
-            raise ValueError("at least one component is required")
         for comp, sensors in value.items():
             if not NAME_PATTERN.match(comp):
                 raise ValueError(f"component name {comp!r} must match {NAME_PATTERN.pattern}")
@@ -238,6 +237,9 @@ class AssetConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _cross(self) -> AssetConfig:
+        if not self.components and self.lookout.scheduler is None:
+            raise ValueError("[components] is required unless [lookout] scheduler names a scheduler whose model "
+                             "schema provides them")
         known = set(self.all_sensors())
         unknown = sorted(set(self.sensors) - known)
         if unknown:

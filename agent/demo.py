@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -105,6 +106,10 @@ async def run_demo(plan: Plan, out: Path) -> int:
     from connectors.simulator import PlantSimulator
 
     t_begin = time.monotonic()
+    # everything talks to 127.0.0.1; the local service takes any key pair, boto3 just needs one to sign with
+    for key, value in (("AWS_ACCESS_KEY_ID", "local-demo"), ("AWS_SECRET_ACCESS_KEY", "local-demo"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+        os.environ.setdefault(key, value)
     if out.exists():
         shutil.rmtree(out)
     (out / "store" / "plant-l4e").mkdir(parents=True)
@@ -144,10 +149,11 @@ async def run_demo(plan: Plan, out: Path) -> int:
         progress = asyncio.create_task(show_progress(runner, client, out, clock, fault))
         until = T + 60 * plan.live_min
         await Agent([runner], clock).run(until=until)
-        # the last executions finish after the agent's last upload: collect them for the summary
-        await asyncio.sleep(clock.real_seconds(90))
-        await runner.results_poller.poll_once(runner.on_results, runner._on_result_event)
-        await runner.alarms.drain(10)
+        # let the scheduler run the last uploaded window (end + delay offset), then stop it so that windows
+        # after the agent stopped do not show up as FAILED executions
+        await asyncio.sleep(clock.real_seconds(60 * config.lookout.delay_offset_minutes + 30))
+        await asyncio.to_thread(client.stop_inference_scheduler, InferenceSchedulerName="pump-07-scheduler")
+        await asyncio.sleep(1.0)
         progress.cancel()
     finally:
         await sim.stop()

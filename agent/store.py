@@ -83,10 +83,12 @@ class FileStore:
             raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        if not self.root.is_dir():
+        # walk only the folder the prefix names (not the whole bucket): listing runs on every window
+        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not start.is_dir():
             return iter(())
         keys = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(start):
             rel = os.path.relpath(dirpath, self.root)
             for name in files:
                 if name.startswith(".") and name.endswith(".tmp"):
