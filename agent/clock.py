@@ -95,10 +95,15 @@ class ScaledClock:
         except (OSError, ValueError, KeyError):
             pass
         clock = cls(start, speed)
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"start": clock.start, "speed": clock.speed, "anchor": clock.anchor}))
-        os.replace(tmp, state_file)
+        try:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"start": clock.start, "speed": clock.speed, "anchor": clock.anchor}))
+            os.replace(tmp, state_file)
+        except OSError as exc:
+            from agent.errors import StateError
+
+            raise StateError(f"cannot keep the clock in {state_file}: {exc}") from exc
         return clock
 
 
