@@ -89,6 +89,7 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
         # the history ends at T0 + 12 min: after 60 s of clock time without readings the source is silent
         wait_for(lambda: get(base + "/healthz")[0] == 503, 40, "healthz 503")
         code, reason = get(base + "/healthz")
+        assert code == 503
         assert "silent" in reason and "history" in reason
         notify.drain()
         time.sleep(0.5)  # let an in-flight ping arrive
