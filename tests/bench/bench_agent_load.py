@@ -17,7 +17,6 @@ baseline, RSS, and idle CPU as % of one core.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -79,7 +78,7 @@ async def main(opc_port, mb_port, frozen):
                     await node.write_value(float(k + i * 0.001))
             await asyncio.sleep(1.0)
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"))
-''' % {"n": N_NODES, "r": N_REGS}
+'''.replace("%(n)d", str(N_NODES)).replace("%(r)d", str(N_REGS))
 
 BASELINE = r'''
 import asyncio, logging, sys, time
@@ -118,7 +117,7 @@ async def main(opc_port, mb_port, seconds):
     await client.disconnect()
     mb.close()
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
-''' % {"n": N_NODES}
+'''.replace("%(n)d", str(N_NODES))
 
 
 def asset_toml(folder: Path, opc_port: int, mb_port: int, metrics_port: int, with_modbus: bool) -> Path:
