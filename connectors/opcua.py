@@ -366,7 +366,7 @@ async def _open_client(config: OpcUaSourceConfig, base_dir: Path) -> Client:
 
 
 async def _close(client: Client, timeout: float) -> None:
-    """Disconnect and release every task and socket of ``client``; never raises."""
+    """Disconnect and release every task and socket of ``client``; raises nothing but CancelledError."""
     try:
         async with asyncio.timeout(timeout):
             await client.disconnect()
@@ -374,6 +374,11 @@ async def _close(client: Client, timeout: float) -> None:
         _logger.debug("disconnect: %r", exc)
     finally:
         client.disconnect_socket()
+    # asyncua's disconnect() awaits its own tasks under `except CancelledError: pass`, which also swallows a
+    # cancellation aimed at the caller. Cancellation is the connector's only stop signal: restore it.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _resolve_nodes(client: Client, nodes: Sequence[NodeConfig]) -> list[ua.NodeId | ua.StatusCode]:

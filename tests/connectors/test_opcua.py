@@ -300,6 +300,44 @@ async def test_server_restarts_resume_without_leaks(
     assert time.monotonic() - started < 50
 
 
+async def test_cancellation_stops_the_connector_at_any_point_of_a_reconnect(peer: OpcUaPeer) -> None:
+    """Cancellation is the only stop signal: it must never be lost, whatever the connector is doing."""
+    for step in range(30):
+        connector = OpcUaConnector(config(peer), SystemClock(), Path("."))
+        collector = Collector(connector)
+        task = asyncio.create_task(collector._run())
+        await collector.next()
+        await peer.restart()
+        await asyncio.sleep(step * 0.008)  # lands the cancel on detection, teardown, backoff or reconnect
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, f"cancellation lost at step {step}"
+        assert task.cancelled()
+
+
+async def test_teardown_does_not_swallow_a_cancellation(peer: OpcUaPeer) -> None:
+    """asyncua's disconnect() swallows CancelledError while it awaits its own tasks (9 of 30 here before
+    the fix); the connector's teardown must give the cancellation back, at every point of the teardown."""
+    from connectors.opcua import _close, _open_client
+
+    cfg = config(peer)
+    for spins in range(30):
+        client = await _open_client(cfg, Path("."))
+        stopped = asyncio.Event()
+
+        async def teardown_then_wait(client=client, stopped=stopped) -> None:
+            await _close(client, 2)
+            await stopped.wait()  # stands for the rest of the reconnect loop
+
+        task = asyncio.create_task(teardown_then_wait())
+        for _ in range(spins):
+            await asyncio.sleep(0)  # one loop iteration each: the cancel lands at a different await
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=3)
+        stopped.set()
+        assert done and task.cancelled(), f"cancellation swallowed after {spins} loop iterations"
+
+
 async def test_stale_subscription_is_detected_and_recovered(peer: OpcUaPeer) -> None:
     """A server that keeps the socket open but stops publishing (a hung runtime) is treated as lost."""
     connector = OpcUaConnector(config(peer, stale_after_intervals=4), SystemClock(), Path("."))
