@@ -259,11 +259,12 @@ async def test_write_opcua_uses_the_node_data_type(peer: OpcUaPeer) -> None:
 
 def _client_tasks() -> int:
     """Tasks of this process that are not the in-process server's own (it leaks per-session tasks)."""
-    return sum(
-        1
-        for t in asyncio.all_tasks()
-        if "asyncua/server" not in getattr(t.get_coro(), "cr_code", t.get_coro()).co_filename
-    )
+
+    def in_server(task: asyncio.Task) -> bool:
+        code = getattr(task.get_coro(), "cr_code", None)
+        return code is not None and "asyncua/server" in code.co_filename
+
+    return sum(1 for t in asyncio.all_tasks() if not in_server(t))
 
 
 def _open_fds() -> int:
