@@ -111,6 +111,16 @@ _EPOCH_AWARE = datetime(1970, 1, 1, tzinfo=UTC)
 # --------------------------------------------------------------------------------------------- config
 
 
+def _reject_inline_password(data: Any) -> Any:
+    """Before-validator: a `password` key gets its own message (extra="forbid" alone would not say why)."""
+    if isinstance(data, dict) and "password" in data:
+        raise ValueError(
+            "an inline `password` is not accepted (asset files get copied and logged): "
+            "use password_file or password_env"
+        )
+    return data
+
+
 class DeadbandConfig(BaseModel):
     """A data-change filter applied by the server: changes smaller than this are not reported."""
 
@@ -185,6 +195,11 @@ class SecurityConfig(BaseModel):
         "endpoint list at connect time.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: Any) -> Any:
+        return _reject_inline_password(data)
+
     @model_validator(mode="after")
     def _keys_for_policy(self) -> SecurityConfig:
         if self.policy != "None" and (self.certificate is None or self.private_key is None):
@@ -246,12 +261,7 @@ class OpcUaSourceConfig(SourceConfig):
     @model_validator(mode="before")
     @classmethod
     def _no_inline_password(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            raise ValueError(
-                "an inline `password` is not accepted (asset files get copied and logged): "
-                "use password_file or password_env"
-            )
-        return data
+        return _reject_inline_password(data)
 
     @model_validator(mode="after")
     def _check_identity(self) -> OpcUaSourceConfig:

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 
 from agent.clock import ScaledClock, SystemClock
-from agent.errors import ConnectorError
+from agent.errors import ConnectionLost, ConnectorError
 from agent.model import Reading
 from connectors.opcua import OpcUaConnector, OpcUaSourceConfig, make_client_certificate, write_opcua
 from tests.connectors.opcua_peer import OpcUaPeer, Secure
@@ -231,10 +231,12 @@ async def test_probe_reports_values_types_status_and_timestamps(peer: OpcUaPeer)
     assert "FAILED" in text and "type=UInt16" in text and "source_ts=" in text
 
 
-async def test_probe_of_an_unreachable_server_fails_cleanly() -> None:
+async def test_probe_and_write_to_an_unreachable_server_fail_cleanly() -> None:
     gone = OpcUaPeer()  # never started: nothing listens on its port
     report = await OpcUaConnector(config(gone), SystemClock(), Path(".")).probe()
     assert not report.ok and "refused" in report.error
+    with pytest.raises(ConnectionLost, match="refused"):  # retriable: the alarm hook retries it
+        await write_opcua(config(gone), "ns=2;s=Pump07.Setpt", 1, Path("."))
 
 
 async def test_write_opcua_uses_the_node_data_type(peer: OpcUaPeer) -> None:
@@ -479,6 +481,17 @@ def test_config_rejects_inline_password_with_a_clear_message() -> None:
             endpoint="opc.tcp://h:4840",
             username="u",
             password="x",
+            nodes=[{"sensor": "a", "node_id": "ns=2;s=A"}],
+        )
+
+
+def test_config_rejects_inline_password_in_the_security_table_too() -> None:
+    with pytest.raises(ValidationError, match="use password_file or password_env"):
+        OpcUaSourceConfig(
+            name="p",
+            kind="opcua",
+            endpoint="opc.tcp://h:4840",
+            security={"policy": "None", "password": "x"},
             nodes=[{"sensor": "a", "node_id": "ns=2;s=A"}],
         )
 
