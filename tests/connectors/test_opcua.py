@@ -23,7 +23,7 @@ from agent.clock import ScaledClock, SystemClock
 from agent.errors import ConnectionLost, ConnectorError
 from agent.model import Reading
 from connectors.opcua import OpcUaConnector, OpcUaSourceConfig, make_client_certificate, write_opcua
-from tests.connectors.opcua_peer import OpcUaPeer, Secure
+from tests.connectors.opcua_peer import CuttableLink, OpcUaPeer, Secure
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -352,6 +352,26 @@ async def test_stale_subscription_is_detected_and_recovered(peer: OpcUaPeer) -> 
         await peer.set("flow", 6.5)
         reading = await got.until(lambda r: r.value == 6.5, timeout=10)
     assert reading.value == 6.5 and connector.stats.reconnects == 1
+
+
+async def test_a_silently_cut_link_is_detected_and_recovered(peer: OpcUaPeer) -> None:
+    """No FIN, no RST, no byte: keep-alives stop, the session is declared lost and rebuilt once mended."""
+    link = await CuttableLink(peer.port).start()
+    cfg = config(peer, endpoint=link.endpoint, timeout_secs=1, stale_after_intervals=10)
+    connector = OpcUaConnector(cfg, SystemClock(), Path("."))
+    try:
+        async with collecting(connector) as got:
+            await got.next()
+            link.cut()
+            async with asyncio.timeout(10):
+                while connector.stats.connected:  # observing a state over time: no event to await
+                    await asyncio.sleep(0.05)
+            await peer.set("flow", 11.0)
+            link.mend()
+            reading = await got.until(lambda r: r.value == 11.0, timeout=15)
+    finally:
+        await link.stop()
+    assert reading.value == 11.0 and connector.stats.reconnects == 1
 
 
 async def test_a_missing_node_does_not_stop_the_others(peer: OpcUaPeer, caplog: pytest.LogCaptureFixture) -> None:
