@@ -212,7 +212,8 @@ class OpcUaSourceConfig(SourceConfig):
 
     kind: Literal["opcua"] = Field(description="Source type.")
     endpoint: str = Field(
-        description="Server endpoint URL, opc.tcp://host:port[/path].", pattern=r"^opc\.tcp://[^/:\s]+:\d{1,5}(/\S*)?$"
+        description="Server endpoint URL, opc.tcp://host:port[/path] (IPv6 literals in brackets).",
+        pattern=r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+):\d{1,5}(/\S*)?$",
     )
     mode: Literal["subscribe", "poll"] = Field(
         default="subscribe", description="subscribe: the server reports changes; poll: batched reads."
@@ -264,7 +265,7 @@ class OpcUaSourceConfig(SourceConfig):
         return _reject_inline_password(data)
 
     @model_validator(mode="after")
-    def _check_identity(self) -> OpcUaSourceConfig:
+    def _check_consistency(self) -> OpcUaSourceConfig:
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give at most one of password_file and password_env")
         if (self.password_file is not None or self.password_env is not None) and not self.username:
