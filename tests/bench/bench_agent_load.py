@@ -161,6 +161,7 @@ def asset_toml(folder: Path, opc_port: int, mb_port: int, metrics_port: int, wit
             [[sources.devices]]
             device_id = 1
             """) + f"points = [\n  {points}\n]\n"
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bench.toml"
     path.write_text(text)
     return path
@@ -194,14 +195,14 @@ def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_mo
                 assert time.monotonic() < deadline, "agent metrics never came up"
                 time.sleep(0.5)
         time.sleep(8)  # warm-up: connections, subscriptions, first windows
-        r0, c0 = readings_total(metrics_port), cpu_secs(agent.pid)
+        r0, c0, rss0 = readings_total(metrics_port), cpu_secs(agent.pid), rss_mb(agent.pid)
         time.sleep(seconds)
         r1, c1 = readings_total(metrics_port), cpu_secs(agent.pid)
         rss = rss_mb(agent.pid)
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(60)
-    return {"readings": r1 - r0, "cpu": c1 - c0, "rss": rss}
+    return {"readings": r1 - r0, "cpu": c1 - c0, "rss": rss, "rss0": rss0}
 
 
 def main() -> None:
@@ -231,7 +232,7 @@ def main() -> None:
     print(f"load: {N_NODES} OPC-UA nodes + {N_REGS} Modbus registers at 1 Hz, {args.seconds:g} s measured")
     print(f"baseline bare asyncua + pymodbus client: {n_base / args.seconds:.0f} values/s, {us_base:.1f} µs CPU/value")
     print(f"l4e-agent end to end (to CSV in the store): {ours['readings'] / args.seconds:.0f} readings/s, "
-          f"{us_ours:.1f} µs CPU/reading, RSS {ours['rss']:.0f} MB")
+          f"{us_ours:.1f} µs CPU/reading, RSS {ours['rss0']:.0f} → {ours['rss']:.0f} MB over the run")
     print(f"ratio ours/baseline: {us_ours / us_base:.2f}")
     print(f"idle (connected, no data changing): {idle['cpu'] / args.seconds * 100:.2f} % of one core, "
           f"RSS {idle['rss']:.0f} MB")
