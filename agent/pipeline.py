@@ -194,28 +194,22 @@ class WindowCloser:
         used = self.spool.bytes_on_disk() + self.outbox.bytes_on_disk()
         if used <= budget:
             return []
-        events = []
+        events: list[Event] = []
         if self.plan.when_full == "drop_oldest":
-            for end in self.spool.windows():
-                if used <= budget:
-                    break
-                freed = self.spool.drop_window(end)
-                used -= freed
-                self.stats.bytes_dropped += freed
-                window = window_ending(end, self.plan.frequency)
-                events.append(Event("spool_dropped", "spool", f"disk budget {budget} B reached: dropped the raw "
-                                    f"readings of window {iso_window(window)} ({freed} B)", now,
-                                    {"window_end": end, "bytes": freed, "stage": "spool"}))
-            for end in self.outbox.windows():
-                if used <= budget:
-                    break
-                freed = self.outbox.drop_window(end)
-                used -= freed
-                self.stats.bytes_dropped += freed
-                window = window_ending(end, self.plan.frequency)
-                events.append(Event("spool_dropped", "outbox", f"disk budget {budget} B reached: dropped the "
-                                    f"written, not yet uploaded window {iso_window(window)} ({freed} B)", now,
-                                    {"window_end": end, "bytes": freed, "stage": "outbox"}))
+            # raw readings first; written-but-not-uploaded windows only when nothing else is left
+            stages = ((self.spool, "spool", "the raw readings of window"),
+                      (self.outbox, "outbox", "the written, not yet uploaded window"))
+            for holder, stage, what in stages:
+                for end in holder.windows():
+                    if used <= budget:
+                        break
+                    freed = holder.drop_window(end)
+                    used -= freed
+                    self.stats.bytes_dropped += freed
+                    window = iso_window(window_ending(end, self.plan.frequency))
+                    events.append(Event("spool_dropped", stage, f"disk budget {budget} B reached: dropped {what} "
+                                        f"{window} ({freed} B)", now, {"window_end": end, "bytes": freed,
+                                                                       "stage": stage}))
         for ev in events:
             log.error("%s", ev.message)
         return events
