@@ -25,9 +25,10 @@ DEFAULT_STATE_ROOT = Path("/var/lib/l4e-agent")
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s", stream=sys.stderr)
-    for noisy in ("apscheduler", "asyncua", "botocore", "boto3", "urllib3"):
+    for noisy in ("apscheduler", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # a line per job run / request is noise
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # logs every timeout at ERROR; we log transitions
+    for library in ("asyncua", "pymodbus"):  # log every lost connection / timeout at ERROR; we log transitions
+        logging.getLogger(library).setLevel(logging.CRITICAL)
 
 
 def _instant(text: str) -> float:
@@ -210,6 +211,10 @@ def cmd_run(args) -> int:
     from agent.logs import configure_logging
 
     configure_logging(configs[0].log.format, configs[0].log.level)
+    # asyncua logs every lost connection at ERROR with a traceback and pymodbus every timeout at ERROR; the
+    # connectors log each transition once themselves (first failure WARNING, recovery INFO)
+    for library in ("asyncua", "pymodbus"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
 
     def reload() -> list[AssetRunner]:
         fresh = _load_all(args.configs, dirs)  # raises ConfigError: the running configuration stays
