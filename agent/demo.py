@@ -147,7 +147,8 @@ async def run_demo(plan: Plan, out: Path) -> int:
         runner.results_poller = ResultsPoller(config.asset, config.lookout, out / "agent", clock, client=client,
                                               initial_lookback_secs=3600)
         progress = asyncio.create_task(show_progress(runner, client, out, clock, fault))
-        until = T + 60 * plan.live_min
+        # run past the last window's end + grace so it is uploaded (and not reported FAILED by the scheduler)
+        until = T + 60 * plan.live_min + config.window.grace_secs + 10
         await Agent([runner], clock).run(until=until)
         # let the scheduler run the last uploaded window (end + delay offset), then stop it so that windows
         # after the agent stopped do not show up as FAILED executions
