@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     p.add_argument("--history", type=Path, help="history CSV (default: the asset's replay source)")
+    p.add_argument("--from-windows", action="store_true", help="train on the windows the agent already uploaded "
+                   "to [lookout] input")
     p.add_argument("--labels", type=Path, help="two-column headerless CSV of anomalous (start, end) ranges")
     p.add_argument("--training-range", nargs=2, type=_instant, metavar=("START", "END"))
     p.add_argument("--evaluation-range", nargs=2, type=_instant, metavar=("START", "END"))
@@ -312,6 +314,7 @@ def cmd_provision(args) -> int:
     config = load(args.config)
     client = make_client(config.lookout.endpoint_url, config.lookout.region)
     result = provision(config, args.config, client, dry_run=args.dry_run, history=args.history, labels=args.labels,
+                       from_windows=args.from_windows,
                        training_range=tuple(args.training_range) if args.training_range else None,
                        evaluation_range=tuple(args.evaluation_range) if args.evaluation_range else None)
     if not args.dry_run:

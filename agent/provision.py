@@ -84,6 +84,32 @@ def read_history(config: AssetConfig, config_path: Path, history: Path | None) -
     return frame.sort_index()
 
 
+def history_from_windows(config: AssetConfig, s3_client_factory=None) -> pd.DataFrame:
+    """The asset's own uploaded windows (the CSVs under ``[lookout] input``) as one history frame: what a
+    gateway that has streamed for months trains a model on. Rows indexed by UTC timestamp; a timestamp that
+    appears in several files (it cannot for windows the agent wrote) keeps the last. Raises ConfigError when
+    there is none."""
+    from agent.store import open_location
+    from agent.windows import parse_object_name
+
+    lk = config.lookout
+    store, prefix = open_location(lk.input, s3_client_factory)
+    parts: dict[str, list[pd.DataFrame]] = {comp: [] for comp in config.components}
+    for key in store.list(prefix):
+        name = key[len(prefix):]
+        for comp in config.components:
+            if parse_object_name(name, comp, lk.delimiter, lk.timestamp_format, lk.offset_secs) is not None:
+                part = pd.read_csv(io.BytesIO(store.get(key)))
+                part.index = pd.to_datetime(part.pop(lk.timestamp_column), utc=True, format="ISO8601")
+                parts[comp].append(part)
+                break
+    if not any(parts.values()):
+        raise ConfigError(f"no window files under {lk.input}", key="lookout.input")
+    frames = [pd.concat(p) for p in parts.values() if p]
+    frame = pd.concat(frames, axis=1)
+    return frame[~frame.index.duplicated(keep="last")].sort_index()
+
+
 def export_frames(frame: pd.DataFrame, config: AssetConfig, ranges: list[tuple[float, float]]) -> dict[str, bytes]:
     """{component: CSV bytes}: rows within the union span of ``ranges`` (all rows when none)."""
     if ranges:
@@ -161,11 +187,12 @@ def provision(config: AssetConfig, config_path: Path, client, *, s3_client_facto
               history: Path | None = None, training_range: tuple[float, float] | None = None,
               evaluation_range: tuple[float, float] | None = None, labels: Path | None = None,
               names: dict | None = None, progress: Callable[[str], None] = print, poll_secs: float = 1.0,
-              timeout_secs: float = 600, role_arn: str | None = None) -> dict:
+              timeout_secs: float = 600, role_arn: str | None = None, from_windows: bool = False) -> dict:
     """Take the asset from history to a RUNNING inference scheduler (see the module docstring).
 
     training_range / evaluation_range: (start, end) in Unix seconds (UTC); unset → the service's default
     (all ingested data). labels: a two-column, headerless CSV of anomalous (start, end) ranges.
+    from_windows: train on the asset's own uploaded windows (history_from_windows) instead of a CSV.
     names: overrides of {"dataset", "model", "scheduler"}. role_arn: the IAM role the service assumes
     (default: the configured one, else a placeholder that the local service accepts).
     Returns {"dataset", "model", "scheduler", "training", "output", "status", "actions"}.
@@ -178,6 +205,8 @@ def provision(config: AssetConfig, config_path: Path, client, *, s3_client_facto
     role = role_arn or getattr(lk, "role_arn", None) or DEFAULT_ROLE_ARN
     run = _Run(config, config_path, client, s3_client_factory, dry_run, progress, poll_secs, timeout_secs)
     ranges = [r for r in (training_range, evaluation_range) if r]
+    if from_windows:
+        history = history_from_windows(config, s3_client_factory)
     _dataset(run, names["dataset"], locs, store, history, ranges, role)
     _model(run, names, locs, store, training_range, evaluation_range, labels, role)
     status = _scheduler(run, names, locs, role)
@@ -194,7 +223,8 @@ def _dataset(run: _Run, name: str, locs, store, history, ranges, role: str) -> N
         run.say(f"dataset {name}: exists and is ACTIVE: reused (no export, no ingestion)")
         return
     bucket, prefix = locs["training"]
-    frames = export_frames(read_history(cfg, run.config_path, history), cfg, ranges)
+    frame = history if isinstance(history, pd.DataFrame) else read_history(cfg, run.config_path, history)
+    frames = export_frames(frame, cfg, ranges)
     for comp, data in frames.items():
         key = f"{prefix}{comp}/{comp}.csv"
         run.say(f"export {len(data.splitlines()) - 1} rows of {comp} to {location_url(bucket, key, store)}")

@@ -62,6 +62,15 @@ async def test_replay_into_folder_store_at_120x(tmp_path):
     assert runner.uploader.stats.uploaded == 4
     assert runner.outbox.entries() == []
     assert [e for e in events if e.kind != "window_written"] == []  # every window had data
+    # the uploaded windows are a training history of their own (provision --from-windows)
+    from agent.provision import history_from_windows
+
+    history = history_from_windows(config)
+    assert list(history.columns) == ["flow", "pressure", "temp"]
+    assert len(history) == 20 and history.index.is_monotonic_increasing
+    assert history.index[0] == T0 + pd.Timedelta(minutes=1)
+    ref = reference_windows(frame, 60, 300)
+    assert math.isclose(history["pressure"].iloc[7], ref[T0 + pd.Timedelta(minutes=5)]["pressure"].iloc[2])
     assert sorted(e.details["window_start"] for e in events) == [T0.timestamp() + 300 * k for k in range(4)]
 
 
