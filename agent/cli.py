@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except L4EAgentError as exc:
         print(f"l4e-agent: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `l4e-agent check … | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 
