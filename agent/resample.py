@@ -70,7 +70,7 @@ def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], 
         if len(df):
             df = df.sort_values("ts", kind="stable")
             df["col"] = df["col"].astype(np.int64)
-            df["agg"] = df["sensor"].map(lambda s: aggs.get(s, "mean"))
+            df["agg"] = df["sensor"].map(aggs).fillna("mean")  # a dict lookup per sensor, vectorised
             for agg_name, part in df.groupby("agg", sort=True):
                 grouped = part.groupby(["col", "g"], sort=False)["value"].agg(_AGG[agg_name])
                 cols = grouped.index.get_level_values(0).to_numpy()
