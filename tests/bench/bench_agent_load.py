@@ -180,7 +180,8 @@ def start_plant(frozen: bool) -> tuple[subprocess.Popen, int, int]:
     return plant, opc_port, mb_port
 
 
-def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_modbus: bool) -> dict:
+def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_modbus: bool,
+              rss_every: float = 0) -> dict:
     metrics_port = free_port()
     path = asset_toml(folder, opc_port, mb_port, metrics_port, with_modbus)
     agent = subprocess.Popen([sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(folder / "state")],
@@ -196,7 +197,13 @@ def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_mo
                 time.sleep(0.5)
         time.sleep(8)  # warm-up: connections, subscriptions, first windows
         r0, c0, rss0 = readings_total(metrics_port), cpu_secs(agent.pid), rss_mb(agent.pid)
-        time.sleep(seconds)
+        if rss_every > 0:  # a memory trace: is it flat once the first windows have been written?
+            t_end = time.monotonic() + seconds
+            while (left := t_end - time.monotonic()) > 0:
+                time.sleep(min(rss_every, left))
+                print(f"  t={seconds - max(left - rss_every, 0):5.0f}s RSS {rss_mb(agent.pid):6.1f} MB", flush=True)
+        else:
+            time.sleep(seconds)
         r1, c1 = readings_total(metrics_port), cpu_secs(agent.pid)
         rss = rss_mb(agent.pid)
     finally:
@@ -208,7 +215,20 @@ def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_mo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--soak", action="store_true", help="only our agent under load, printing RSS as it runs")
+    parser.add_argument("--rss-every", type=float, default=60.0, help="seconds between RSS samples (--soak)")
     args = parser.parse_args()
+    if args.soak:
+        with tempfile.TemporaryDirectory() as tmp:
+            plant, opc_port, mb_port = start_plant(frozen=False)
+            try:
+                ours = run_agent(Path(tmp) / "soak", opc_port, mb_port, args.seconds, True, args.rss_every)
+            finally:
+                plant.terminate()
+                plant.wait(10)
+        print(f"soak {args.seconds:g} s: {ours['cpu'] / ours['readings'] * 1e6:.1f} µs CPU/reading, "
+              f"RSS {ours['rss0']:.0f} → {ours['rss']:.0f} MB")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         plant, opc_port, mb_port = start_plant(frozen=False)
