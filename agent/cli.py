@@ -11,7 +11,6 @@ import asyncio
 import logging
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
@@ -232,7 +231,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from agent.pipeline import WindowPlan  # noqa: F401 (documents what is printed)
     from agent.service import plan_from_config
     from agent.store import parse_location
     from agent.windows import iso_window, object_key, window_containing, windows_between
@@ -342,7 +340,3 @@ def cmd_probe(args) -> int:
 
     config = load(args.config)
     return _probe(config, args.config, args.source)
-
-
-def utc_now_text() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -96,5 +96,3 @@ class Connector(Protocol):
     async def probe(self) -> ProbeReport:
         """Connect, read every configured point once, report values and errors (for `check`/`probe`)."""
 
-
-ConnectorFactory = type  # a connector class taking (config, clock, base_dir)
