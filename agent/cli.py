@@ -231,6 +231,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from agent.config import base_dir_of
     from agent.service import plan_from_config
     from agent.store import parse_location
     from agent.windows import iso_window, object_key, window_containing, windows_between
@@ -251,7 +252,7 @@ def cmd_check(args) -> int:
             print(f"{path}: OK (settings come from scheduler {config.lookout.scheduler}: use --online to read "
                   "them and print the plan)")
             continue
-        plan = plan_from_config(config)
+        plan = plan_from_config(config, base_dir_of(path))
         lk = config.lookout
         scheme, where, prefix = parse_location(lk.input)
         print(f"{path}: OK")

@@ -133,6 +133,9 @@ class SensorConfig(_Section):
 
     agg: Agg | None = Field(default=None, description="How readings within one grid step are combined "
                             "(default: [window] agg).")
+    max_age_secs: float | None = Field(default=None, gt=0, le=86_400 * 366, description="A value of this "
+                                       "sensor holds at most this long after its timestamp, even while its "
+                                       "source still vouches for it (default: no limit; rule 2a).")
 
 
 class WindowConfig(_Section):

@@ -7,6 +7,7 @@ exact for the whole-second grids L4E uses, and free of time-zone ambiguity.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 
@@ -26,12 +27,22 @@ class Reading:
     value: float64; booleans are 0.0/1.0.
     ts: Unix seconds (UTC) of the sample, as chosen by the connector's timestamp policy.
     quality: non-GOOD readings are counted and dropped before the spool.
+
+    A Reading whose value is NaN is a validity-end marker (see :func:`validity_end`), never a measurement.
     """
 
     sensor: str
     value: float
     ts: float
     quality: Quality = Quality.GOOD
+
+
+def validity_end(sensor: str, ts: float) -> Reading:
+    """A marker: from ``ts`` (Unix s) on, the last value of ``sensor`` no longer holds (rule 2a of the README's
+    "Decisions"). Connectors emit it when their source stops vouching for a value (a Bad/Uncertain status, a
+    lost session or subscription, a failed poll); the service emits it when a connector stops. It travels
+    through the spool like a reading (value NaN) and only the resampler interprets it."""
+    return Reading(sensor, math.nan, ts, Quality.BAD)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,9 @@ class WindowPlan:
     timestamp_column: str = "Timestamp"
     budget_bytes: int = 1 << 30
     when_full: str = "drop_oldest"
+    # sensor → seconds a reading holds (rule 2a; math.inf = until the next reading or a validity end);
+    # sensors not listed do not hold (sampled sources: the fill rule alone carries them)
+    holds: dict[str, float] = field(default_factory=dict)
 
     @property
     def sensors(self) -> list[str]:
@@ -123,7 +126,9 @@ class WindowCloser:
         data_set = set(with_data)
         empty_run: list[Window] = []
         for window in windows_between(first_after, up_to, self.plan.frequency):
-            if window.end not in data_set:
+            # a window with no reading is still written when a carried value holds into it:
+            # a steady plant reports nothing new, and that is a value, not a gap (rule 2a)
+            if window.end not in data_set and not self.carry.holds_into(window):
                 empty_run.append(window)
                 continue
             events.extend(self._missing_run(empty_run, now))
@@ -159,7 +164,8 @@ class WindowCloser:
     def _close(self, window: Window, now: float) -> list[Event]:
         plan = self.plan
         readings = self.spool.read(window.end)
-        grid, carry = resample(readings, window, plan.rate, plan.sensors, plan.aggs, plan.fill_limit, self.carry)
+        grid, carry = resample(readings, window, plan.rate, plan.sensors, plan.aggs, plan.fill_limit, self.carry,
+                               plan.holds)
         events = []
         times_text = time_column(grid.times)
         for comp, sensors in plan.components.items():

@@ -1,14 +1,25 @@
-"""Readings → rows on the sampling grid (l4e-decisions.md rule 2). Pure functions: no I/O, no clock.
+"""Readings → rows on the sampling grid (rules 2 and 2a of docs/decisions). Pure functions: no I/O, no clock.
 
-A grid point t holds the aggregate of the readings in (t − rate, t] (label right, closed right). A window's
-rows are the grid points in (start, end]. An empty grid point takes the last observed value of its sensor
-if that observation is at most ``fill_limit`` grid steps earlier (the observation may come from the previous
-window: that is the ``carry``); otherwise it stays empty (NaN → an empty CSV cell).
+Rule 2 (the grid). A grid point t holds the aggregate of the readings in (t − rate, t] (label right, closed
+right). A window's rows are the grid points in (start, end].
+
+Rule 2a (validity: sources that report by exception). A reading of a *holding* sensor holds from its timestamp
+while its source still vouches for it: until the next reading of that sensor, a validity-end marker for it
+(a Reading whose value is NaN, see :func:`agent.model.validity_end`: a Bad/Uncertain status, a lost session or
+subscription, a failed poll, the connector stopping), or ``hold_secs`` after the reading (the sensor's
+``max_age``). A grid point whose interval holds no reading takes the value that holds at t (the latest reading's
+value), whatever ``fill_limit`` says.
+
+The fill rule. When no value holds at t, the last value is carried at most ``fill_limit`` grid steps, counted
+from the last grid point at which it was observed or held (for a sensor that does not hold, the grid point of
+its last observation: rule 2 as it always was); beyond that the cell stays empty (NaN → an empty CSV cell).
+Observations and held values may come from earlier windows: that is the ``Carry``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -16,19 +27,43 @@ import pyarrow as pa
 
 from agent.model import Window
 
+_FAR = 10**12  # "no observation": a position further back than any fill limit reaches
+
 
 @dataclass(frozen=True)
 class Carry:
-    """Last observed (not filled) value per sensor before a window: sensor → (grid point, value)."""
+    """What the next window needs from the previous ones, per sensor.
+
+    ``last``: sensor → (grid point of the last observed or held value, that value).
+    ``until``: sensor → Unix seconds until which that value still holds (math.inf: until a marker or the next
+    reading). A sensor absent from ``until`` does not hold: only the fill rule carries it.
+    """
 
     last: dict[str, tuple[int, float]]
+    until: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {s: [g, v] for s, (g, v) in self.last.items()}
+        out: dict[str, list] = {}
+        for s, (g, v) in self.last.items():
+            until = self.until.get(s)
+            out[s] = [g, v] if until is None else [g, v, None if math.isinf(until) else until]
+        return out
 
     @classmethod
     def from_json(cls, data: dict | None) -> Carry:
-        return cls({s: (int(g), float(v)) for s, (g, v) in (data or {}).items()})
+        last, until = {}, {}
+        for s, entry in (data or {}).items():
+            last[s] = (int(entry[0]), float(entry[1]))
+            if len(entry) > 2:
+                until[s] = math.inf if entry[2] is None else float(entry[2])
+        return cls(last, until)
+
+    def holds_into(self, window: Window) -> bool:
+        """Whether some carried value still holds after ``window.start`` (rule 2a). Such a window is written
+        even when it has no reading: a steady plant reports nothing new, and that is a value, not a gap. A
+        window with no reading that no held value reaches is a missing window (rule 5), whatever the fill
+        rule could carry into it."""
+        return any(until > window.start for until in self.until.values())
 
 
 @dataclass(frozen=True)
@@ -48,23 +83,38 @@ _AGG = {"mean": "mean", "last": "last", "min": "min", "max": "max"}
 
 
 def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], aggs: dict[str, str],
-             fill_limit: int, carry: Carry) -> tuple[Grid, Carry]:
-    """Resample one window's readings (columns sensor, ts, value) onto its grid.
+             fill_limit: int, carry: Carry, holds: dict[str, float] | None = None) -> tuple[Grid, Carry]:
+    """Resample one window's readings (columns sensor, ts, value; NaN values are validity-end markers).
 
     ``aggs`` maps a sensor to mean|last|min|max ("last" = the latest timestamp; ties keep arrival order).
-    Returns the grid and the carry for the next window. Same inputs → same output, bit for bit.
+    ``holds`` maps a sensor to how long (seconds, math.inf = without limit) a reading of it holds (rule 2a);
+    sensors not in it do not hold. Returns the grid and the carry for the next window. Same inputs → same
+    output, bit for bit.
     """
+    holds = holds or {}
     times = np.arange(window.start + rate, window.end + 1, rate, dtype=np.int64)
     n_rows, n_cols = len(times), len(sensors)
     values = np.full((n_rows, n_cols), np.nan)
+    latest = values.copy()          # per cell: value of the latest reading (what holds after the cell)
+    latest_ts = values.copy()       # per cell: its timestamp
+    hold_secs = np.array([holds.get(s, 0.0) for s in sensors], dtype=np.float64)
     col_of = {s: i for i, s in enumerate(sensors)}
     unknown = 0
+    markers = (np.empty(0, np.int64), np.empty(0))  # (column, ts) of validity ends, sorted by (column, ts)
 
     if readings.num_rows:
         df = readings.to_pandas()
         df["col"] = df["sensor"].map(col_of)
-        unknown = int(df["col"].isna().sum())
-        df = df[df["col"].notna() & np.isfinite(df["value"])]
+        known = df["col"].notna()
+        unknown = int((~known).sum())
+        df = df[known]
+        is_marker = df["value"].isna().to_numpy()
+        if is_marker.any():
+            m = df[is_marker]
+            m_col, m_ts = m["col"].to_numpy(np.int64), m["ts"].to_numpy(np.float64)
+            order = np.lexsort((m_ts, m_col))
+            markers = (m_col[order], m_ts[order])
+        df = df[~is_marker & np.isfinite(df["value"].to_numpy())]
         df["g"] = (np.ceil(df["ts"].to_numpy() / rate) * rate).astype(np.int64)
         df = df[(df["g"] > window.start) & (df["g"] <= window.end)]
         if len(df):
@@ -76,47 +126,124 @@ def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], 
                 cols = grouped.index.get_level_values(0).to_numpy()
                 rows = (grouped.index.get_level_values(1).to_numpy() - window.start) // rate - 1
                 values[rows, cols] = grouped.to_numpy()
+            if holds:
+                _latest_per_cell(df, window.start, rate, hold_secs, latest, latest_ts)
 
     observed = ~np.isnan(values)
-    new_carry = dict(carry.last)
-    if n_rows:
-        last_rows = np.where(observed.any(axis=0), n_rows - 1 - np.argmax(observed[::-1], axis=0), -1)
-        for i, s in enumerate(sensors):
-            if last_rows[i] >= 0:
-                new_carry[s] = (int(times[last_rows[i]]), float(values[last_rows[i], i]))
-    filled = _fill_forward(values, observed, times, sensors, rate, fill_limit, carry)
-    return Grid(times, list(sensors), filled, unknown), Carry(new_carry)
+    holding = hold_secs > 0
+    # what a cell hands on to the cells after it: the aggregate (rule 2), or for holding sensors the latest
+    # reading, valid until the first marker after it or its hold time, whichever comes first
+    handed = np.where(holding[None, :] & observed, latest, values)
+    until = np.full((n_rows, n_cols), -np.inf)
+    if holding.any() and observed.any():
+        r, c = np.nonzero(observed & holding[None, :])
+        until[r, c] = np.minimum(latest_ts[r, c] + hold_secs[c], _next_marker(markers, c, latest_ts[r, c]))
+
+    carry_g, carry_v, carry_until = _carried(carry, sensors, markers, window.start)
+    filled = _fill(values, observed, handed, until, times, rate, fill_limit, carry_g, carry_v, carry_until)
+    return Grid(times, list(sensors), filled, unknown), _next_carry(carry, sensors, observed, handed, until, times,
+                                                                    carry_until)
 
 
-def _fill_forward(values: np.ndarray, observed: np.ndarray, times: np.ndarray, sensors: list[str], rate: int,
-                  fill_limit: int, carry: Carry) -> np.ndarray:
-    """Carry each observation forward into at most ``fill_limit`` following empty grid points."""
-    if fill_limit <= 0 or not len(times):
-        return values
-    n_rows, n_cols = values.shape
-    rows = np.arange(n_rows)[:, None]
-    # position (in grid steps, relative to row 0) of the latest observation at or before each row
-    first = times[0]
-    carry_pos = np.full(n_cols, -(10**12), dtype=np.int64)
-    carry_val = np.full(n_cols, np.nan)
+def _latest_per_cell(df: pd.DataFrame, start: int, rate: int, hold_secs: np.ndarray, latest: np.ndarray,
+                     latest_ts: np.ndarray) -> None:
+    """Fill ``latest``/``latest_ts`` with the latest reading of each cell of the holding sensors."""
+    cols = df["col"].to_numpy()
+    keep = hold_secs[cols] > 0
+    if not keep.any():
+        return
+    cols = cols[keep]
+    rows = (df["g"].to_numpy()[keep] - start) // rate - 1
+    ts, vals = df["ts"].to_numpy()[keep], df["value"].to_numpy()[keep]
+    cell = rows * latest.shape[1] + cols
+    # df is sorted by ts (stable): the last occurrence of each cell is its latest reading
+    order = np.argsort(cell, kind="stable")
+    cell_sorted = cell[order]
+    last = order[np.r_[cell_sorted[1:] != cell_sorted[:-1], True]]
+    latest[rows[last], cols[last]] = vals[last]
+    latest_ts[rows[last], cols[last]] = ts[last]
+
+
+def _next_marker(markers: tuple[np.ndarray, np.ndarray], cols: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """For each (column, ts): the time of the first validity-end marker of that column at or after ts (inf if
+    none)."""
+    m_col, m_ts = markers
+    out = np.full(len(cols), np.inf)
+    if not len(m_col) or not len(cols):
+        return out
+    # one sorted key per (column, time); times of one window span less than 2**22 s, far inside float64
+    offset = float(min(m_ts.min(), ts.min()))
+    span = 2.0 ** 22
+    m_key = m_col * span + (m_ts - offset)
+    q_key = cols * span + (ts - offset)
+    idx = np.searchsorted(m_key, q_key, side="left")
+    found = idx < len(m_key)
+    idx_c = np.minimum(idx, len(m_key) - 1)
+    same_col = found & (m_col[idx_c] == cols)
+    out[same_col] = m_ts[idx_c[same_col]]
+    return out
+
+
+def _carried(carry: Carry, sensors: list[str], markers, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The carry as arrays per column: grid point, value, and until (cut by the window's first marker)."""
+    n = len(sensors)
+    g = np.full(n, -np.inf)
+    v = np.full(n, np.nan)
+    until = np.full(n, -np.inf)
     for i, s in enumerate(sensors):
         if s in carry.last:
-            g, v = carry.last[s]
-            if g < first:
-                carry_pos[i] = (g - first) // rate
-                carry_val[i] = v
-    pos = np.where(observed, rows, -(10**12))
-    pos = np.maximum.accumulate(pos, axis=0)
+            g[i], v[i] = carry.last[s]
+            until[i] = carry.until.get(s, -np.inf)
+    held = np.nonzero(until > start)[0]
+    if len(held):
+        until[held] = np.minimum(until[held], _next_marker(markers, held, np.full(len(held), float(start))))
+    return g, v, until
+
+
+def _fill(values, observed, handed, until, times, rate, fill_limit, carry_g, carry_v, carry_until) -> np.ndarray:
+    """Empty cells take the value that holds at t, or (when none holds) the last value within fill_limit."""
+    n_rows, n_cols = values.shape
+    if not n_rows or not n_cols:
+        return values
+    rows = np.arange(n_rows)[:, None]
+    pos = np.maximum.accumulate(np.where(observed, rows, -_FAR), axis=0)  # latest observed row at or before
     from_carry = pos < 0
-    pos = np.where(from_carry, carry_pos[None, :], pos)
-    age = rows - pos
-    fill = ~observed & (age <= fill_limit)
-    src = np.where(from_carry, 0, pos).astype(np.int64)
-    taken = np.take_along_axis(values, src, axis=0)
-    taken = np.where(from_carry, carry_val[None, :], taken)
+    src = np.where(from_carry, 0, pos)
+    val = np.where(from_carry, carry_v[None, :], np.take_along_axis(handed, src, axis=0))
+    vu = np.where(from_carry, carry_until[None, :], np.take_along_axis(until, src, axis=0))
+    g_obs = np.where(from_carry, carry_g[None, :], times[src])
+    t = times[:, None].astype(np.float64)
+    held = vu > t
+    with np.errstate(invalid="ignore"):
+        # last grid point at which the value was observed or held: its own, or the last one before `until`
+        base = np.where(np.isfinite(vu), np.maximum(g_obs, np.ceil(vu / rate) * rate - rate), g_obs)
+        within = (t - base) <= fill_limit * rate
+    fill = ~observed & ~np.isnan(val) & (held | within)
     out = values.copy()
-    out[fill] = taken[fill]
+    out[fill] = val[fill]
     return out
+
+
+def _next_carry(carry: Carry, sensors, observed, handed, until, times, carry_until) -> Carry:
+    last = dict(carry.last)
+    held = {s: u for s, u in carry.until.items()}
+    n_rows = len(times)
+    if n_rows:
+        last_rows = np.where(observed.any(axis=0), n_rows - 1 - np.argmax(observed[::-1], axis=0), -1)
+    else:
+        last_rows = np.full(len(sensors), -1)
+    for i, s in enumerate(sensors):
+        p = last_rows[i]
+        if p >= 0:
+            last[s] = (int(times[p]), float(handed[p, i]))
+            u = float(until[p, i])
+        else:
+            u = float(carry_until[i])
+        if u == -math.inf:
+            held.pop(s, None)
+        else:
+            held[s] = u
+    return Carry(last, held)
 
 
 def frame(grid: Grid) -> pd.DataFrame:

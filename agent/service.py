@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from collections import Counter, deque
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from agent.alarms import AlarmEngine
 from agent.clock import Backoff, Clock
 from agent.config import AssetConfig, base_dir_of
 from agent.hooks import build_hooks
-from agent.model import Event
+from agent.model import Event, validity_end
 from agent.outbox import Outbox
 from agent.pipeline import WindowCloser, WindowPlan
 from agent.scheduler import JobScheduler
@@ -70,7 +71,21 @@ def connector_writer_factory(config: AssetConfig, base_dir: Path):
     return factory
 
 
-def plan_from_config(config: AssetConfig) -> WindowPlan:
+def holds_from_config(config: AssetConfig, base_dir: Path) -> dict[str, float]:
+    """Sensor → seconds a reading holds (rule 2a): unlimited (or the sensor's ``max_age_secs``) for sources that
+    hold values; sensors of sampled sources are absent (they do not hold)."""
+    holds: dict[str, float] = {}
+    for src in config.sources:
+        if not src.holds_values:
+            continue
+        for sensor in src.sensors(base_dir):
+            cfg = config.sensors.get(sensor)
+            holds[sensor] = cfg.max_age_secs if cfg is not None and cfg.max_age_secs else math.inf
+    return holds
+
+
+def plan_from_config(config: AssetConfig, base_dir: Path) -> WindowPlan:
+    """The closer's plan; ``base_dir`` is the asset file's folder (relative source paths resolve there)."""
     lk = config.lookout
     return WindowPlan(
         asset=config.asset, frequency=lk.frequency_secs, rate=lk.rate_secs,
@@ -78,7 +93,8 @@ def plan_from_config(config: AssetConfig) -> WindowPlan:
         aggs={s: config.agg_for(s) for s in config.all_sensors()}, fill_limit=config.window.fill_limit,
         grace_secs=config.window.grace_secs, delimiter=lk.delimiter, timestamp_format=lk.timestamp_format,
         offset_secs=lk.offset_secs, timestamp_column=lk.timestamp_column,
-        budget_bytes=config.spool.budget_bytes, when_full=config.spool.when_full)
+        budget_bytes=config.spool.budget_bytes, when_full=config.spool.when_full,
+        holds=holds_from_config(config, base_dir))
 
 
 @dataclass
@@ -100,7 +116,7 @@ class AssetRunner:
         self.config_path = Path(config_path)
         self.state_dir = Path(state_dir)
         self.clock = clock
-        self.plan = plan_from_config(config)
+        self.plan = plan_from_config(config, base_dir_of(config_path))
         self.spool = Spool(self.state_dir / "spool", self.plan.frequency)
         self.outbox = Outbox(self.state_dir / "outbox")
         self.closer = WindowCloser(self.plan, self.spool, self.outbox, self.state_dir / "progress.json")
@@ -113,6 +129,8 @@ class AssetRunner:
         base = base_dir_of(config_path)
         self.connectors: list[Connector] = connectors if connectors is not None else [
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
+        # source name → its sensors: their values stop holding when the source stops (rule 2a)
+        self._source_sensors = {src.name: src.sensors(base) for src in config.sources}
         self.stats = AssetStats()
         self.event_listeners: list[Callable[[Event], None]] = []
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
@@ -127,6 +145,7 @@ class AssetRunner:
         self._dropping = False
         self._started_at: float | None = None
         self._silent: set[str] = set()
+        self._bad_quality: set[str] = set()
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
@@ -141,9 +160,16 @@ class AssetRunner:
                     log.exception("event listener failed for %s", ev.kind)
 
     # --- tasks ----------------------------------------------------------------------------------------
+    def _end_validity(self, sensors, at: float) -> None:
+        """Values of ``sensors`` stop holding at ``at`` (clock time): a stopped source vouches for nothing."""
+        if sensors:
+            self.spool.append([validity_end(s, at) for s in sensors])
+
     async def _pump(self, connector: Connector) -> None:
-        """Feed one connector into the spool; restart it with backoff if it crashes."""
+        """Feed one connector into the spool; restart it with backoff if it crashes. When it stops, crashes
+        or finishes, the values of its sensors stop holding (rule 2a)."""
         backoff = Backoff(1.0, 60.0)
+        sensors = self._source_sensors.get(connector.name, ())
         while True:
             try:
                 async for batch in connector.readings():
@@ -154,10 +180,13 @@ class AssetRunner:
                     self.stats.readings += len(batch)
                     backoff.reset()
                 log.info("source %s finished", connector.name)
+                self._end_validity(sensors, self.clock.now())
                 return
             except asyncio.CancelledError:
+                self._end_validity(sensors, self.clock.now())
                 raise
             except Exception:
+                self._end_validity(sensors, self.clock.now())
                 n = self.stats.task_restarts.get(connector.name, 0) + 1
                 self.stats.task_restarts[connector.name] = n
                 delay = backoff.next()
@@ -166,6 +195,7 @@ class AssetRunner:
 
     async def flush_job(self) -> None:
         self.spool.flush()
+        self.spool.mark_alive(self.clock.now())
         over = self.closer.over_budget()
         if self._dropping and not over:
             self._dropping = False
@@ -192,23 +222,41 @@ class AssetRunner:
         await self.uploader.run_once()
 
     def check_sources(self) -> list[Event]:
-        """source_silent / source_recovered transitions from each connector's last reading (clock time)."""
+        """Transitions of each source's liveness (source_silent / source_recovered) and of its quality
+        (source_bad_quality / source_quality_recovered).
+
+        Liveness is the transport's (rule 2a): a source is silent when it has not answered (publish response,
+        keep-alive, successful poll) for ``[health] source_silent_secs`` of clock time, never because its
+        values stay constant. A source that answers but whose every item is Bad/Uncertain is "bad quality".
+        """
         now = self.clock.now()
         bound = self.config.health.source_silent_secs
         events = []
         for conn in self.connectors:
-            last = conn.stats.last_reading_ts
-            reference = last if last is not None else self._started_at
-            silent = reference is not None and now - reference > bound
+            st = conn.stats
+            reference = st.last_alive_ts if st.last_alive_ts is not None else self._started_at
+            silent = not st.alive(now, bound) and reference is not None and now - reference > bound
             if silent and conn.name not in self._silent:
                 self._silent.add(conn.name)
-                events.append(Event("source_silent", conn.name, f"source {conn.name}: no reading for more than "
-                                    f"{bound:g}s", now, {"last_reading_ts": last}))
-                log.warning("source %s silent for more than %gs", conn.name, bound)
+                events.append(Event("source_silent", conn.name, f"source {conn.name}: no answer for more than "
+                                    f"{bound:g}s", now, {"last_alive_ts": st.last_alive_ts}))
+                log.warning("source %s has not answered for more than %gs", conn.name, bound)
             elif not silent and conn.name in self._silent:
                 self._silent.discard(conn.name)
-                events.append(Event("source_recovered", conn.name, f"source {conn.name}: readings again", now))
-                log.info("source %s delivers readings again", conn.name)
+                events.append(Event("source_recovered", conn.name, f"source {conn.name}: answers again", now))
+                log.info("source %s answers again", conn.name)
+            n_sensors = len(self._source_sensors.get(conn.name, ())) or None
+            bad = not silent and n_sensors is not None and len(st.bad_now) >= n_sensors
+            if bad and conn.name not in self._bad_quality:
+                self._bad_quality.add(conn.name)
+                events.append(Event("source_bad_quality", conn.name, f"source {conn.name}: answers, but every "
+                                    "item is Bad/Uncertain", now))
+                log.warning("source %s answers, but every item is Bad/Uncertain", conn.name)
+            elif not bad and conn.name in self._bad_quality:
+                self._bad_quality.discard(conn.name)
+                events.append(Event("source_quality_recovered", conn.name, f"source {conn.name}: good values "
+                                    "again", now))
+                log.info("source %s delivers good values again", conn.name)
         return events
 
     async def alarm_job(self) -> None:
@@ -243,6 +291,21 @@ class AssetRunner:
     def silent_sources(self) -> set[str]:
         return set(self._silent)
 
+    def bad_quality_sources(self) -> set[str]:
+        return set(self._bad_quality)
+
+    def _resume_replays(self) -> None:
+        """Replay sources resume after the last reading the agent already holds for them (exact replay)."""
+        for conn in self.connectors:
+            if not hasattr(conn, "resume_after"):
+                continue
+            sensors = set(self._source_sensors.get(conn.name, ()))
+            held = self.spool.latest_ts(sensors)
+            last_written = self.closer.last_written
+            candidates = [t for t in (held, last_written) if t is not None]
+            if candidates:
+                conn.resume_after = float(max(candidates))
+
     def start(self, scheduler: JobScheduler) -> None:
         clock, plan = self.clock, self.plan
         flush_every = self.config.spool.fsync_interval_ms / 1000.0
@@ -256,6 +319,12 @@ class AssetRunner:
         scheduler.every(f"{plan.asset}.alarms", min(max(clock.real_seconds(10.0), 0.1), 5.0), self.alarm_job)
         scheduler.every(f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job)
         self._started_at = clock.now()
+        previous = self.spool.previous_alive
+        if previous is not None:
+            # a previous run that did not stop cleanly (kill -9, power cut) vouched for nothing after its last
+            # sign of life: end every value there, before anything new arrives
+            self._end_validity([s for names in self._source_sensors.values() for s in names], previous)
+        self._resume_replays()
         for connector in self.connectors:
             self._tasks.append(asyncio.create_task(self._pump(connector), name=f"source:{connector.name}"))
 
@@ -350,7 +419,7 @@ class Agent:
         self.scheduler.every("agent.status", 10.0, self._status_job, 10.0)
         self.scheduler.start()
         helpers = [asyncio.create_task(self._reload_loop(), name="reload")]
-        gate = WatchdogGate(self.notifier, self.supervision.health)
+        gate = WatchdogGate(self.notifier, self.supervision.liveness)
         if gate.enabled:
             helpers.append(asyncio.create_task(gate.run(), name="watchdog"))
         if self.metrics_config is not None and self.metrics_config.enabled:

@@ -16,6 +16,10 @@ Contract:
 - Readings of a window already acknowledged (``closed_upto``) are late: counted in ``late`` and dropped.
 - Segment names: ``<window end>-<run id>.arrows``; a restart opens new segments, never appends to old ones
   (an IPC stream cannot be resumed after a torn tail).
+- Validity-end markers (value NaN, see agent.model.validity_end) travel like readings; they are never counted
+  as late readings.
+- ``mark_alive(ts)`` records the clock time of the agent's last sign of life (no fsync: a power cut may lose
+  the last second, which only ends held values earlier); ``previous_alive`` is what the previous run left.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from agent.errors import StateError, TransitionLog
 from agent.model import Reading
@@ -37,6 +42,7 @@ log = logging.getLogger("l4e.spool")
 
 SCHEMA = pa.schema([("sensor", pa.string()), ("ts", pa.float64()), ("value", pa.float64())])
 SUFFIX = ".arrows"
+ALIVE_FILE = "alive"
 # Readings kept in memory while the disk refuses writes (read-only, full); beyond it the oldest are dropped.
 MAX_UNFLUSHED = 2_000_000
 
@@ -77,6 +83,8 @@ class Spool:
         self.torn_segments = 0
         self.dropped_readings = Counter()  # reason → count
         self._errors = TransitionLog(log)
+        self._alive_fd: int | None = None
+        self.previous_alive: float | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             probe = self.dir / f".probe-{self.run_id}"
@@ -86,6 +94,10 @@ class Spool:
             probe.unlink()
         except OSError as exc:
             raise StateError(f"spool folder {self.dir} is not writable: {exc}") from exc
+        try:
+            self.previous_alive = float((self.dir / ALIVE_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            self.previous_alive = None
 
     # --- hot path -------------------------------------------------------------------------------------
     def append(self, batch: list[Reading]) -> None:
@@ -105,7 +117,7 @@ class Spool:
         values = pa.array(np.fromiter((r.value for r in buf), dtype=np.float64, count=len(buf)))
         table = pa.table([sensors, pa.array(ts), values], schema=SCHEMA)
         if self.closed_upto is not None:
-            late_mask = ends <= self.closed_upto
+            late_mask = (ends <= self.closed_upto) & ~np.isnan(values.to_numpy(zero_copy_only=False))
             n_late = int(late_mask.sum())
             if n_late:
                 self.late += n_late
@@ -140,6 +152,29 @@ class Spool:
         else:
             self._errors.success("write", "spool: writing to %s again", self.dir)
         return written
+
+    def mark_alive(self, ts: float) -> None:
+        """Record ``ts`` (clock time) as the last sign of life of this run (see the module docstring)."""
+        try:
+            if self._alive_fd is None:
+                self._alive_fd = os.open(self.dir / ALIVE_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.pwrite(self._alive_fd, f"{ts!r:<32}\n".encode(), 0)
+        except OSError as exc:
+            self._errors.failure("alive", "spool: cannot record the alive time in %s: %s", self.dir, exc)
+
+    def latest_ts(self, sensors: set[str]) -> float | None:
+        """The latest timestamp of a flushed or buffered reading (not marker) of ``sensors``, or None."""
+        best = max((r.ts for r in self._buffer if r.sensor in sensors and r.value == r.value), default=None)
+        for end in self.windows():
+            table = self.read(end)
+            if not table.num_rows:
+                continue
+            mask = pc.and_(pc.is_in(table["sensor"], pa.array(sorted(sensors), pa.string())),
+                           pc.invert(pc.is_nan(table["value"])))
+            ts = pc.max(pc.filter(table["ts"], mask)).as_py()
+            if ts is not None and (best is None or ts > best):
+                best = ts
+        return best
 
     def _drop_segment_handle(self, end: int) -> None:
         seg = self._open.pop(end, None)
@@ -220,3 +255,7 @@ class Spool:
     def close(self) -> None:
         for end in list(self._open):
             self._drop_segment_handle(end)
+        if self._alive_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._alive_fd)
+            self._alive_fd = None

@@ -1,9 +1,11 @@
 """What the service shows and tells while it runs: Prometheus metrics, /healthz, and systemd notifications.
 
 Metrics are filled by a collector at scrape time from counters the data path keeps anyway (connector
-``SourceStats``, closer and uploader stats), so the hot path pays nothing for them. Health is "every source
-delivered a reading within its silence bound, and no upload has been failing for long"; it drives /healthz
-and the systemd watchdog (pings stop when data stops, so systemd restarts a stuck agent).
+``SourceStats``, closer and uploader stats), so the hot path pays nothing for them. Liveness is "every
+source's transport answered within its silence bound (values may stay constant: a steady plant is healthy),
+and no upload has been failing for long"; it drives the systemd watchdog (pings stop when a source stops
+answering, so systemd restarts a stuck agent). Health (/healthz) is liveness plus "no source whose every item
+is Bad": a restart would not mend bad values, so they do not starve the watchdog.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class Supervision:
                 for sensor, n in st.bad_quality.items():
                     m.bad_quality.set_total(n, source=conn.name, sensor=sensor)
                 m.source_connected.set(1.0 if st.connected else 0.0, source=conn.name)
+                m.source_alive.set(0.0 if conn.name in runner.silent_sources() else 1.0, source=conn.name)
+                m.source_bad_quality.set(1.0 if conn.name in runner.bad_quality_sources() else 0.0,
+                                         source=conn.name)
             m.windows_written.set_total(runner.closer.stats.windows_written, asset=asset)
             m.windows_late.set_total(runner.uploader.stats.windows_late, asset=asset)
             for comp, n in runner.closer.stats.windows_missing.items():
@@ -61,7 +66,17 @@ class Supervision:
                 m.hook_failures.set_total(getattr(hook, "failures", 0), hook=name)
 
     def health(self) -> tuple[bool, str]:
-        """(ok, reason) for /healthz and the watchdog."""
+        """(ok, reason) for /healthz: liveness, and no source whose every item is Bad."""
+        ok, reason = self.liveness()
+        problems = [] if ok else [reason]
+        for runner in self.runners:
+            bad = runner.bad_quality_sources()
+            if bad:
+                problems.append(f"{runner.plan.asset}: sources answering with bad quality only {sorted(bad)}")
+        return (not problems, "; ".join(problems) or "ok")
+
+    def liveness(self) -> tuple[bool, str]:
+        """(ok, reason) for the systemd watchdog: every source answers, uploads are not failing for long."""
         problems = []
         for runner in self.runners:
             silent = runner.silent_sources()

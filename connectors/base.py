@@ -31,6 +31,13 @@ class SourceConfig(BaseModel):
         """The sensor names this source provides (used to check that every schema sensor has one source)."""
         raise NotImplementedError
 
+    @property
+    def holds_values(self) -> bool:
+        """Whether a value of this source holds until its next value or a validity end (rule 2a): true for
+        sources that report by exception or are polled (OPC-UA, Modbus); false for sampled rows, which only
+        the fill rule carries."""
+        return True
+
 
 @dataclass
 class SourceStats:
@@ -42,6 +49,20 @@ class SourceStats:
     reconnects: int = 0
     connected: bool = False
     last_reading_ts: float | None = None  # clock time of the last delivered reading
+    # Liveness is the transport's, not the data's: clock time the source last answered (a publish response
+    # or keep-alive, a successful poll). A steady plant with a healthy session stays alive.
+    last_alive_ts: float | None = None
+    # Sensors whose latest sample was Bad/Uncertain (their value does not hold); all of them: "bad quality"
+    bad_now: set = field(default_factory=set)
+    # True for connectors whose ``connected`` already means "answering right now" (a session with its own
+    # stale-timer, a file being replayed); others are judged by ``last_alive_ts`` alone.
+    session_watched: bool = False
+
+    def alive(self, now: float, bound_secs: float) -> bool:
+        """The source's transport answers: a watched session is up, or it answered within ``bound_secs``."""
+        if self.session_watched and self.connected:
+            return True
+        return self.last_alive_ts is not None and now - self.last_alive_ts <= bound_secs
 
 
 @dataclass

@@ -18,6 +18,11 @@ timeout marks the affected points missing for that poll, counts them in ``stats.
 once per transition (agent.errors.TransitionLog). An "illegal data address" (exception 2) answer to a merged
 request splits it into one request per point for the rest of the run, so one unreadable hole does not
 blind its neighbours.
+
+Validity and liveness (rule 2a). A polled value holds until the next poll; a failed request (no connection, no
+answer, an exception answer) or a NaN from a float register ends the validity of its points: one validity-end
+marker per sensor at the poll's time, not repeated until the sensor reads again. ``stats.last_alive_ts`` moves
+with every answered request: a steady plant whose device answers is alive.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from pymodbus.framer import FramerType
 
 from agent.clock import Backoff, Clock
 from agent.errors import ConnectionLost, ConnectorError, TransitionLog
-from agent.model import Quality, Reading
+from agent.model import Quality, Reading, validity_end
 from connectors import modbus_codec as codec
 from connectors.base import ProbeLine, ProbeReport, SourceConfig, SourceStats
 
@@ -506,6 +511,7 @@ class ModbusConnector:
         self.stats = SourceStats()
         self._transitions = TransitionLog(log)
         self._links: list[_Link] = []
+        self._ended: set[str] = set()  # sensors whose validity already ended and that have not read since
 
     # ----------------------------------------------------------------------------- set-up
 
@@ -591,8 +597,7 @@ class ModbusConnector:
         """Read every request of one device once; GOOD readings out, failures counted and logged."""
         device = state.device
         if time.monotonic() < state.skip_until:
-            self._count_missing(device, state.requests)
-            return []
+            return self._count_missing(device, state.requests, self.clock.now())
         batch: list[Reading] = []
         for i, request in enumerate(state.requests):
             if i and device.pause_ms:
@@ -601,18 +606,20 @@ class ModbusConnector:
             try:
                 values = await _read(state.link, device, request)
             except ConnectionLost:
-                self._count_missing(device, state.requests[i:])
+                batch.extend(self._count_missing(device, state.requests[i:], ts))
                 break
             except _NoAnswer as exc:
                 self._device_unresponsive(state, exc)
-                self._count_missing(device, state.requests[i:])
+                batch.extend(self._count_missing(device, state.requests[i:], ts))
                 break
             except _ExceptionAnswer as exc:
                 self._exception_answer(state, request, exc)
+                batch.extend(self._count_missing(device, [request], ts))
                 continue
             finally:
                 self._update_connected()
             self._request_ok(state, request)
+            self.stats.last_alive_ts = ts
             batch.extend(self._decode(device, request, values, ts))
         else:
             self._device_ok(state)
@@ -627,16 +634,32 @@ class ModbusConnector:
             if not math.isfinite(value):
                 # NaN/inf from a float register is a device saying "no value", not a measurement.
                 self.stats.bad_quality[point.sensor] += 1
+                self.stats.bad_now.add(point.sensor)
+                if point.sensor not in self._ended:
+                    self._ended.add(point.sensor)
+                    out.append(validity_end(point.sensor, ts))
                 continue
             out.append(Reading(point.sensor, value, ts, Quality.GOOD))
             self.stats.readings[point.sensor] += 1
             self.stats.last_reading_ts = ts
+        if self._ended or self.stats.bad_now:
+            good = {r.sensor for r in out if r.value == r.value}
+            self._ended -= good
+            self.stats.bad_now -= good
         return out
 
-    def _count_missing(self, device: ModbusDevice, requests: Iterable[Request]) -> None:
+    def _count_missing(self, device: ModbusDevice, requests: Iterable[Request], ts: float) -> list[Reading]:
+        """Count the points of failed requests; their values stop holding at ``ts`` (one marker per sensor
+        until it reads again: a poll that fails tells nothing about the value, rule 2a)."""
+        ends = []
         for request in requests:
             for key in request.keys:
-                self.stats.read_errors[device.points[key].sensor] += 1
+                sensor = device.points[key].sensor
+                self.stats.read_errors[sensor] += 1
+                if sensor not in self._ended:
+                    self._ended.add(sensor)
+                    ends.append(validity_end(sensor, ts))
+        return ends
 
     def _device_unresponsive(self, state: _DeviceState, exc: Exception) -> None:
         dev = state.device
@@ -663,7 +686,6 @@ class ModbusConnector:
 
     def _exception_answer(self, state: _DeviceState, request: Request, exc: _ExceptionAnswer) -> None:
         dev = state.device
-        self._count_missing(dev, [request])
         self._transitions.failure(
             self._request_key(dev, request),
             "modbus %s: device %d %s %d..%d: %s",

@@ -14,16 +14,21 @@ Timestamps
     With a Clock whose speed is not 1 (a ScaledClock in demos and tests) the server's wall-clock timestamps do
     not belong to the agent's timeline, so the received time is used for every reading.
 
-Freshness: a value is never re-sent as new
+Freshness and validity (rule 2a: a value holds while the source vouches for it)
     A reading whose source timestamp (or server timestamp when there is no source timestamp) and value equal
-    those of the last reading emitted for that sensor is the same sample and is dropped. Subscriptions deliver
-    changes only; after a reconnect the initial notification repeats the last sample, and in poll mode an
-    unchanged point reads back the same DataValue: both are dropped. Equality, not "later than", is the
-    test, so a device clock stepped backwards (NTP, DST bugs) does not silence a sensor. A point that stays
-    constant is therefore not repeated; downstream resampling carries the last value forward, which is what a
-    plant engineer reads off a trend. A server that sends no timestamps at all gives no way to tell, so in
-    poll mode each poll is emitted with the received time (the server vouched for the value, with a Good
-    status, at that instant).
+    those of the last reading emitted for that sensor is the same sample and is dropped: subscriptions deliver
+    changes only, and in poll mode an unchanged point reads back the same DataValue. Equality, not "later
+    than", is the test, so a device clock stepped backwards (NTP, DST bugs) does not silence a sensor. A point
+    that stays constant is therefore not repeated; its value holds downstream for as long as the session
+    vouches for it. When the session or subscription is lost, a validity-end marker for every sensor is
+    emitted at the last instant the server answered; a Bad/Uncertain (or unusable) sample ends its sensor's
+    validity at once. After a (re)connect the first sample of each sensor re-vouches for its value even when it
+    is the same sample: it is emitted, stamped no earlier than the moment the session came up. A server that
+    sends no timestamps at all gives no way to tell, so in poll mode each poll is emitted with the received
+    time (the server vouched for the value, with a Good status, at that instant).
+
+Liveness is the transport's: ``stats.last_alive_ts`` moves on every publish response (keep-alives included)
+and every successful poll, and ``stats.connected`` is true while a session is up and not stale.
 
 Quality
     Bad and Uncertain values give no reading and are counted per sensor in ``stats.bad_quality``; statuses
@@ -70,7 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agent.clock import Backoff, Clock
 from agent.errors import ConnectionLost, ConnectorError, TransitionLog
-from agent.model import Reading
+from agent.model import Reading, validity_end
 from connectors.base import ProbeLine, ProbeReport, SourceConfig, SourceStats
 
 _logger = logging.getLogger(__name__)
@@ -529,6 +534,10 @@ class OpcUaConnector:
         # Per sensor: (source-or-server timestamp, value) of the last emitted reading, kept across sessions.
         self._last_key: dict[str, tuple[float, float]] = {}
         self._use_received = config.timestamp == "received" or clock.speed != 1.0
+        # Sensors not yet (re)vouched for in the current session, and the clock time the session came up.
+        self._unvouched: set[str] = set()
+        self._session_start = 0.0
+        self.stats.session_watched = True  # `connected` means "answering": the stale timer tears a mute one down
 
     # ---- public API
 
@@ -538,6 +547,7 @@ class OpcUaConnector:
         backoff = Backoff(cfg.backoff_initial_secs, cfg.backoff_max_secs)
         while True:
             client: Client | None = None
+            vouched = False
             try:
                 self.connect_attempts += 1
                 client = await _open_client(cfg, self._base_dir)
@@ -545,6 +555,7 @@ class OpcUaConnector:
                 if cfg.mode == "subscribe":
                     feed = await self._subscribe(client, handles)
                     self._session_up(backoff)
+                    vouched = True
                     while True:
                         batch = await feed.next()
                         if batch:
@@ -552,6 +563,7 @@ class OpcUaConnector:
                 else:
                     read_batch, _ = await _operation_limits(client)
                     self._session_up(backoff)
+                    vouched = True
                     async with aclosing(self._poll(client, handles, read_batch)) as batches:
                         async for batch in batches:
                             yield batch
@@ -561,6 +573,9 @@ class OpcUaConnector:
                 self.stats.connected = False
                 if client is not None:
                     await _close(client, cfg.timeout_secs)
+            if vouched:  # the session that vouched for the values is gone: they stop holding (rule 2a)
+                end = self.stats.last_alive_ts if self.stats.last_alive_ts is not None else self._clock.now()
+                yield [validity_end(sensor, end) for sensor in self._sensors]
             await asyncio.sleep(backoff.next())
 
     async def probe(self) -> ProbeReport:
@@ -588,6 +603,8 @@ class OpcUaConnector:
 
     def _session_up(self, backoff: Backoff) -> None:
         self.stats.connected = True
+        self._session_start = self.stats.last_alive_ts = self._clock.now()
+        self._unvouched = set(self._sensors)
         backoff.reset()
         if self._ever_connected:
             self.stats.reconnects += 1
@@ -716,6 +733,7 @@ class OpcUaConnector:
         """
 
         async def on_publish(result: ua.PublishResult) -> None:
+            self.stats.last_alive_ts = self._clock.now()
             data = result.NotificationMessage.NotificationData
             if not data:
                 if feed.queue.empty():  # keep-alive: only needs to reset the stale timer
@@ -756,7 +774,7 @@ class OpcUaConnector:
         due = time.monotonic()
         while True:
             values = await _read_values(client, node_ids, batch)
-            received = self._clock.now()
+            received = self.stats.last_alive_ts = self._clock.now()
             out: list[Reading] = []
             for sensor, dv in zip(sensors, values, strict=True):
                 self._convert(sensor, dv, received, out)
@@ -780,29 +798,46 @@ class OpcUaConnector:
                 self._point_failed(sensor, f"read failed ({status.name})")
             else:
                 self.stats.bad_quality[sensor] += 1
+            self._invalid(sensor, received, out)
             return
         variant = dv.Value
         number = _as_float(variant.Value if variant is not None else None)
         if number is None:
             kind = variant.VariantType.name if variant is not None else "no value"
             self._point_failed(sensor, f"value is not numeric ({kind})")
+            self._invalid(sensor, received, out)
             return
         stamp = dv.SourceTimestamp or dv.ServerTimestamp
         src = _unix(stamp) if stamp is not None else None
+        revouch = sensor in self._unvouched
         if src is not None:
-            # Same stamp and same value: the very sample already emitted (a re-subscription's initial value,
-            # an unchanged point polled again). The value is part of the key because coarse PLC clocks can
-            # stamp two different consecutive samples alike.
+            # Same stamp and same value: the very sample already emitted (an unchanged point polled again).
+            # The value is part of the key because coarse PLC clocks can stamp two different consecutive
+            # samples alike. The first sample of a session is emitted anyway: it vouches for the value again.
             key = (src, number)
-            if self._last_key.get(sensor) == key:
+            if self._last_key.get(sensor) == key and not revouch:
                 return
             self._last_key[sensor] = key
+        if revouch:
+            self._unvouched.discard(sensor)
+        if self.stats.bad_now:
+            self.stats.bad_now.discard(sensor)
         # Without any timestamp there is nothing to compare: a subscription reports changes only, and a
         # poll is vouched for by the server's Good status at read time (see the module docstring).
         if self._point_log.is_failing(sensor):
             self._point_log.success(sensor, "OPC-UA source %s: sensor %s delivers again", self.name, sensor)
         self.stats.readings[sensor] += 1
-        out.append(Reading(sensor, number, self._timestamp(sensor, dv, src, received)))
+        ts = self._timestamp(sensor, dv, src, received)
+        if revouch and ts < self._session_start:
+            ts = self._session_start  # the value holds again from the moment this session vouched for it
+        out.append(Reading(sensor, number, ts))
+
+    def _invalid(self, sensor: str, ts: float, out: list[Reading]) -> None:
+        """The sensor's last value stops holding at ``ts`` (clock time the bad sample arrived)."""
+        self.stats.bad_now.add(sensor)
+        self._unvouched.discard(sensor)
+        self._last_key.pop(sensor, None)  # the next good sample is news even if it repeats the old one
+        out.append(validity_end(sensor, ts))
 
     def _timestamp(self, sensor: str, dv: ua.DataValue, src: float | None, received: float) -> float:
         """The reading's time per the timestamp policy; ``src`` is the source-or-server stamp already decoded."""

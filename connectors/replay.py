@@ -1,9 +1,18 @@
 """Replay connector: emits a historian CSV's rows as readings at the pace of the injected clock.
 
 The CSV has a timestamp column (ISO 8601; a value without a zone is UTC) and one numeric column per sensor.
-Rows are emitted when the clock reaches their timestamp; rows already in the past when the connector starts
-are skipped (they are history, e.g. for `provision`), so a restart does not re-send what the spool holds.
 An empty or non-numeric cell yields no reading for that sensor (non-numeric ones are counted as read errors).
+
+Where it starts (replay is exact: the same CSV and settings give the same readings, so the same bytes):
+- ``resume_after`` (set by the service from what the agent already holds for this source: the latest reading
+  in the spool, or the end of the last written window) → rows after it;
+- else, on a clock with a start anchor (``--clock-start``) → rows from that anchor on, whatever the start-up
+  latency was;
+- else (the system clock) → rows after "now": older rows are history (e.g. for `provision`).
+Rows whose time has already come are emitted at once, in one batch; the rest at clock pace.
+
+``rows = "sampled"`` (default): each row is a sample; between rows only the fill rule carries a value.
+``rows = "changes"``: a historian "changes only" export; a value holds until the sensor's next row (rule 2a).
 """
 
 from __future__ import annotations
@@ -34,6 +43,14 @@ class ReplaySourceConfig(SourceConfig):
                                          "(default: the first column).")
     columns: list[str] | None = Field(default=None, description="Sensor columns to emit (default: every "
                                       "column but the timestamp).")
+    rows: Literal["sampled", "changes"] = Field(
+        default="sampled", description="What a row means: a sample (between rows only the fill rule carries a "
+        "value), or a change, as in a historian's changes-only export (a value holds until that sensor's next "
+        "row).")
+
+    @property
+    def holds_values(self) -> bool:
+        return self.rows == "changes"
 
     def resolved_path(self, base_dir: Path) -> Path:
         return self.path if self.path.is_absolute() else base_dir / self.path
@@ -69,6 +86,8 @@ class ReplayConnector:
         self.clock = clock
         self.base_dir = base_dir
         self.stats = SourceStats()
+        self.resume_after: float | None = None  # see the module docstring; set before readings() starts
+        self.stats.session_watched = True  # alive while the file is being replayed
 
     def _rows(self):
         path = self.config.resolved_path(self.base_dir)
@@ -111,18 +130,42 @@ class ReplayConnector:
             batch.append(Reading(sensor, value, ts))
         return batch
 
+    def _first_instant(self) -> tuple[float, bool]:
+        """(instant, inclusive): rows at/after (inclusive) or after it are emitted (module docstring)."""
+        if self.resume_after is not None:
+            return self.resume_after, False
+        anchor = getattr(self.clock, "start", None)
+        if anchor is not None:
+            return float(anchor), True
+        return self.clock.now(), False
+
     async def readings(self) -> AsyncIterator[list[Reading]]:
-        start = self.clock.now()
+        first, inclusive = self._first_instant()
         self.stats.connected = True
+        pending: list[Reading] = []  # rows whose time has already come: one batch
         for ts, cells in self._rows():
-            if ts <= start:
+            if ts < first or (ts == first and not inclusive):
                 continue
-            await self.clock.sleep_until(ts)
-            batch = self._convert(ts, cells)
-            if batch:
-                self.stats.last_reading_ts = self.clock.now()
-                yield batch
+            if ts > self.clock.now():
+                if pending:
+                    yield self._delivered(pending)
+                    pending = []
+                await self.clock.sleep_until(ts)
+                batch = self._convert(ts, cells)
+                if batch:
+                    yield self._delivered(batch)
+            else:
+                pending.extend(self._convert(ts, cells))
+        if pending:
+            yield self._delivered(pending)
+        self.stats.connected = False
         log.info("replay %s: end of file reached", self.name)
+
+    def _delivered(self, batch: list[Reading]) -> list[Reading]:
+        now = self.clock.now()
+        self.stats.last_reading_ts = now
+        self.stats.last_alive_ts = now
+        return batch
 
     async def probe(self) -> ProbeReport:
         report = ProbeReport(source=self.name, ok=True)

@@ -52,7 +52,7 @@ async def test_case(name, tmp_path):
         assert (case / "expected_error.txt").read_text().strip() in str(info.value)
         return
     config = load(case / "asset.toml")
-    plan = plan_from_config(config)
+    plan = plan_from_config(config, case)
     spool = Spool(tmp_path / "spool", plan.frequency)
     outbox = Outbox(tmp_path / "outbox")
     closer = WindowCloser(plan, spool, outbox, tmp_path / "progress.json")
