@@ -17,16 +17,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Debian packages the tests use as real peers: socat (serial pair for Modbus RTU), systemd-analyze (unit checks).
+NODE_PEER := tests/peers/node_opcua
+
+# Debian packages the tests use as real peers: socat (serial pair for Modbus RTU), systemd-analyze (unit checks),
+# Node.js + npm (node-opcua, a third-party OPC-UA server, installed from npm into $(NODE_PEER)).
 system-deps:
 	@missing=""; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@[ -d $(NODE_PEER)/node_modules/node-opcua-server ] || \
+	  (cd $(NODE_PEER) && npm install --no-audit --no-fund --no-package-lock --loglevel=error)
 
 demo: $(STAMP)
 	$(BIN)/l4e-agent demo --out $(DEMO_OUT)
