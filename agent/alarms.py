@@ -211,8 +211,8 @@ class AnomalyRuleConfig(_RuleBase):
 class EventRuleConfig(_RuleBase):
     """Alarm on pipeline and data-health events; which events raise and clear is listed in EVENT_RULES."""
 
-    kind: Literal["execution_failed", "source_silent", "window_missing", "spool_full"] = Field(
-        description=("Rule type: execution_failed | source_silent | window_missing | spool_full.")
+    kind: Literal["execution_failed", "source_silent", "source_untrusted", "window_missing", "spool_full"] = Field(
+        description=("Rule type: execution_failed | source_silent | source_untrusted | window_missing | spool_full.")
     )
     clear_after_quiet_secs: float | None = Field(
         None,
@@ -348,6 +348,8 @@ EVENT_RULES: dict[str, EventRule] = {
     ),
     # One alarm per source (Event.subject = source name), cleared by its "source_recovered".
     "source_silent": EventRule(frozenset({"source_silent"}), frozenset({"source_recovered"}), per_subject=True),
+    # The source's server presented a certificate that is not trusted (OPC-UA); cleared once it is trusted.
+    "source_untrusted": EventRule(frozenset({"source_untrusted"}), frozenset({"source_trusted"}), per_subject=True),
     # One alarm per component (Event.subject), cleared when a later window of it is written
     # ("window_written").
     "window_missing": EventRule(frozenset({"window_missing"}), frozenset({"window_written"}), per_subject=True),

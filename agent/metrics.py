@@ -24,6 +24,7 @@ l4e_results_processed_total        counter    asset               inference resu
 l4e_alarms_raised_total            counter    asset, rule         alarms raised by a rule
 l4e_hook_failures_total            counter    hook                alarm hook deliveries that failed
 l4e_source_connected               gauge      source              1 while a source is connected, else 0
+l4e_source_untrusted               gauge      source              1 while a source's server identity is refused
 =================================  =========  ==================  ==========================================
 
 The server (:class:`MetricsServer`) answers ``GET /metrics`` and ``GET /healthz`` (200 ``ok`` or 503
@@ -330,6 +331,7 @@ RESULTS_PROCESSED_TOTAL = "l4e_results_processed_total"
 ALARMS_RAISED_TOTAL = "l4e_alarms_raised_total"
 HOOK_FAILURES_TOTAL = "l4e_hook_failures_total"
 SOURCE_CONNECTED = "l4e_source_connected"
+SOURCE_UNTRUSTED = "l4e_source_untrusted"
 
 UPLOAD_LATENCY_BUCKETS_SECS = (1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 """Upload latency is measured from a window's end, so it includes the grace period and any outage."""
@@ -367,6 +369,7 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(ALARMS_RAISED_TOTAL, "counter", "Alarms raised, by rule.", ("asset", "rule")),
     MetricSpec(HOOK_FAILURES_TOTAL, "counter", "Alarm hook deliveries that failed.", ("hook",)),
     MetricSpec(SOURCE_CONNECTED, "gauge", "1 while the source is connected, 0 otherwise.", ("source",)),
+    MetricSpec(SOURCE_UNTRUSTED, "gauge", "1 while the source's server certificate is refused, else 0.", ("source",)),
 )
 
 
@@ -387,6 +390,7 @@ class AgentMetrics:
     alarms_raised: Counter
     hook_failures: Counter
     source_connected: Gauge
+    source_untrusted: Gauge
 
     @classmethod
     def register(cls, registry: Registry) -> AgentMetrics:

@@ -45,8 +45,8 @@ CONNECTORS: dict[str, type] = {
 }
 
 
-def connector_writer_factory(config: AssetConfig, base_dir: Path):
-    """The write_back hooks' writers, through the connectors of the named [[sources]] entry."""
+def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Path | None = None):
+    """The write_back hooks' writers, through the connectors of the named [[sources]] entry (and its trust)."""
     from connectors.modbus import write_modbus
     from connectors.opcua import write_opcua
 
@@ -63,7 +63,7 @@ def connector_writer_factory(config: AssetConfig, base_dir: Path):
         else:
 
             async def write(value) -> None:
-                await write_opcua(source, hook.node_id, value, base_dir)
+                await write_opcua(source, hook.node_id, value, base_dir, state_dir)
 
         return write
 
@@ -113,11 +113,14 @@ class AssetRunner:
         base = base_dir_of(config_path)
         self.connectors: list[Connector] = connectors if connectors is not None else [
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
+        for conn in self.connectors:  # state a connector keeps itself (OPC-UA: the pinned server certificate)
+            if hasattr(conn, "use_state_dir"):
+                conn.use_state_dir(self.state_dir)
         self.stats = AssetStats()
         self.event_listeners: list[Callable[[Event], None]] = []
+        writers = connector_writer_factory(config, base, self.state_dir)
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
-                                  build_hooks(config.alarms, base, connector_writer_factory(config, base)),
-                                  clock, window_secs=self.plan.frequency)
+                                  build_hooks(config.alarms, base, writers), clock, window_secs=self.plan.frequency)
         self.alarms_raised: Counter = Counter()  # rule → alarms raised (for metrics)
         self.results_poller = None  # set by the service when results are read back (agent.results)
         self._pending_events: list[Event] = []
@@ -127,6 +130,7 @@ class AssetRunner:
         self._dropping = False
         self._started_at: float | None = None
         self._silent: set[str] = set()
+        self._untrusted: set[str] = set()
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
@@ -192,7 +196,8 @@ class AssetRunner:
         await self.uploader.run_once()
 
     def check_sources(self) -> list[Event]:
-        """source_silent / source_recovered transitions from each connector's last reading (clock time)."""
+        """source_silent / source_recovered transitions from each connector's last reading (clock time), and
+        source_untrusted / source_trusted from its server-identity check (OPC-UA trust)."""
         now = self.clock.now()
         bound = self.config.health.source_silent_secs
         events = []
@@ -209,6 +214,13 @@ class AssetRunner:
                 self._silent.discard(conn.name)
                 events.append(Event("source_recovered", conn.name, f"source {conn.name}: readings again", now))
                 log.info("source %s delivers readings again", conn.name)
+            untrusted = getattr(conn.stats, "untrusted", None)  # the connector logged the refusal itself
+            if untrusted and conn.name not in self._untrusted:
+                self._untrusted.add(conn.name)
+                events.append(Event("source_untrusted", conn.name, untrusted, now))
+            elif not untrusted and conn.name in self._untrusted:
+                self._untrusted.discard(conn.name)
+                events.append(Event("source_trusted", conn.name, f"source {conn.name}: server identity trusted", now))
         return events
 
     async def alarm_job(self) -> None:
@@ -242,6 +254,9 @@ class AssetRunner:
 
     def silent_sources(self) -> set[str]:
         return set(self._silent)
+
+    def untrusted_sources(self) -> set[str]:
+        return {conn.name for conn in self.connectors if getattr(conn.stats, "untrusted", None)}
 
     def start(self, scheduler: JobScheduler) -> None:
         clock, plan = self.clock, self.plan

@@ -40,6 +40,7 @@ class Supervision:
                 for sensor, n in st.bad_quality.items():
                     m.bad_quality.set_total(n, source=conn.name, sensor=sensor)
                 m.source_connected.set(1.0 if st.connected else 0.0, source=conn.name)
+                m.source_untrusted.set(1.0 if getattr(st, "untrusted", None) else 0.0, source=conn.name)
             m.windows_written.set_total(runner.closer.stats.windows_written, asset=asset)
             m.windows_late.set_total(runner.uploader.stats.windows_late, asset=asset)
             for comp, n in runner.closer.stats.windows_missing.items():
@@ -67,6 +68,10 @@ class Supervision:
             silent = runner.silent_sources()
             if silent:
                 problems.append(f"{runner.plan.asset}: silent sources {sorted(silent)}")
+            untrusted = runner.untrusted_sources()
+            if untrusted:
+                problems.append(f"{runner.plan.asset}: untrusted sources {sorted(untrusted)} (server certificate "
+                                "refused)")
             if runner.uploader.failing_for() > 600:
                 problems.append(f"{runner.plan.asset}: uploads failing for {runner.uploader.failing_for():.0f}s")
         return (not problems, "; ".join(problems) or "ok")

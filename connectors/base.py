@@ -42,6 +42,7 @@ class SourceStats:
     reconnects: int = 0
     connected: bool = False
     last_reading_ts: float | None = None  # clock time of the last delivered reading
+    untrusted: str | None = None  # why the server's identity is refused right now (OPC-UA trust), else None
 
 
 @dataclass
@@ -64,9 +65,11 @@ class ProbeReport:
     ok: bool
     lines: list[ProbeLine] = field(default_factory=list)
     error: str = ""
+    notes: list[str] = field(default_factory=list)  # about the source as a whole (e.g. its certificate)
 
     def format(self) -> str:
         out = [f"source {self.source}: {'OK' if self.ok else 'FAILED'}" + (f" ({self.error})" if self.error else "")]
+        out.extend(f"  {note}" for note in self.notes)
         for line in self.lines:
             text = f"  {line.sensor:<24} value={line.value!r} type={line.type} status={line.status}"
             if line.source_ts or line.server_ts:

@@ -176,7 +176,12 @@ async def test_absolute_deadband_suppresses_small_changes(peer: OpcUaPeer) -> No
 
 
 async def test_missing_password_env_is_a_clear_probe_error(peer: OpcUaPeer) -> None:
-    cfg = config(peer, username="operator", password_env="L4E_TEST_OPCUA_PASSWORD")
+    cfg = config(
+        peer,
+        username="operator",
+        password_env="L4E_TEST_OPCUA_PASSWORD",
+        security={"allow_credentials_over_none": True},
+    )
     report = await OpcUaConnector(cfg, SystemClock(), Path(".")).probe()
     assert not report.ok and "L4E_TEST_OPCUA_PASSWORD is not set" in report.error
 
