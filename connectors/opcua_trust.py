@@ -13,9 +13,10 @@ Trusted certificates (read again at every check, so a change needs no restart)
     - the accepted one, ``<state-dir>/trust/<source>.der``: pinned on first use, or written by
       ``l4e-agent probe CONFIG --source NAME --accept-certificate FINGERPRINT``.
 
-    When none of them exists yet and ``trust_on_first_use`` is true (the default), the presented certificate
-    is pinned (written atomically to ``<state-dir>/trust/<source>.der``; in memory only when the connector has
-    no state folder, or the write fails) and logged once at INFO with its SHA-256 fingerprint. Any other
+    When no trust list is configured, none is accepted yet and ``trust_on_first_use`` is true (the default),
+    the presented certificate is pinned (written atomically to ``<state-dir>/trust/<source>.der``; in memory
+    only when the connector has no state folder, or the write fails) and logged once at INFO with its SHA-256
+    fingerprint. A configured trust list is never extended by a first use. Any other
     certificate later raises :class:`UntrustedServer` naming both fingerprints; the connector keeps retrying
     with its backoff, so accepting the new certificate restores the data without a restart.
 
@@ -231,7 +232,7 @@ class ServerTrust:
         trusted = self.trusted()
         if fp in trusted:
             verdict = Verdict(der, fp, "trusted", trusted[fp])
-        elif not trusted and self.first_use:
+        elif not trusted and self.first_use and not self.configured and self.trust_dir is None:
             verdict = self._pin(der, fp) if pin else Verdict(der, fp, "first use", "not pinned yet")
         else:
             self.last = Verdict(der, fp, "untrusted", _trusted_list(trusted))
@@ -300,6 +301,8 @@ class ServerTrust:
         fp = fingerprint(der)
         if trusted:
             what = f"the trusted one is {_trusted_list(trusted)}"
+        elif self.configured or self.trust_dir is not None:
+            what = "the trust list (server_certificate, trust_dir) is empty"
         else:
             what = "no certificate is trusted yet and trust_on_first_use is false"
         return (

@@ -261,7 +261,12 @@ async def test_probe_shows_the_fingerprint_and_trust_and_never_pins(pki: Path, t
         report = await OpcUaConnector(strict, SystemClock(), pki, state_dir=state).probe()
         assert not report.ok and "no certificate is trusted yet and trust_on_first_use is false" in report.error
         assert f"{fp_a}" in report.format() and ": untrusted (none)" in report.format()
-        assert users.attempts == [("operator", "s3cret")]  # the first probe's only; none for the refused one
+        empty = tmp_path / "trusted"
+        empty.mkdir()
+        listed = OpcUaSourceConfig(**source(pki, port, trust_dir=str(empty)))
+        report = await OpcUaConnector(listed, SystemClock(), pki, state_dir=state).probe()
+        assert not report.ok and "the trust list (server_certificate, trust_dir) is empty" in report.error
+        assert users.attempts == [("operator", "s3cret")]  # the first probe's only; none for the refused ones
 
         await OpcUaConnector(strict, SystemClock(), pki, state_dir=state).accept_certificate(fp_a)
         text = (await OpcUaConnector(strict, SystemClock(), pki, state_dir=state).probe()).format()
