@@ -327,7 +327,7 @@ def _probe(config, path: Path, source: str | None, state_dir: Path | None = None
                 print(await conn.accept_certificate(accept))
             report = await conn.probe()
             ok = ok and report.ok
-            print(report.format())
+            print(report.format().replace("<asset file>", str(path)))  # the accept hint, ready to paste
 
     asyncio.run(_run())
     return 0 if ok else 1

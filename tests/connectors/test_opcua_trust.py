@@ -358,6 +358,7 @@ async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_r
             text = out.decode()
             assert f"accepted the server certificate {fp_b}" in text
             assert f"{fp_b}" in text and ": trusted (accepted in " in text and "source plc1: OK" in text
+            assert "<asset file>" not in text
 
             await eventually(lambda: runner.stats.readings > before, 20, "readings from server B")
             await eventually(lambda: "cleared" in journal.read_text(), 30, "the alarm cleared")
