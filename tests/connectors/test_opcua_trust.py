@@ -316,6 +316,16 @@ hooks = ["journal"]
 """
 
 
+async def cli(*args: str) -> tuple[int, str]:
+    """Run ``l4e-agent ARGS`` in a child process (the event loop keeps serving the agent meanwhile)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", *args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode()
+
+
 async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_restores_the_data(
     pki: Path, tmp_path: Path
 ) -> None:
@@ -347,18 +357,17 @@ async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_r
             assert users_b.attempts == []
             before = runner.stats.readings
 
-            # The documented step, as an operator runs it (README, Sources): probe --accept-certificate.
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent", "probe", str(path), "--source", "plc1", "--accept-certificate", fp_b,
-                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(proc.communicate(), 60)
-            assert proc.returncode == 0, err.decode()
-            text = out.decode()
+            # The documented steps, as an operator runs them (README, Sources): probe, then --accept-certificate.
+            code, text = await cli("probe", str(path))
+            assert code == 1 and text.startswith("source plc1: FAILED (server certificate not trusted")
+            assert f"{fp_b} (O=server b" in text and ": untrusted (" in text
+            hint = f"to trust this certificate: l4e-agent probe {path} --source plc1 --accept-certificate {fp_b}"
+            assert hint in text
+            assert users_b.attempts == []
+            code, text = await cli("probe", str(path), "--source", "plc1", "--accept-certificate", fp_b)
+            assert code == 0, text
             assert f"accepted the server certificate {fp_b}" in text
             assert f"{fp_b}" in text and ": trusted (accepted in " in text and "source plc1: OK" in text
-            assert "<asset file>" not in text
 
             await eventually(lambda: runner.stats.readings > before, 20, "readings from server B")
             await eventually(lambda: "cleared" in journal.read_text(), 30, "the alarm cleared")
