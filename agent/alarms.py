@@ -211,10 +211,11 @@ class AnomalyRuleConfig(_RuleBase):
 class EventRuleConfig(_RuleBase):
     """Alarm on pipeline and data-health events; which events raise and clear is listed in EVENT_RULES."""
 
-    kind: Literal["execution_failed", "source_silent", "source_bad_quality", "window_missing", "spool_full"] = Field(
+    kind: Literal["execution_failed", "source_silent", "source_bad_quality", "source_untrusted", "window_missing",
+                  "spool_full"] = Field(
         description=("Rule type: execution_failed | source_silent (the source's transport does not answer) | "
-                     "source_bad_quality (it answers, but every item is Bad/Uncertain) | window_missing | "
-                     "spool_full.")
+                     "source_bad_quality (it answers, but every item is Bad/Uncertain) | source_untrusted (its "
+                     "server's identity is refused) | window_missing | spool_full.")
     )
     clear_after_quiet_secs: float | None = Field(
         None,
@@ -353,6 +354,8 @@ EVENT_RULES: dict[str, EventRule] = {
     # The source answers but every item is Bad/Uncertain; cleared when one is good again.
     "source_bad_quality": EventRule(frozenset({"source_bad_quality"}), frozenset({"source_quality_recovered"}),
                                     per_subject=True),
+    # The source's server presented a certificate that is not trusted (OPC-UA); cleared once it is trusted.
+    "source_untrusted": EventRule(frozenset({"source_untrusted"}), frozenset({"source_trusted"}), per_subject=True),
     # One alarm per component (Event.subject), cleared when a later window of it is written
     # ("window_written").
     "window_missing": EventRule(frozenset({"window_missing"}), frozenset({"window_written"}), per_subject=True),

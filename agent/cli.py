@@ -37,6 +37,15 @@ def _instant(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r} (e.g. 2026-01-01T00:00:00Z)") from None
 
 
+def _fingerprint(text: str) -> str:
+    from connectors.opcua_trust import parse_fingerprint
+
+    try:
+        return parse_fingerprint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_clock_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock-start", type=_instant, help="run on a simulated clock starting at this ISO 8601 "
                    "instant (demo, tests)")
@@ -73,9 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", type=_instant, help="plan as of this instant (default: now)")
     p.add_argument("--online", action="store_true", help="also probe every source once")
 
-    p = sub.add_parser("probe", help="connect to a source and read every configured point once")
+    p = sub.add_parser("probe", help="connect to a source and read every configured point once; OPC-UA: show "
+                       "the server certificate's fingerprint and whether it is trusted")
     p.add_argument("config", type=Path)
     p.add_argument("--source", help="source name (default: all)")
+    p.add_argument("--state-dir", type=Path, help="the asset's state folder, where pinned OPC-UA server "
+                   "certificates are kept (default /var/lib/l4e-agent/<asset>)")
+    p.add_argument("--accept-certificate", type=_fingerprint, metavar="SHA256",
+                   help="with --source: trust the OPC-UA server certificate with this SHA-256 fingerprint (as "
+                   "probe or the refusal prints it), replacing the pinned one; a running agent uses it at its "
+                   "next connection attempt")
 
     sub.add_parser("config-example", help="print the example asset file generated from the config models")
 
@@ -120,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "probe" and args.accept_certificate and not args.source:
+        parser.error("probe --accept-certificate needs --source NAME")
     _setup_logging(args.log_level)
     try:
         if args.command == "run":
@@ -286,7 +304,7 @@ def cmd_check(args) -> int:
     return 0
 
 
-def _probe(config, path: Path, source: str | None) -> int:
+def _probe(config, path: Path, source: str | None, state_dir: Path | None = None, accept: str | None = None) -> int:
     from agent.config import base_dir_of
     from agent.service import CONNECTORS
 
@@ -294,15 +312,23 @@ def _probe(config, path: Path, source: str | None) -> int:
     if not selected:
         raise ConfigError(f"no source named {source!r}; sources: {[s.name for s in config.sources]}",
                           file=str(path), key="sources")
+    if accept is not None and selected[0].kind != "opcua":
+        raise L4EAgentError(f"--accept-certificate: source {source} is a {selected[0].kind} source; only OPC-UA "
+                            "sources have a server certificate")
+    state_dir = state_dir or config.state_dir or DEFAULT_STATE_ROOT / config.asset
     ok = True
 
     async def _run():
         nonlocal ok
         for src in selected:
             conn = CONNECTORS[src.kind](src, SystemClock(), base_dir_of(path))
+            if hasattr(conn, "use_state_dir"):
+                conn.use_state_dir(state_dir)
+            if accept is not None:
+                print(await conn.accept_certificate(accept))
             report = await conn.probe()
             ok = ok and report.ok
-            print(report.format())
+            print(report.format().replace("<asset file>", str(path)))  # the accept hint, ready to paste
 
     asyncio.run(_run())
     return 0 if ok else 1
@@ -340,4 +366,4 @@ def cmd_probe(args) -> int:
     from agent.config import load
 
     config = load(args.config)
-    return _probe(config, args.config, args.source)
+    return _probe(config, args.config, args.source, args.state_dir, args.accept_certificate)

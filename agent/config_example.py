@@ -65,7 +65,7 @@ path = "/var/lib/l4e-agent/alarms.jsonl"
 # source = "plc1"
 # table = "coil"
 # address = 12
-# Rules decide: kind = anomaly | execution_failed | source_silent | window_missing | spool_full
+# Rules decide: kind = anomaly | execution_failed | source_silent | source_untrusted | window_missing | spool_full
 [[alarms.rules]]
 name = "anomaly"
 kind = "anomaly"

@@ -26,6 +26,7 @@ l4e_hook_failures_total            counter    hook                alarm hook del
 l4e_source_connected               gauge      source              1 while a source is connected, else 0
 l4e_source_alive                   gauge      source              1 while the source's transport answers
 l4e_source_bad_quality             gauge      source              1 while it answers but every item is Bad
+l4e_source_untrusted               gauge      source              1 while a source's server identity is refused
 =================================  =========  ==================  ==========================================
 
 The server (:class:`MetricsServer`) answers ``GET /metrics`` and ``GET /healthz`` (200 ``ok`` or 503
@@ -334,6 +335,7 @@ HOOK_FAILURES_TOTAL = "l4e_hook_failures_total"
 SOURCE_CONNECTED = "l4e_source_connected"
 SOURCE_ALIVE = "l4e_source_alive"
 SOURCE_BAD_QUALITY = "l4e_source_bad_quality"
+SOURCE_UNTRUSTED = "l4e_source_untrusted"
 
 UPLOAD_LATENCY_BUCKETS_SECS = (1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 """Upload latency is measured from a window's end, so it includes the grace period and any outage."""
@@ -375,6 +377,7 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
                "successful polls), whether or not its values change.", ("source",)),
     MetricSpec(SOURCE_BAD_QUALITY, "gauge", "1 while the source answers but every item is Bad/Uncertain.",
                ("source",)),
+    MetricSpec(SOURCE_UNTRUSTED, "gauge", "1 while the source's server certificate is refused, else 0.", ("source",)),
 )
 
 
@@ -397,6 +400,7 @@ class AgentMetrics:
     source_connected: Gauge
     source_alive: Gauge
     source_bad_quality: Gauge
+    source_untrusted: Gauge
 
     @classmethod
     def register(cls, registry: Registry) -> AgentMetrics:

@@ -46,8 +46,8 @@ CONNECTORS: dict[str, type] = {
 }
 
 
-def connector_writer_factory(config: AssetConfig, base_dir: Path):
-    """The write_back hooks' writers, through the connectors of the named [[sources]] entry."""
+def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Path | None = None):
+    """The write_back hooks' writers, through the connectors of the named [[sources]] entry (and its trust)."""
     from connectors.modbus import write_modbus
     from connectors.opcua import write_opcua
 
@@ -64,7 +64,7 @@ def connector_writer_factory(config: AssetConfig, base_dir: Path):
         else:
 
             async def write(value) -> None:
-                await write_opcua(source, hook.node_id, value, base_dir)
+                await write_opcua(source, hook.node_id, value, base_dir, state_dir)
 
         return write
 
@@ -131,11 +131,14 @@ class AssetRunner:
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
         # source name → its sensors: their values stop holding when the source stops (rule 2a)
         self._source_sensors = {src.name: src.sensors(base) for src in config.sources}
+        for conn in self.connectors:  # state a connector keeps itself (OPC-UA: the pinned server certificate)
+            if hasattr(conn, "use_state_dir"):
+                conn.use_state_dir(self.state_dir)
         self.stats = AssetStats()
         self.event_listeners: list[Callable[[Event], None]] = []
+        writers = connector_writer_factory(config, base, self.state_dir)
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
-                                  build_hooks(config.alarms, base, connector_writer_factory(config, base)),
-                                  clock, window_secs=self.plan.frequency)
+                                  build_hooks(config.alarms, base, writers), clock, window_secs=self.plan.frequency)
         self.alarms_raised: Counter = Counter()  # rule → alarms raised (for metrics)
         self.results_poller = None  # set by the service when results are read back (agent.results)
         self._pending_events: list[Event] = []
@@ -146,6 +149,7 @@ class AssetRunner:
         self._started_at: float | None = None
         self._silent: set[str] = set()
         self._bad_quality: set[str] = set()
+        self._untrusted: set[str] = set()
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
@@ -222,8 +226,9 @@ class AssetRunner:
         await self.uploader.run_once()
 
     def check_sources(self) -> list[Event]:
-        """Transitions of each source's liveness (source_silent / source_recovered) and of its quality
-        (source_bad_quality / source_quality_recovered).
+        """Transitions of each source's liveness (source_silent / source_recovered), of its quality
+        (source_bad_quality / source_quality_recovered) and of its server's identity (source_untrusted /
+        source_trusted, OPC-UA trust).
 
         Liveness is the transport's (rule 2a): a source is silent when it has not answered (publish response,
         keep-alive, successful poll) for ``[health] source_silent_secs`` of clock time, never because its
@@ -257,6 +262,13 @@ class AssetRunner:
                 events.append(Event("source_quality_recovered", conn.name, f"source {conn.name}: good values "
                                     "again", now))
                 log.info("source %s delivers good values again", conn.name)
+            untrusted = getattr(conn.stats, "untrusted", None)  # the connector logged the refusal itself
+            if untrusted and conn.name not in self._untrusted:
+                self._untrusted.add(conn.name)
+                events.append(Event("source_untrusted", conn.name, untrusted, now))
+            elif not untrusted and conn.name in self._untrusted:
+                self._untrusted.discard(conn.name)
+                events.append(Event("source_trusted", conn.name, f"source {conn.name}: server identity trusted", now))
         return events
 
     async def alarm_job(self) -> None:
@@ -305,6 +317,8 @@ class AssetRunner:
             candidates = [t for t in (held, last_written) if t is not None]
             if candidates:
                 conn.resume_after = float(max(candidates))
+    def untrusted_sources(self) -> set[str]:
+        return {conn.name for conn in self.connectors if getattr(conn.stats, "untrusted", None)}
 
     def start(self, scheduler: JobScheduler) -> None:
         clock, plan = self.clock, self.plan

@@ -45,6 +45,7 @@ class Supervision:
                 m.source_alive.set(0.0 if conn.name in runner.silent_sources() else 1.0, source=conn.name)
                 m.source_bad_quality.set(1.0 if conn.name in runner.bad_quality_sources() else 0.0,
                                          source=conn.name)
+                m.source_untrusted.set(1.0 if getattr(st, "untrusted", None) else 0.0, source=conn.name)
             m.windows_written.set_total(runner.closer.stats.windows_written, asset=asset)
             m.windows_late.set_total(runner.uploader.stats.windows_late, asset=asset)
             for comp, n in runner.closer.stats.windows_missing.items():
@@ -66,13 +67,18 @@ class Supervision:
                 m.hook_failures.set_total(getattr(hook, "failures", 0), hook=name)
 
     def health(self) -> tuple[bool, str]:
-        """(ok, reason) for /healthz: liveness, and no source whose every item is Bad."""
+        """(ok, reason) for /healthz: liveness, no source whose every item is Bad, no untrusted server (a
+        restart would mend neither, so they do not starve the watchdog)."""
         ok, reason = self.liveness()
         problems = [] if ok else [reason]
         for runner in self.runners:
             bad = runner.bad_quality_sources()
             if bad:
                 problems.append(f"{runner.plan.asset}: sources answering with bad quality only {sorted(bad)}")
+            untrusted = runner.untrusted_sources()
+            if untrusted:
+                problems.append(f"{runner.plan.asset}: untrusted sources {sorted(untrusted)} (server certificate "
+                                "refused)")
         return (not problems, "; ".join(problems) or "ok")
 
     def liveness(self) -> tuple[bool, str]:

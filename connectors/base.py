@@ -63,6 +63,7 @@ class SourceStats:
         if self.session_watched and self.connected:
             return True
         return self.last_alive_ts is not None and now - self.last_alive_ts <= bound_secs
+    untrusted: str | None = None  # why the server's identity is refused right now (OPC-UA trust), else None
 
 
 @dataclass
@@ -85,9 +86,11 @@ class ProbeReport:
     ok: bool
     lines: list[ProbeLine] = field(default_factory=list)
     error: str = ""
+    notes: list[str] = field(default_factory=list)  # about the source as a whole (e.g. its certificate)
 
     def format(self) -> str:
         out = [f"source {self.source}: {'OK' if self.ok else 'FAILED'}" + (f" ({self.error})" if self.error else "")]
+        out.extend(f"  {note}" for note in self.notes)
         for line in self.lines:
             text = f"  {line.sensor:<24} value={line.value!r} type={line.type} status={line.status}"
             if line.source_ts or line.server_ts:

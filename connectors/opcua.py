@@ -44,6 +44,15 @@ Recovery
     failure is logged at WARNING, repeats at DEBUG, recovery once at INFO. A rejected user identity is logged
     once with a clear message and retried with the same backoff.
 
+Server identity
+    With a secured policy the server certificate is pinned on first use (``<state-dir>/trust/<source>.der``)
+    or checked against ``security.server_certificate`` / ``security.trust_dir``, inside CreateSession and
+    before ActivateSession sends the username and password (connectors.opcua_trust). A certificate that is
+    not trusted is refused with both fingerprints in the message, ``stats.untrusted`` holds the reason, and
+    the session is retried with the same backoff, so accepting the new certificate (``l4e-agent probe
+    --accept-certificate``) restores the data without a restart. Policy None proves no identity: a username
+    over it is a configuration error unless ``security.allow_credentials_over_none`` is true.
+
 Intervals (``publishing_interval_ms``, ``sampling_interval_ms``, ``poll_interval_ms``, backoff) are wall-clock
 time, whatever the Clock's speed: they are the server's time.
 """
@@ -77,6 +86,9 @@ from agent.clock import Backoff, Clock
 from agent.errors import ConnectionLost, ConnectorError, TransitionLog
 from agent.model import Reading, validity_end
 from connectors.base import ProbeLine, ProbeReport, SourceConfig, SourceStats
+from connectors.opcua_trust import ServerTrust, UntrustedServer, endpoint_certificate, parse_fingerprint
+from connectors.opcua_trust import describe as describe_certificate
+from connectors.opcua_trust import fingerprint as fingerprint_of
 
 _logger = logging.getLogger(__name__)
 
@@ -194,10 +206,28 @@ class SecurityConfig(BaseModel):
     private_key: Path | None = Field(
         default=None, description="Client private key (PEM or DER); relative to the asset file's folder."
     )
-    server_certificate: Path | None = Field(
+    server_certificate: Path | list[Path] | None = Field(
         default=None,
-        description="Server certificate to pin; when absent it is taken from the server's "
-        "endpoint list at connect time.",
+        description="Trusted server certificate(s): a file or a list (DER or PEM), relative to the asset "
+        "file's folder. Given (or with trust_dir), only these and one accepted with `l4e-agent probe CONFIG "
+        "--source NAME --accept-certificate FINGERPRINT` are trusted. Absent: the first certificate seen is "
+        "pinned in <state-dir>/trust/<source>.der (see trust_on_first_use). A server presenting any other "
+        "certificate is refused before the username and password are sent.",
+    )
+    trust_dir: Path | None = Field(
+        default=None,
+        description="Folder of trusted server certificates (*.der, *.cer, *.crt, *.pem), relative to the "
+        "asset file's folder; read at every connect, so adding a file accepts a certificate without restart.",
+    )
+    trust_on_first_use: bool = Field(
+        default=True,
+        description="With no trusted certificate yet (none configured, none accepted): pin the first one "
+        "the server presents. false: refuse every server until a certificate is configured or accepted.",
+    )
+    allow_credentials_over_none: bool = Field(
+        default=False,
+        description="Policy None proves nothing about the server, so a username and password would go to "
+        "anything answering on the endpoint: a username needs a secured policy unless this is true.",
     )
 
     @model_validator(mode="before")
@@ -209,7 +239,17 @@ class SecurityConfig(BaseModel):
     def _keys_for_policy(self) -> SecurityConfig:
         if self.policy != "None" and (self.certificate is None or self.private_key is None):
             raise ValueError(f"policy {self.policy} needs certificate and private_key")
+        if self.policy == "None" and (self.server_certificate is not None or self.trust_dir is not None):
+            raise ValueError(
+                "server_certificate/trust_dir need a secured policy (Basic256Sha256, Aes128_Sha256_RsaOaep, "
+                "Aes256_Sha256_RsaPss): policy None checks no server certificate"
+            )
         return self
+
+    def trusted_paths(self) -> list[Path]:
+        """``server_certificate`` as a list (empty when absent)."""
+        sc = self.server_certificate
+        return [] if sc is None else list(sc) if isinstance(sc, list) else [sc]
 
 
 class OpcUaSourceConfig(SourceConfig):
@@ -275,6 +315,12 @@ class OpcUaSourceConfig(SourceConfig):
             raise ValueError("give at most one of password_file and password_env")
         if (self.password_file is not None or self.password_env is not None) and not self.username:
             raise ValueError("a password needs a username")
+        if self.username and self.security.policy == "None" and not self.security.allow_credentials_over_none:
+            raise ValueError(
+                "username with security.policy = \"None\": the password would be sent to whatever answers on "
+                "the endpoint; set security.policy (Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss) "
+                "or security.allow_credentials_over_none = true"
+            )
         if self.backoff_max_secs < self.backoff_initial_secs:
             raise ValueError("backoff_max_secs must be >= backoff_initial_secs")
         sensors = [n.sensor for n in self.nodes]
@@ -336,8 +382,30 @@ def _application_uri(cert_path: Path) -> str:
     return uris[0] if uris else f"urn:l4e-agent:{socket.gethostname()}"
 
 
-async def _new_client(config: OpcUaSourceConfig, base_dir: Path) -> Client:
-    """A configured, not yet connected Client (security and identity applied; may fetch server endpoints)."""
+def make_trust(
+    config: OpcUaSourceConfig, base_dir: Path, state_dir: Path | None = None, stats: SourceStats | None = None
+) -> ServerTrust:
+    """The source's server-certificate trust (connectors.opcua_trust), its paths resolved against base_dir."""
+    sec = config.security
+    return ServerTrust(
+        config.name,
+        [_resolve_path(base_dir, p) for p in sec.trusted_paths()],
+        _resolve_path(base_dir, sec.trust_dir) if sec.trust_dir is not None else None,
+        first_use=sec.trust_on_first_use,
+        state_dir=state_dir,
+        stats=stats,
+    )
+
+
+async def _new_client(
+    config: OpcUaSourceConfig, base_dir: Path, trust: ServerTrust | None = None, *, pin: bool = True
+) -> Client:
+    """A configured, not yet connected Client (security and identity applied; fetches server endpoints).
+
+    With a secured policy the server certificate comes from the endpoint list and is judged by ``trust``
+    inside CreateSession, before ActivateSession sends the identity (see connectors.opcua_trust); ``pin=False``
+    judges without pinning (probe).
+    """
     client = Client(config.endpoint, timeout=config.timeout_secs, watchdog_intervall=config.timeout_secs)
     client.name = client.description = f"l4e-agent {config.name}"
     client.application_uri = f"urn:l4e-agent:{socket.gethostname()}"
@@ -349,17 +417,18 @@ async def _new_client(config: OpcUaSourceConfig, base_dir: Path) -> Client:
         assert sec.certificate is not None and sec.private_key is not None  # checked by SecurityConfig
         cert = _resolve_path(base_dir, sec.certificate)
         client.application_uri = _application_uri(cert)
-        server_cert = _resolve_path(base_dir, sec.server_certificate) if sec.server_certificate else None
         async with asyncio.timeout(config.timeout_secs * 2):
             await client.set_security(
                 _POLICY_CLASSES[sec.policy],
                 certificate=str(cert),
                 private_key=str(_resolve_path(base_dir, sec.private_key)),
-                server_certificate=str(server_cert) if server_cert else None,
                 mode=getattr(ua.MessageSecurityMode, sec.mode),
             )
-        # set_security may fetch endpoints; the session's ApplicationUri must still be the certificate's.
+        # set_security fetched endpoints; the session's ApplicationUri must still be the certificate's.
         client.application_uri = _application_uri(cert)
+        client.certificate_validator = (trust or make_trust(config, base_dir)).validator(pin=pin)
+    elif trust is not None:
+        client.certificate_validator = trust.recorder()
     if config.username:
         client.set_user(config.username)
         password = _read_password(config, base_dir)
@@ -368,9 +437,14 @@ async def _new_client(config: OpcUaSourceConfig, base_dir: Path) -> Client:
     return client
 
 
-async def _open_client(config: OpcUaSourceConfig, base_dir: Path) -> Client:
-    """A connected Client with an active session; when this raises, nothing is left open."""
-    client = await _new_client(config, base_dir)
+async def _open_client(
+    config: OpcUaSourceConfig, base_dir: Path, trust: ServerTrust | None = None, *, pin: bool = True
+) -> Client:
+    """A connected Client with an active session; when this raises, nothing is left open.
+
+    Raises UntrustedServer (retriable) when the server certificate is not trusted: no identity was sent.
+    """
+    client = await _new_client(config, base_dir, trust, pin=pin)
     try:
         # auto_reconnect=False: recovery is ours (fresh client, re-resolved nodes, our backoff and logging).
         async with asyncio.timeout(config.timeout_secs * 4):
@@ -517,9 +591,12 @@ class OpcUaConnector:
     own timestamp was beyond ``max_clock_skew_secs``; ``connect_attempts`` counts session attempts.
     """
 
-    def __init__(self, config: OpcUaSourceConfig, clock: Clock, base_dir: Path) -> None:
+    def __init__(self, config: OpcUaSourceConfig, clock: Clock, base_dir: Path, state_dir: Path | None = None) -> None:
+        """``state_dir``: the asset's state folder, where a server certificate pinned on first use is kept
+        (``trust/<source>.der``); without one a pin lasts as long as this connector."""
         self.name = config.name
         self.stats = SourceStats()
+        self._trust = make_trust(config, base_dir, state_dir, self.stats)
         self.retimed: Counter = Counter()
         self.connect_attempts = 0
         self._config = config
@@ -550,7 +627,7 @@ class OpcUaConnector:
             vouched = False
             try:
                 self.connect_attempts += 1
-                client = await _open_client(cfg, self._base_dir)
+                client = await _open_client(cfg, self._base_dir, self._trust)
                 handles = await self._resolve(client)
                 if cfg.mode == "subscribe":
                     feed = await self._subscribe(client, handles)
@@ -578,12 +655,72 @@ class OpcUaConnector:
                 yield [validity_end(sensor, end) for sensor in self._sensors]
             await asyncio.sleep(backoff.next())
 
+    def use_state_dir(self, state_dir: Path) -> None:
+        """Keep the pinned server certificate in ``state_dir`` (agent.service calls this when building)."""
+        self._trust.state_dir = Path(state_dir)
+
+    async def accept_certificate(self, fingerprint: str) -> str:
+        """Accept the certificate the server presents now, if its fingerprint is ``fingerprint``.
+
+        The certificate is read from the server's endpoint list (no session, no credentials) and stored as
+        the source's accepted one in ``<state-dir>/trust/<source>.der``, replacing an older pin; a running
+        agent uses it at its next connection attempt. Raises ConnectorError when the server presents a
+        different certificate (nothing is changed) or cannot be reached.
+        """
+        cfg = self._config
+        if cfg.security.policy == "None":
+            raise ConnectorError(f"source {self.name}: security policy None has no server certificate to accept")
+        wanted = parse_fingerprint(fingerprint)
+        try:
+            der = await endpoint_certificate(
+                cfg.endpoint,
+                _POLICY_CLASSES[cfg.security.policy].URI,
+                getattr(ua.MessageSecurityMode, cfg.security.mode),
+                cfg.timeout_secs,
+            )
+        except (*_RETRIABLE, ValueError) as exc:
+            raise ConnectorError(f"source {self.name}: cannot read the server certificate: {_describe(exc)}") from exc
+        presented = fingerprint_of(der)
+        if presented != wanted:
+            raise ConnectorError(
+                f"source {self.name}: the server at {cfg.endpoint} presents {presented}, not {wanted}; "
+                "nothing was accepted"
+            )
+        path = self._trust.accept(der)
+        _logger.info("OPC-UA source %s: accepted the server certificate %s in %s", self.name, presented, path)
+        return f"source {self.name}: accepted the server certificate {describe_certificate(der)}, stored in {path}"
+
     async def probe(self) -> ProbeReport:
-        """Connect once, read every node once: value, variant type, status and both timestamps."""
+        """Connect once, read every node once: value, variant type, status and both timestamps.
+
+        The report's notes give the server certificate's fingerprint and whether it is trusted; the probe
+        never pins a certificate (a first use is reported, and the agent pins it when it connects).
+        """
+        report = await self._probe()
+        report.notes.extend(self._trust_notes())
+        return report
+
+    def _trust_notes(self) -> list[str]:
+        cfg = self._config
+        last = self._trust.last
+        if cfg.security.policy == "None":
+            seen = f" (it presents {last.fingerprint})" if last is not None else ""
+            return [f"security policy None: the server's identity is not checked{seen}"]
+        if last is None:
+            return []
+        notes = [last.line()]
+        if last.status in ("untrusted", "first use"):
+            notes.append(
+                f"to trust this certificate: l4e-agent probe <asset file> --source {self.name} "
+                f"--accept-certificate {last.fingerprint}"
+            )
+        return notes
+
+    async def _probe(self) -> ProbeReport:
         cfg = self._config
         client: Client | None = None
         try:
-            client = await _open_client(cfg, self._base_dir)
+            client = await _open_client(cfg, self._base_dir, self._trust, pin=False)
             resolved = await _resolve_nodes(client, cfg.nodes)
             read_batch, _ = await _operation_limits(client)
             ids = [r for r in resolved if isinstance(r, ua.NodeId)]
@@ -833,11 +970,15 @@ class OpcUaConnector:
         out.append(Reading(sensor, number, ts))
 
     def _invalid(self, sensor: str, ts: float, out: list[Reading]) -> None:
-        """The sensor's last value stops holding at ``ts`` (clock time the bad sample arrived)."""
+        """The sensor's last value stops holding at ``ts`` (clock time the bad sample arrived). One marker per
+        episode, and none for a sensor that never had a value."""
+        if sensor in self.stats.bad_now:
+            return
         self.stats.bad_now.add(sensor)
         self._unvouched.discard(sensor)
         self._last_key.pop(sensor, None)  # the next good sample is news even if it repeats the old one
-        out.append(validity_end(sensor, ts))
+        if self.stats.readings[sensor]:
+            out.append(validity_end(sensor, ts))
 
     def _timestamp(self, sensor: str, dv: ua.DataValue, src: float | None, received: float) -> float:
         """The reading's time per the timestamp policy; ``src`` is the source-or-server stamp already decoded."""
@@ -946,18 +1087,21 @@ async def _variant_type(client: Client, node_id: ua.NodeId, text: str) -> ua.Var
     raise ConnectorError(f"{text}: cannot tell its data type ({dt})")
 
 
-async def write_opcua(config: OpcUaSourceConfig, node_id: str, value: float | int | bool, base_dir: Path) -> None:
+async def write_opcua(
+    config: OpcUaSourceConfig, node_id: str, value: float | int | bool, base_dir: Path, state_dir: Path | None = None
+) -> None:
     """Connect, write ``value`` to ``node_id`` in the node's own data type, disconnect.
 
-    Same endpoint, security and identity as the source. Raises ConnectionLost when the server cannot be
-    reached (retriable) and ConnectorError when the write itself is refused or the value does not fit.
+    Same endpoint, security, identity and server-certificate trust (the pin in ``state_dir``) as the source.
+    Raises ConnectionLost when the server cannot be reached or is not trusted (retriable) and
+    ConnectorError when the write itself is refused or the value does not fit.
     """
     if isinstance(value, float) and not math.isfinite(value):
         raise ConnectorError(f"{node_id}: refusing to write {value!r}")
     nid = ua.NodeId.from_string(node_id)
     client: Client | None = None
     try:
-        client = await _open_client(config, base_dir)
+        client = await _open_client(config, base_dir, make_trust(config, base_dir, state_dir))
         vtype = await _variant_type(client, nid, node_id)
         variant = ua.Variant(_coerce(value, vtype, node_id), vtype)
         results = await client.uaclient.write_attributes([nid], [ua.DataValue(variant)], ua.AttributeIds.Value)
@@ -1010,6 +1154,8 @@ __all__ = [
     "OpcUaConnector",
     "OpcUaSourceConfig",
     "SecurityConfig",
+    "UntrustedServer",
     "make_client_certificate",
+    "make_trust",
     "write_opcua",
 ]

@@ -60,16 +60,18 @@ class Secure:
 class OpcUaPeer:
     """The test server; ``nodes`` maps short names (flow, run, count, label, setpt) to server Nodes."""
 
-    def __init__(self, port: int | None = None, secure: Secure | None = None) -> None:
+    def __init__(self, port: int | None = None, secure: Secure | None = None, users=None) -> None:
+        """``users``: an asyncua user manager replacing the default one-user PasswordUsers (secure only)."""
         self.port = port or free_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/"
         self.secure = secure
+        self.users = users
         self.server: Server | None = None
         self.nodes: dict[str, Node] = {}
         self.vtypes: dict[str, ua.VariantType] = {}
 
     async def start(self) -> OpcUaPeer:
-        users = PasswordUsers(self.secure.username, self.secure.password) if self.secure else None
+        users = self.users or (PasswordUsers(self.secure.username, self.secure.password) if self.secure else None)
         server = Server(user_manager=users)
         await server.init()
         server.set_endpoint(self.endpoint)

@@ -176,7 +176,12 @@ async def test_absolute_deadband_suppresses_small_changes(peer: OpcUaPeer) -> No
 
 
 async def test_missing_password_env_is_a_clear_probe_error(peer: OpcUaPeer) -> None:
-    cfg = config(peer, username="operator", password_env="L4E_TEST_OPCUA_PASSWORD")
+    cfg = config(
+        peer,
+        username="operator",
+        password_env="L4E_TEST_OPCUA_PASSWORD",
+        security={"allow_credentials_over_none": True},
+    )
     report = await OpcUaConnector(cfg, SystemClock(), Path(".")).probe()
     assert not report.ok and "L4E_TEST_OPCUA_PASSWORD is not set" in report.error
 
@@ -293,8 +298,9 @@ async def test_server_restarts_resume_without_leaks(
             assert _client_tasks() <= tasks
             assert _open_fds() <= fds
     assert connector.stats.reconnects == restarts
-    # `run` never changed: every re-subscription's initial value (and every poll) repeated the one sample.
-    assert connector.stats.readings["run"] == 1
+    # `run` never changed, yet each new session vouches for it again (rule 2a): one reading per session, and no
+    # more (polls of the same sample within a session are not repeated).
+    assert connector.stats.readings["run"] == restarts + 1
     ours = [r for r in caplog.records if r.name == "connectors.opcua"]
     warnings = [r for r in ours if r.levelno == logging.WARNING]
     recoveries = [r for r in ours if r.levelno == logging.INFO and "connected" in r.getMessage()]
