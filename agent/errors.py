@@ -2,7 +2,7 @@
 
     L4EAgentError
     ├── ConfigError          invalid asset file or option; the CLI exits 78 (EX_CONFIG)
-    ├── StateError           the state directory is unusable (read-only, full, corrupt beyond recovery)
+    ├── StateError           the state directory is unusable (read-only, full, corrupt); the CLI exits 75
     ├── StoreError           an object store operation failed
     │   └── StoreUnavailable     retriable: network, throttling, 5xx (the uploader backs off)
     ├── ConnectorError       a source failed in a way its own retry loop cannot fix
@@ -37,7 +37,9 @@ class ConfigError(L4EAgentError):
 
 
 class StateError(L4EAgentError):
-    """The state directory cannot be used."""
+    """The state directory cannot be used (full, read-only, I/O error, not a folder, unreadable)."""
+
+    exit_code = 75  # EX_TEMPFAIL: maybe temporary; the unit restarts the agent with a delay, forever
 
 
 class StoreError(L4EAgentError):
