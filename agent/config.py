@@ -4,8 +4,14 @@
 the allowed values; the CLI turns that into exit code 78 (EX_CONFIG) so systemd stops restarting. Nothing is
 started before the whole file validated: an agent never runs half-configured.
 
+Types are strict, as TOML spells them: a boolean is not an integer (``fill_limit = true``), a float is not an
+integer (``fill_limit = 2.0``), a string is not a number. Every file the configuration names is read as UTF-8
+text; a missing, binary, unreadable or directory path is a ConfigError naming it (agent.config_files).
+
 Environment overrides: ``L4E_AGENT_<KEY>``, nested keys joined by ``__``, e.g.
-``L4E_AGENT_LOOKOUT__INPUT=s3://bucket/prefix/`` or ``L4E_AGENT_WINDOW__GRACE_SECS=30``. They win over the file.
+``L4E_AGENT_LOOKOUT__INPUT=s3://bucket/prefix/`` or ``L4E_AGENT_WINDOW__GRACE_SECS=30``. They win over the file;
+an error in one names the variable (``L4E_AGENT_LOOKOUT__UPLOAD_FREQUENCY=PT7M: lookout.upload_frequency: ...``)
+and a variable that names no key is refused (agent.config_env).
 
 The models are the documentation: every field has a description, and ``config/example.toml`` is generated from
 them (``l4e-agent config-example``); a test fails when it drifts.
@@ -25,8 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent import config_env
 from agent.alarms import AlarmsConfig
-from agent.config_errors import format_validation
-from agent.config_files import describe_read_error, read_text, toml_problems
+from agent.config_errors import format_loc, format_validation
+from agent.config_files import check_text_file, describe_read_error, read_text, toml_problems
+from agent.config_schema import literal_problems
 from agent.errors import ConfigError
 from agent.logs import LogConfig
 from agent.metrics import MetricsConfig
@@ -287,6 +294,9 @@ def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str
         raise ConfigError("; ".join(problems), file=str(path))
     overrides = config_env.collect(os.environ if environ is None else environ, AssetConfig, data)
     merged = config_env.apply(data, overrides)
+    numeric_choices = literal_problems(AssetConfig, merged)
+    if numeric_choices:
+        raise ConfigError("; ".join(f"{format_loc(loc)}: {msg}" for loc, msg in numeric_choices), file=str(path))
     try:
         # JSON mode + strict: TOML types are JSON types and nothing is coerced (a path still takes a string)
         config = AssetConfig.model_validate_json(json.dumps(merged), strict=True)
@@ -309,10 +319,12 @@ def check_sensor_coverage(config: AssetConfig, path: Path) -> None:
     base = base_dir_of(path)
     providers: dict[str, list[str]] = {}
     for i, source in enumerate(config.sources):
+        where = source.resolved_path(base) if hasattr(source, "resolved_path") else None
         try:
+            if where is not None:
+                check_text_file(where)
             provided = source.sensors(base)
         except (OSError, UnicodeError, csv.Error) as exc:  # the replay CSV
-            where = getattr(source, "resolved_path", lambda b: None)(base)
             raise ConfigError(describe_read_error(exc, where), file=str(path), key=f"sources[{i}].path") from None
         except ValueError as exc:
             raise ConfigError(str(exc), file=str(path), key=f"sources[{i}]") from None

@@ -21,7 +21,7 @@ from typing import Any, get_origin
 
 from pydantic import BaseModel
 
-from agent.config_schema import KeyType, _is_model, _union_members, allowed, field_at, is_tagged_union
+from agent.config_schema import KeyType, allowed, field_at, is_model, is_tagged_union, union_members
 from agent.errors import ConfigError
 
 ENV_PREFIX = "L4E_AGENT_"
@@ -65,7 +65,7 @@ def _resolve(var: str, value: str, root: type[BaseModel], data: dict) -> tuple[t
 
 
 def _known_keys(parent: KeyType | None) -> list[str]:
-    if parent is not None and _is_model(parent.annotation):
+    if parent is not None and is_model(parent.annotation):
         return sorted(parent.annotation.model_fields)
     return []
 
@@ -76,8 +76,8 @@ def _dotted(path: list[str] | tuple[str, ...]) -> str:
 
 def _convert(var: str, text: str, key: KeyType) -> Any:
     ann = key.annotation
-    members = _union_members(ann)
-    if _is_model(ann) or is_tagged_union(ann) or get_origin(ann) in (list, tuple, set, frozenset, dict):
+    members = union_members(ann)
+    if is_model(ann) or is_tagged_union(ann) or get_origin(ann) in (list, tuple, set, frozenset, dict):
         try:
             return json.loads(text)
         except ValueError as exc:

@@ -27,10 +27,15 @@ _PREFIXES = ("Value error, ", "Assertion failed, ")
 _SCALAR_TAGS = {"bool", "int", "float", "str"}
 
 
+def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without the members of a scalar union ("int", "str", "function-after[...]")."""
+    return tuple(p for i, p in enumerate(loc)
+                 if not (isinstance(p, str) and ("[" in p or (p in _SCALAR_TAGS and i == len(loc) - 1))))
+
+
 def user_loc(loc: tuple[Any, ...], root: type[BaseModel], data: Any) -> tuple[Any, ...]:
     """The key path as written in the file: pydantic's union member tags removed."""
-    raw = tuple(p for i, p in enumerate(loc)
-                if not (isinstance(p, str) and ("[" in p or (p in _SCALAR_TAGS and i == len(loc) - 1))))
+    raw = _untagged(loc)
     out: list[Any] = []
     for i, part in enumerate(raw):
         here = field_at(root, raw[:i], data)
@@ -52,7 +57,7 @@ def _message(err: dict, root: type[BaseModel], data: Any) -> str:
     if kind == "extra_forbidden":
         return "unknown key (not allowed here; check the spelling against config/example.toml)"
     if kind == "missing":
-        key = field_at(root, err["loc"], data)
+        key = field_at(root, _untagged(err["loc"]), data)
         return "required key is missing" + (f"; allowed: {allowed(key)}" if key else "")
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
@@ -60,7 +65,7 @@ def _message(err: dict, root: type[BaseModel], data: Any) -> str:
     if kind == "union_tag_not_found":
         return "required key is missing"
     if kind in _VALUE_ERRORS:
-        key = field_at(root, err["loc"], data)
+        key = field_at(root, _untagged(err["loc"]), data)
         if key is not None:
             return f"got {describe(err['input'])}; allowed: {allowed(key)}"
     for prefix in _PREFIXES:
@@ -99,7 +104,7 @@ def format_validation(exc: ValidationError, *, file: str, root: type[BaseModel],
             continue
         below = [o for o in overrides if o.path[: len(loc)] == loc and loc]
         suffix = f" (with {', '.join(f'{o.var}={o.value}' for o in below)} from the environment)" if below else ""
-        from_file.append(f"{key}: {text}{suffix}")
+        from_file.append(f"{key}: {text}{suffix}" if loc else f"{text}{suffix}")
     parts = []
     if from_file:
         parts.append(f"{file}: " + "; ".join(from_file))

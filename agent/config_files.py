@@ -8,6 +8,7 @@ key of an asset file accepts (dates and times, nan and inf).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import errno
@@ -70,6 +71,17 @@ def read_text(path: Path, *, what: str = "file") -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(describe_read_error(exc), file=str(path)) from None
+
+
+def check_text_file(path: Path, head_bytes: int = 64 << 10) -> None:
+    """Refuse a data file (a historian CSV) that is binary or not UTF-8, judged by its first ``head_bytes``.
+    Raises OSError for an unreadable file, UnicodeDecodeError, or csv.Error for a NUL byte."""
+    with open(path, "rb") as fh:
+        head = fh.read(head_bytes)
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise csv.Error(f"a binary file: NUL byte at offset {nul}")
+    codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < head_bytes)
 
 
 def toml_problems(data: Any, loc: str = "") -> list[str]:

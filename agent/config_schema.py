@@ -45,11 +45,11 @@ def unwrap(annotation: Any, metadata: tuple[Any, ...] = ()) -> KeyType:
             return KeyType(annotation, metadata, optional)
 
 
-def _is_model(annotation: Any) -> bool:
+def is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def _union_members(annotation: Any) -> list[Any]:
+def union_members(annotation: Any) -> list[Any]:
     if get_origin(annotation) in (Union, types.UnionType):
         return [unwrap(a).annotation for a in get_args(annotation)]
     return [annotation]
@@ -57,8 +57,8 @@ def _union_members(annotation: Any) -> list[Any]:
 
 def is_tagged_union(annotation: Any) -> bool:
     """A union of models told apart by their ``kind`` (sources, hooks, rules)."""
-    members = _union_members(annotation)
-    return len(members) > 1 and all(_is_model(m) and _tag_of(m) for m in members)
+    members = union_members(annotation)
+    return len(members) > 1 and all(is_model(m) and _tag_of(m) for m in members)
 
 
 def _tag_of(model: type[BaseModel]) -> tuple[str, set[str]] | None:
@@ -72,7 +72,7 @@ def _tag_of(model: type[BaseModel]) -> tuple[str, set[str]] | None:
 
 def _pick_member(members: list[Any], tag: Any) -> type[BaseModel] | None:
     for member in members:
-        found = _tag_of(member) if _is_model(member) else None
+        found = _tag_of(member) if is_model(member) else None
         if found and tag in found[1]:
             return member
     return None
@@ -89,7 +89,7 @@ def field_at(root: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> K
     while parts:
         part = parts[0]
         ann = current.annotation
-        if _is_model(ann):
+        if is_model(ann):
             info = ann.model_fields.get(part) if isinstance(part, str) else None
             if info is None:
                 return None
@@ -97,8 +97,8 @@ def field_at(root: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> K
             data = data.get(part) if isinstance(data, dict) else None
             parts.pop(0)
             continue
-        members = _union_members(ann)
-        if len(members) > 1 and any(_is_model(m) for m in members):
+        members = union_members(ann)
+        if len(members) > 1 and any(is_model(m) for m in members):
             member = _pick_member(members, part)  # pydantic's location names the tag
             if member is not None:
                 parts.pop(0)
@@ -158,6 +158,9 @@ def _pattern(metadata: tuple[Any, ...]) -> str:
     return ""
 
 
+_PLURAL = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+
+
 def allowed(key: KeyType) -> str:
     """What the key accepts, in the asset file's (TOML) terms."""
     ann, meta = key.annotation, key.metadata
@@ -176,22 +179,22 @@ def allowed(key: KeyType) -> str:
         return "a string" + _pattern(meta)
     if isinstance(ann, type) and issubclass(ann, Path):
         return "a file path (string)"
-    if _is_model(ann):
+    if is_model(ann):
         return "a table (its keys are listed in config/example.toml)"
     if origin in (list, tuple, set, frozenset):
         item = unwrap(get_args(ann)[0]) if get_args(ann) else KeyType(Any)
-        if _is_model(item.annotation):
+        if is_model(item.annotation):
             inner = "tables"
         elif is_tagged_union(item.annotation):
             inner = "tables with " + allowed(item).removeprefix("a table with ")
         else:
-            inner = allowed(item)
+            inner = _PLURAL.get(item.annotation) or allowed(item)
         return f"an array of {inner}" + _lengths(meta, "item")
     if origin is dict:
         return f"a table whose values are {allowed(unwrap(get_args(ann)[1]))}"
-    members = _union_members(ann)
+    members = union_members(ann)
     if len(members) > 1:
-        tagged = [_tag_of(m) for m in members if _is_model(m)]
+        tagged = [_tag_of(m) for m in members if is_model(m)]
         if tagged and all(tagged):
             return "a table with kind = " + " | ".join(repr(v) for _, vals in tagged for v in sorted(vals))
         return " or ".join(allowed(KeyType(m)) for m in members)
@@ -213,3 +216,27 @@ def describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a table"
     return repr(value)
+
+
+
+def literal_problems(root: type[BaseModel], data: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """(key path, message) for a float or boolean given to a numeric choice (``stopbits = 1.0``, ``= true``):
+    pydantic's strict mode compares choices by value, so 8.0 and true would pass as 8 and 1."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+
+    def walk(value: Any, loc: tuple[Any, ...]) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*loc, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*loc, i))
+        elif isinstance(value, float | bool) and loc:
+            key = field_at(root, loc, data)
+            if key is not None and get_origin(key.annotation) is Literal:
+                choices = get_args(key.annotation)
+                if all(isinstance(c, int) and not isinstance(c, bool) for c in choices):
+                    out.append((loc, f"got {describe(value)}; allowed: {allowed(key)}"))
+
+    walk(data, ())
+    return out
