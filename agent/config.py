@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent import config_env
 from agent.alarms import AlarmsConfig
-from agent.config_errors import format_loc, format_validation
+from agent.config_errors import format_problems, format_validation
 from agent.config_files import check_text_file, describe_read_error, read_text, toml_problems
 from agent.config_schema import literal_problems
 from agent.errors import ConfigError
@@ -296,7 +296,9 @@ def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str
     merged = config_env.apply(data, overrides)
     numeric_choices = literal_problems(AssetConfig, merged)
     if numeric_choices:
-        raise ConfigError("; ".join(f"{format_loc(loc)}: {msg}" for loc, msg in numeric_choices), file=str(path))
+        error = ConfigError(format_problems(numeric_choices, file=str(path), overrides=[o for o, _ in overrides]))
+        error.file = str(path)
+        raise error
     try:
         # JSON mode + strict: TOML types are JSON types and nothing is coerced (a path still takes a string)
         config = AssetConfig.model_validate_json(json.dumps(merged), strict=True)

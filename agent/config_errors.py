@@ -86,14 +86,21 @@ def _source(loc: tuple[Any, ...], overrides: list[Override]) -> Override | None:
 def format_validation(exc: ValidationError, *, file: str, root: type[BaseModel], data: Any,
                       overrides: list[Override]) -> str:
     """The whole message for one failed load (several errors joined by '; ')."""
-    from_file: list[str] = []
-    from_env: list[str] = []
-    seen: set[tuple[str, str]] = set()
+    problems = []
     for err in exc.errors(include_url=False):
         loc = user_loc(tuple(err["loc"]), root, data)
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc += (str(err.get("ctx", {}).get("discriminator", "kind")).strip("'"),)
-        text = _message(err, root, data)
+        problems.append((loc, _message(err, root, data)))
+    return format_problems(problems, file=file, overrides=overrides)
+
+
+def format_problems(problems: list[tuple[tuple[Any, ...], str]], *, file: str, overrides: list[Override]) -> str:
+    """(key path, text) pairs → one message: the file's problems first, then each override's, by variable."""
+    from_file: list[str] = []
+    from_env: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for loc, text in problems:
         key = format_loc(loc)
         if (key, text) in seen:
             continue
@@ -102,7 +109,7 @@ def format_validation(exc: ValidationError, *, file: str, root: type[BaseModel],
         if override is not None:
             from_env.append(f"{override.var}={override.value}: {key}: {text} (environment override of {file})")
             continue
-        below = [o for o in overrides if o.path[: len(loc)] == loc and loc]
+        below = [o for o in overrides if o.path[: len(loc)] == loc]  # a table-level check over them
         suffix = f" (with {', '.join(f'{o.var}={o.value}' for o in below)} from the environment)" if below else ""
         from_file.append(f"{key}: {text}{suffix}" if loc else f"{text}{suffix}")
     parts = []
