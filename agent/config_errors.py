@@ -63,7 +63,9 @@ def _message(err: dict, root: type[BaseModel], data: Any) -> str:
         ctx = err.get("ctx", {})
         return f"got {describe(ctx.get('tag'))}; allowed: {ctx.get('expected_tags', '')}"
     if kind == "union_tag_not_found":
-        return "required key is missing"
+        union = field_at(root, _untagged(err["loc"]), data)
+        tags = allowed(union).removeprefix("a table with kind = ") if union else ""
+        return "required key is missing" + (f"; allowed: {tags}" if tags else "")
     if kind in _VALUE_ERRORS:
         key = field_at(root, _untagged(err["loc"]), data)
         if key is not None:
