@@ -35,24 +35,21 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def check_state_dir(state_dir: Path) -> bool:
-    """True when ``state_dir`` is a readable folder, False when it does not exist; StateError otherwise."""
+def _listdir(folder: Path) -> list[str]:
     try:
-        entries = os.listdir(state_dir)
-    except FileNotFoundError:
-        return False
+        return os.listdir(folder)
     except NotADirectoryError:
-        raise StateError(f"{state_dir} is not a directory (a regular file or another kind of file)") from None
+        raise StateError(f"{folder} is not a directory (a regular file or another kind of file)") from None
     except OSError as exc:
-        raise StateError(f"cannot read {state_dir}: {exc.strerror or exc}") from None
-    for name in ("outbox",):
-        if name in entries:
-            try:
-                os.listdir(Path(state_dir) / name)
-            except NotADirectoryError:
-                raise StateError(f"{Path(state_dir) / name} is not a directory") from None
-            except OSError as exc:
-                raise StateError(f"cannot read {Path(state_dir) / name}: {exc.strerror or exc}") from None
+        raise StateError(f"cannot read {folder}: {exc.strerror or exc}") from None
+
+
+def check_state_dir(state_dir: Path) -> bool:
+    """True when ``state_dir`` (and its outbox) can be read, False when it does not exist; StateError else."""
+    if not os.path.lexists(state_dir):
+        return False
+    if "outbox" in _listdir(state_dir):
+        _listdir(Path(state_dir) / "outbox")
     return True
 
 
@@ -139,5 +136,8 @@ def status(config: AssetConfig, state_dir: Path, client, *, s3_client_factory=No
     lines = [f"asset: {config.asset}  state: {state_dir}" + ("" if exists else " (does not exist yet: the agent "
                                                                "has not run with this folder)")]
     lines += _api_lines(config, client, s3_client_factory)
-    lines += _local_lines(Path(state_dir))
+    try:
+        lines += _local_lines(Path(state_dir))
+    except OSError as exc:  # e.g. one window folder of the outbox unreadable
+        raise StateError(f"cannot read {exc.filename or state_dir}: {exc.strerror or exc}") from None
     return "\n".join(lines)
