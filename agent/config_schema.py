@@ -63,10 +63,9 @@ def is_tagged_union(annotation: Any) -> bool:
 
 def _tag_of(model: type[BaseModel]) -> tuple[str, set[str]] | None:
     """(field, values) of a model's ``kind``-style Literal discriminator, if it has one."""
-    for name in ("kind",):
-        info = model.model_fields.get(name)
-        if info is not None and get_origin(info.annotation) is Literal:
-            return name, set(get_args(info.annotation))
+    info = model.model_fields.get("kind")  # every tagged union of the asset file is told apart by `kind`
+    if info is not None and get_origin(info.annotation) is Literal:
+        return "kind", set(get_args(info.annotation))
     return None
 
 
