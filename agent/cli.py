@@ -5,10 +5,11 @@ Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 - 0 success (``run``: drained after SIGTERM or --until);
 - 1 failure at run time (e.g. ``probe`` found a point it cannot read, an API or store error): restarted;
 - 2 usage (unknown option);
-- 75 EX_TEMPFAIL: the state directory is unusable right now (full, read-only, I/O error, not a directory,
-  unreadable); the unit restarts the agent with a delay, forever, so it comes back once space returns;
+- 75 EX_TEMPFAIL: the state directory is unusable right now (full, read-only, I/O error, unreadable); the unit
+  restarts the agent with a delay, forever, so it comes back once space returns;
 - 78 EX_CONFIG: a configuration error, and only that (the message names the file or the environment variable,
-  the key and the allowed values); RestartPreventExitStatus=78 stops the restart loop: restarting cannot fix it.
+  the key and the allowed values; or the state directory path is a file, not a folder);
+  RestartPreventExitStatus=78 stops the restart loop: restarting cannot fix it.
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"l4e-agent: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except StateError as exc:
+        if exc.wrong_path:  # a file where the folder should be: the path is wrong, no restart fixes it
+            print(f"l4e-agent: configuration error: state directory unusable: {exc}", file=sys.stderr)
+            return EX_CONFIG
         print(f"l4e-agent: state directory unusable: {exc}", file=sys.stderr)
         return EX_TEMPFAIL  # not a configuration error: space may come back, a remount may end
     except L4EAgentError as exc:

@@ -4,8 +4,8 @@ Shows the scheduler's state and latest result, its last executions (window, stat
 FailedReason), the last window written locally (progress.json), the outbox backlog (windows written but not
 yet confirmed by the store) and the results cursor. Read-only: nothing in the state directory is created
 or changed, and an unreachable API or store is reported in the text instead of raised. A state directory
-that cannot be read (a regular file, permission denied, an I/O error) raises StateError with the reason
-(the CLI exits non-zero); one that does not exist yet is said so in the text.
+that cannot be read (permission denied, an I/O error: the CLI exits 75) or is not a folder (a regular file:
+78) raises StateError with the reason; one that does not exist yet is said so in the text.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def _read_json(path: Path) -> dict | None:
 def _listdir(folder: Path) -> list[str]:
     try:
         return os.listdir(folder)
-    except NotADirectoryError:
-        raise StateError(f"{folder} is not a directory (a regular file or another kind of file)") from None
+    except NotADirectoryError as exc:
+        raise StateError(f"{folder} is not a directory (a regular file or another kind of file)") from exc
     except OSError as exc:
-        raise StateError(f"cannot read {folder}: {exc.strerror or exc}") from None
+        raise StateError(f"cannot read {folder}: {exc.strerror or exc}") from exc
 
 
 def check_state_dir(state_dir: Path) -> bool:
@@ -139,5 +139,5 @@ def status(config: AssetConfig, state_dir: Path, client, *, s3_client_factory=No
     try:
         lines += _local_lines(Path(state_dir))
     except OSError as exc:  # e.g. one window folder of the outbox unreadable
-        raise StateError(f"cannot read {exc.filename or state_dir}: {exc.strerror or exc}") from None
+        raise StateError(f"cannot read {exc.filename or state_dir}: {exc.strerror or exc}") from exc
     return "\n".join(lines)
