@@ -1,7 +1,15 @@
 """Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|...``.
 
-Exit codes: 0 success, 1 failure at run time, 2 usage, 78 configuration error (EX_CONFIG: the message names the
-file, the key and the allowed values; systemd's RestartPreventExitStatus=78 stops the restart loop).
+Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
+
+- 0 success (``run``: drained after SIGTERM or --until);
+- 1 failure at run time (e.g. ``probe`` found a point it cannot read, an API or store error): restarted;
+- 2 usage (unknown option);
+- 75 EX_TEMPFAIL: the state directory is unusable right now (full, read-only, I/O error, unreadable); the unit
+  restarts the agent with a delay, forever, so it comes back once space returns;
+- 78 EX_CONFIG: a configuration error, and only that (the message names the file or the environment variable,
+  the key and the allowed values; or the state directory path is a file, not a folder);
+  RestartPreventExitStatus=78 stops the restart loop: restarting cannot fix it.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
 from agent.errors import ConfigError, L4EAgentError, StateError
 
 log = logging.getLogger("l4e.cli")
-EX_CONFIG = 78
+EX_CONFIG = ConfigError.exit_code  # 78
+EX_TEMPFAIL = StateError.exit_code  # 75
 DEFAULT_STATE_ROOT = Path("/var/lib/l4e-agent")
 
 
@@ -165,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"l4e-agent: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except StateError as exc:
+        if exc.wrong_path:  # a file where the folder should be: the path is wrong, no restart fixes it
+            print(f"l4e-agent: configuration error: state directory unusable: {exc}", file=sys.stderr)
+            return EX_CONFIG
         print(f"l4e-agent: state directory unusable: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return EX_TEMPFAIL  # not a configuration error: space may come back, a remount may end
     except L4EAgentError as exc:
         print(f"l4e-agent: {exc}", file=sys.stderr)
         return 1

@@ -4,8 +4,14 @@
 the allowed values; the CLI turns that into exit code 78 (EX_CONFIG) so systemd stops restarting. Nothing is
 started before the whole file validated: an agent never runs half-configured.
 
+Types are strict, as TOML spells them: a boolean is not an integer (``fill_limit = true``), a float is not an
+integer (``fill_limit = 2.0``), a string is not a number. Every file the configuration names is read as UTF-8
+text; a missing, binary, unreadable or directory path is a ConfigError naming it (agent.config_files).
+
 Environment overrides: ``L4E_AGENT_<KEY>``, nested keys joined by ``__``, e.g.
-``L4E_AGENT_LOOKOUT__INPUT=s3://bucket/prefix/`` or ``L4E_AGENT_WINDOW__GRACE_SECS=30``. They win over the file.
+``L4E_AGENT_LOOKOUT__INPUT=s3://bucket/prefix/`` or ``L4E_AGENT_WINDOW__GRACE_SECS=30``. They win over the file;
+an error in one names the variable (``L4E_AGENT_LOOKOUT__UPLOAD_FREQUENCY=PT7M: lookout.upload_frequency: ...``)
+and a variable that names no key is refused (agent.config_env).
 
 The models are the documentation: every field has a description, and ``config/example.toml`` is generated from
 them (``l4e-agent config-example``); a test fails when it drifts.
@@ -13,20 +19,21 @@ them (``l4e-agent config-example``); a test fails when it drifts.
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
+from agent import config_env
 from agent.alarms import AlarmsConfig
+from agent.config_errors import format_problems, format_validation
+from agent.config_files import check_text_file, describe_read_error, read_text, toml_problems
+from agent.config_schema import literal_problems
 from agent.errors import ConfigError
 from agent.logs import LogConfig
 from agent.metrics import MetricsConfig
@@ -38,7 +45,7 @@ from connectors.replay import ReplaySourceConfig
 
 NAME_PATTERN = re.compile(r"^[0-9a-zA-Z._\-]{1,200}$")  # botocore ComponentName; also L4E column names
 Agg = Literal["mean", "last", "min", "max"]
-ENV_PREFIX = "L4E_AGENT_"
+ENV_PREFIX = config_env.ENV_PREFIX
 
 
 class _Section(BaseModel):
@@ -187,11 +194,8 @@ class HealthConfig(_Section):
                                       "with its next reading.")
 
 
-class AssetConfig(BaseSettings):
+class AssetConfig(_Section):
     """One asset: its Lookout scheduler settings, its components and the sources that feed them."""
-
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX,
-                                      env_nested_delimiter="__", nested_model_default_partial_update=True)
 
     asset: str = Field(description="Asset name (used for the state folder, logs, metrics, alarms).",
                        pattern=r"^[0-9a-zA-Z._\-]{1,200}$")
@@ -214,15 +218,6 @@ class AssetConfig(BaseSettings):
     state_dir: Path | None = Field(default=None, description="State folder (default: /var/lib/l4e-agent/"
                                    "<asset>, or --state-dir).")
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = settings_cls.model_config.get("toml_file")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
-        return tuple(sources)
-
     @field_validator("components")
     @classmethod
     def _components(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -231,11 +226,23 @@ class AssetConfig(BaseSettings):
                 raise ValueError(f"component name {comp!r} must match {NAME_PATTERN.pattern}")
             if not sensors:
                 raise ValueError(f"component {comp!r} needs at least one sensor")
-            if len(set(sensors)) != len(sensors):
-                raise ValueError(f"component {comp!r} lists a sensor twice")
+            twice = sorted({s for s in sensors if sensors.count(s) > 1})
+            if twice:
+                raise ValueError(f"component {comp!r} lists sensor {', '.join(map(repr, twice))} twice; allowed: "
+                                 "each sensor once per component")
             for s in sensors:
                 if not NAME_PATTERN.match(s):
                     raise ValueError(f"sensor name {s!r} in {comp!r} must match {NAME_PATTERN.pattern}")
+        owners: dict[str, list[str]] = {}
+        for comp, sensors in value.items():
+            for s in dict.fromkeys(sensors):
+                owners.setdefault(s, []).append(comp)
+        shared = {s: comps for s, comps in owners.items() if len(comps) > 1}
+        if shared:
+            sensor, comps = next(iter(shared.items()))
+            raise ValueError(f"sensor {sensor!r} is listed in components {' and '.join(map(repr, comps))}; "
+                             "allowed: each sensor in exactly one component"
+                             + (f" (also shared: {', '.join(map(repr, list(shared)[1:]))})" if len(shared) > 1 else ""))
         return value
 
     @model_validator(mode="after")
@@ -271,55 +278,38 @@ class AssetConfig(BaseSettings):
         return (cfg.agg if cfg and cfg.agg else None) or self.window.agg
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
+def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str] | None = None) -> AssetConfig:
+    """Read, validate and return the asset file at ``path``, with the environment overrides (``environ``,
+    default ``os.environ``) on top. Raises ConfigError (→ exit 78) naming the file or the variable, the key
+    path and the allowed values.
 
-
-def _format_errors(exc: ValidationError) -> tuple[str, str]:
-    lines, first_key = [], ""
-    for err in exc.errors(include_url=False):
-        # discriminated unions put the tag in the location; drop it so the path is the user's path
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("replay", "opcua", "modbus")))
-        key = _format_loc(loc)
-        first_key = first_key or key
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not allowed here; check the spelling against config/example.toml)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"{key}: {msg}")
-    return first_key, "; ".join(lines)
-
-
-def load(path: str | Path, *, check_sources: bool = True) -> AssetConfig:
-    """Read, validate and return the asset file at ``path``. Raises ConfigError (→ exit 78)."""
+    Types are strict: a boolean is not an integer (``fill_limit = true``), a float is not an integer
+    (``fill_limit = 2.0``) and a string is not a number (``grace_secs = "20"``), as TOML spells them.
+    """
     path = Path(path)
+    text = read_text(path, what="asset file")
     try:
-        text = path.read_text()
-        tomllib.loads(text)
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
-
-    settings_cls = type("AssetConfigFromFile", (AssetConfig,),
-                        {"model_config": SettingsConfigDict(**{**AssetConfig.model_config, "toml_file": path})})
+    problems = toml_problems(data)
+    if problems:
+        raise ConfigError("; ".join(problems), file=str(path))
+    overrides = config_env.collect(os.environ if environ is None else environ, AssetConfig, data)
+    merged = config_env.apply(data, overrides)
+    numeric_choices = literal_problems(AssetConfig, merged)
+    if numeric_choices:
+        error = ConfigError(format_problems(numeric_choices, file=str(path), overrides=[o for o, _ in overrides]))
+        error.file = str(path)
+        raise error
     try:
-        config = settings_cls()
+        # JSON mode + strict: TOML types are JSON types and nothing is coerced (a path still takes a string)
+        config = AssetConfig.model_validate_json(json.dumps(merged), strict=True)
     except ValidationError as exc:
-        _key, message = _format_errors(exc)
-        raise ConfigError(message, file=str(path)) from None
-    except (ValueError, TypeError) as exc:  # e.g. an env override that is not valid JSON
-        raise ConfigError(str(exc), file=str(path)) from None
-    config = AssetConfig.model_construct(**{k: getattr(config, k) for k in AssetConfig.model_fields})
+        error = ConfigError(format_validation(exc, file=str(path), root=AssetConfig, data=merged,
+                                              overrides=[o for o, _ in overrides]))
+        error.file = str(path)
+        raise error from None
     if check_sources:
         check_sensor_coverage(config, path)
     return config
@@ -334,9 +324,14 @@ def check_sensor_coverage(config: AssetConfig, path: Path) -> None:
     base = base_dir_of(path)
     providers: dict[str, list[str]] = {}
     for i, source in enumerate(config.sources):
+        where = source.resolved_path(base) if hasattr(source, "resolved_path") else None
         try:
+            if where is not None:
+                check_text_file(where)
             provided = source.sensors(base)
-        except (OSError, ValueError) as exc:
+        except (OSError, UnicodeError, csv.Error) as exc:  # the replay CSV
+            raise ConfigError(describe_read_error(exc, where), file=str(path), key=f"sources[{i}].path") from None
+        except ValueError as exc:
             raise ConfigError(str(exc), file=str(path), key=f"sources[{i}]") from None
         for sensor in provided:
             providers.setdefault(sensor, []).append(source.name)

@@ -2,7 +2,7 @@
 
     L4EAgentError
     ├── ConfigError          invalid asset file or option; the CLI exits 78 (EX_CONFIG)
-    ├── StateError           the state directory is unusable (read-only, full, corrupt beyond recovery)
+    ├── StateError           the state directory is unusable (read-only, full, corrupt): exit 75 (78: wrong path)
     ├── StoreError           an object store operation failed
     │   └── StoreUnavailable     retriable: network, throttling, 5xx (the uploader backs off)
     ├── ConnectorError       a source failed in a way its own retry loop cannot fix
@@ -14,6 +14,8 @@ agent.service catches Exception, logs it and restarts that task.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class L4EAgentError(Exception):
@@ -37,7 +39,19 @@ class ConfigError(L4EAgentError):
 
 
 class StateError(L4EAgentError):
-    """The state directory cannot be used."""
+    """The state directory cannot be used (full, read-only, I/O error, unreadable, not a folder).
+
+    Raised ``from`` the OSError behind it. Maybe temporary, so the CLI exits 75 (EX_TEMPFAIL) and the unit
+    restarts the agent with a delay, forever; except when the path itself is wrong (``wrong_path``: a file
+    where the folder should be), which no restart fixes: that is a configuration error (78).
+    """
+
+    exit_code = 75  # EX_TEMPFAIL
+
+    @property
+    def wrong_path(self) -> bool:
+        cause = self.__cause__
+        return isinstance(cause, OSError) and cause.errno in (errno.ENOTDIR, errno.EEXIST)
 
 
 class StoreError(L4EAgentError):

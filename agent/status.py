@@ -3,17 +3,20 @@
 Shows the scheduler's state and latest result, its last executions (window, status, max anomaly score or
 FailedReason), the last window written locally (progress.json), the outbox backlog (windows written but not
 yet confirmed by the store) and the results cursor. Read-only: nothing in the state directory is created
-or changed, and an unreachable API or store is reported in the text instead of raised.
+or changed, and an unreachable API or store is reported in the text instead of raised. A state directory
+that cannot be read (permission denied, an I/O error: the CLI exits 75) or is not a folder (a regular file:
+78) raises StateError with the reason; one that does not exist yet is said so in the text.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from agent.clock import iso_utc
 from agent.config import AssetConfig
-from agent.errors import LookoutError, StoreError
+from agent.errors import LookoutError, StateError, StoreError
 from agent.lookout import bucket_store, call, scheduler_status, store_of
 from agent.results import CURSOR_FILE, parse_results_jsonl
 
@@ -21,10 +24,33 @@ LAST_EXECUTIONS = 5
 
 
 def _read_json(path: Path) -> dict | None:
+    """The file's JSON object; None when absent or not JSON (a torn write). Raises StateError when unreadable."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        return None
+
+
+def _listdir(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except NotADirectoryError as exc:
+        raise StateError(f"{folder} is not a directory (a regular file or another kind of file)") from exc
+    except OSError as exc:
+        raise StateError(f"cannot read {folder}: {exc.strerror or exc}") from exc
+
+
+def check_state_dir(state_dir: Path) -> bool:
+    """True when ``state_dir`` (and its outbox) can be read, False when it does not exist; StateError else."""
+    if not os.path.lexists(state_dir):
+        return False
+    if "outbox" in _listdir(state_dir):
+        _listdir(Path(state_dir) / "outbox")
+    return True
 
 
 def outbox_backlog(state_dir: Path) -> tuple[int, int, int | None]:
@@ -106,7 +132,12 @@ def _local_lines(state_dir: Path) -> list[str]:
 
 def status(config: AssetConfig, state_dir: Path, client, *, s3_client_factory=None) -> str:
     """The status text (several lines, no trailing newline). ``client`` may be None (no API section)."""
-    lines = [f"asset: {config.asset}  state: {state_dir}"]
+    exists = check_state_dir(Path(state_dir))  # before any network call: a wrong folder fails fast
+    lines = [f"asset: {config.asset}  state: {state_dir}" + ("" if exists else " (does not exist yet: the agent "
+                                                               "has not run with this folder)")]
     lines += _api_lines(config, client, s3_client_factory)
-    lines += _local_lines(Path(state_dir))
+    try:
+        lines += _local_lines(Path(state_dir))
+    except OSError as exc:  # e.g. one window folder of the outbox unreadable
+        raise StateError(f"cannot read {exc.filename or state_dir}: {exc.strerror or exc}") from exc
     return "\n".join(lines)

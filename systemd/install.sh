@@ -13,11 +13,13 @@
 #                       on a gateway without internet, or "--no-deps" for a quick staged check
 #   --no-venv           leave /opt/l4e-agent/venv alone (units, configuration and folders only)
 #   --no-restart        on upgrade, do not restart running instances
+#   --systemd-version N the target's systemd version (default: `systemctl --version`; for staging)
 #   --uninstall         remove; with --purge also /etc/l4e-agent, /var/lib/l4e-agent, /var/lib/l4e-lookout
 #
 # What it installs:
 #   /opt/l4e-agent/venv            a venv with this project pip-installed (console script bin/l4e-agent)
-#   /etc/systemd/system/           l4e-agent@.service, l4e-lookout.service
+#   /etc/systemd/system/           l4e-agent@.service, l4e-lookout.service, and on systemd >= 254
+#                                  l4e-agent@.service.d/10-restart-backoff.conf (a growing restart delay)
 #   /etc/l4e-agent/example.toml    from config/example.toml, only if absent (never overwritten)
 #   /var/lib/l4e-agent/            state root; each instance's folder is made by systemd (StateDirectory=)
 #   user and group l4e-agent       system account, no login shell, member of dialout (serial ports)
@@ -33,6 +35,8 @@ readonly LOOKOUT_STATE_DIR=/var/lib/l4e-lookout
 readonly UNIT_DIR=/etc/systemd/system
 readonly SERVICE_USER=l4e-agent
 readonly UNITS=(l4e-agent@.service l4e-lookout.service)
+readonly BACKOFF_DROPIN=l4e-agent@.service.d/10-restart-backoff.conf
+readonly BACKOFF_MIN_SYSTEMD=254  # RestartSteps= and RestartMaxDelaySec= are unknown before
 SRC=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 readonly SRC
 
@@ -43,11 +47,12 @@ WITH_VENV=1
 RESTART=1
 ACTION=install
 PURGE=0
+SYSTEMD_VERSION=""
 BUILD_DIR=""
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 cleanup() { if [[ -n $BUILD_DIR ]]; then rm -rf -- "$BUILD_DIR"; fi; }
 trap cleanup EXIT
 
@@ -60,6 +65,7 @@ parse_args() {
             --pip-args) PIP_ARGS=${2?--pip-args needs a value}; shift 2 ;;
             --no-venv) WITH_VENV=0; shift ;;
             --no-restart) RESTART=0; shift ;;
+            --systemd-version) SYSTEMD_VERSION=${2:?--systemd-version needs a number}; shift 2 ;;
             --uninstall) ACTION=uninstall; shift ;;
             --purge) PURGE=1; shift ;;
             -h | --help) usage; exit 0 ;;
@@ -126,6 +132,24 @@ install_units() {
         install -m 0644 -- "$SRC/systemd/$unit" "$ROOT$UNIT_DIR/$unit"
     done
     say "installed units into $UNIT_DIR"
+    install_backoff_dropin
+}
+
+# systemd >= 254 lengthens the restart delay after each failed start (15 s ... 5 min, see the drop-in);
+# older ones keep the unit's fixed RestartSec=, and must not see keys they do not know.
+install_backoff_dropin() {
+    local version=$SYSTEMD_VERSION target=$ROOT$UNIT_DIR/$BACKOFF_DROPIN
+    if [[ -z $version ]]; then
+        version=$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 }') || version=""
+    fi
+    if [[ $version =~ ^[0-9]+$ ]] && ((version >= BACKOFF_MIN_SYSTEMD)); then
+        install -d -m 0755 -- "$(dirname -- "$target")"
+        install -m 0644 -- "$SRC/systemd/restart-backoff.conf" "$target"
+        say "systemd $version: restart delay grows from 15 s to 5 min ($UNIT_DIR/$BACKOFF_DROPIN)"
+    else
+        rm -f -- "$target"
+        say "systemd ${version:-unknown}: fixed restart delay (RestartSec=15)"
+    fi
 }
 
 # Copy the project to a scratch folder first: building in place would write build/ and *.egg-info into
@@ -199,6 +223,8 @@ do_uninstall() {
     for unit in "${UNITS[@]}"; do
         rm -f -- "$ROOT$UNIT_DIR/$unit"
     done
+    rm -f -- "$ROOT$UNIT_DIR/$BACKOFF_DROPIN"
+    rmdir -- "$ROOT$UNIT_DIR/l4e-agent@.service.d" 2>/dev/null || true  # kept when it holds the admin's drop-ins
     rm -rf -- "$ROOT$PREFIX"
     say "removed $PREFIX and the units"
     if ((PURGE)); then

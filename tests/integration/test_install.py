@@ -133,6 +133,21 @@ def test_usage_errors(source: Path, tmp_path: Path) -> None:
     assert "--root DIR" in install_ok(source, "--help")
 
 
+def test_restart_backoff_drop_in_only_where_systemd_knows_it(source: Path, tmp_path: Path) -> None:
+    """RestartSteps=/RestartMaxDelaySec= exist from systemd 254: installed there, never on older ones."""
+    root = tmp_path / "root"
+    dropin = root / "etc/systemd/system/l4e-agent@.service.d/10-restart-backoff.conf"
+    out = install_ok(source, "--root", str(root), "--no-venv", "--systemd-version", "254")
+    assert "restart delay grows" in out
+    assert dropin.read_text() == (source / "systemd/restart-backoff.conf").read_text()
+    assert mode(dropin) == 0o644
+    out = install_ok(source, "--root", str(root), "--no-venv", "--systemd-version", "252")  # a downgrade
+    assert "fixed restart delay" in out and not dropin.exists()
+    install_ok(source, "--root", str(root), "--no-venv", "--systemd-version", "255")
+    install_ok(source, "--root", str(root), "--uninstall")
+    assert not dropin.parent.exists()  # ours removed; the folder held nothing of the administrator's
+
+
 def test_missing_example_is_reported_not_fatal(source: Path, tmp_path: Path) -> None:
     (source / "config" / "example.toml").unlink()
     out = install_ok(source, "--root", str(tmp_path / "root"), "--no-venv")

@@ -78,6 +78,28 @@ def test_units_verify_without_any_message(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
 
 
+def systemd_version() -> int:
+    out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10, check=False)
+    return int(out.stdout.split()[1])
+
+
+def test_restart_backoff_drop_in_verifies(tmp_path: Path) -> None:
+    """The drop-in install.sh adds on systemd >= 254 is clean there; on an older systemd the only complaint is
+    about exactly its two keys (so nothing else in it is wrong), which is why install.sh skips it there."""
+    root = make_verify_root(tmp_path)
+    add_stand_in_binary(root)
+    dropins = root / "etc/systemd/system/l4e-agent@.service.d"
+    dropins.mkdir()
+    shutil.copy(UNITS / "restart-backoff.conf", dropins / "10-restart-backoff.conf")
+    result = verify(root, "l4e-agent@pump-7.service")
+    if systemd_version() >= 254:
+        assert (result.returncode, result.stderr) == (0, "")
+    else:
+        unknown = re.findall(r"Unknown key '(\w+)'", result.stderr)
+        assert sorted(unknown) == ["RestartMaxDelaySec", "RestartSteps"]
+        assert len(result.stderr.strip().splitlines()) == 2, result.stderr
+
+
 def test_verify_harness_catches_mistakes(tmp_path: Path) -> None:
     """The clean result above means something: a typo or a missing binary does produce stderr."""
     broken = tmp_path / "src"

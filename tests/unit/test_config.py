@@ -155,3 +155,48 @@ def test_example_is_a_valid_asset_file(tmp_path, monkeypatch):
 def test_shipped_replay_example_validates():
     cfg = load(ROOT / "config" / "replay" / "pump-07.toml")
     assert cfg.sources[0].kind == "replay"
+
+
+def test_environment_values_take_the_type_of_their_key(tmp_path):
+    text = GOOD.replace('pump = ["flow", "discharge_pressure"]', 'pump = ["flow", "discharge_pressure"]\n'
+                        '[sensors.Flow_A]\nagg = "min"').replace('"flow"', '"Flow_A"')
+    path = write(tmp_path, text, history="Timestamp,Flow_A,discharge_pressure\n")
+    cfg = load(path, environ={
+        "L4E_AGENT_METRICS__ENABLED": "true",            # a boolean
+        "L4E_AGENT_WINDOW__FILL_LIMIT": "7",             # an integer
+        "L4E_AGENT_WINDOW__GRACE_SECS": "12.5",          # a number
+        "L4E_AGENT_ASSET": "0042",                       # a string stays a string, even if it looks like a number
+        "L4E_AGENT_SENSORS__FLOW_A__AGG": "max",         # a table key keeps the file's spelling (Flow_A)
+        "L4E_AGENT_SPOOL": '{"when_full": "drop_newest"}',  # a table as JSON, merged into the defaults
+    })
+    assert cfg.metrics.enabled is True and cfg.window.fill_limit == 7 and cfg.window.grace_secs == 12.5
+    assert cfg.asset == "0042" and cfg.agg_for("Flow_A") == "max"
+    assert cfg.spool.when_full == "drop_newest" and cfg.spool.fsync_interval_ms == 1000
+
+
+def test_environment_error_names_the_variable_not_the_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, GOOD), environ={"L4E_AGENT_LOOKOUT__UPLOAD_FREQUENCY": "PT7M"})
+    message = str(info.value)
+    assert message.startswith("L4E_AGENT_LOOKOUT__UPLOAD_FREQUENCY=PT7M: lookout.upload_frequency: got 'PT7M'")
+    assert info.value.file == str(tmp_path / "asset.toml")
+
+
+def test_strict_types_and_no_pydantic_wording(tmp_path):
+    for value, given in [("true", "got true (a boolean)"), ("2.0", "got 2.0 (a float)"), ('"2"', "got '2' (a string)")]:
+        message = error_of(tmp_path, GOOD + f"[window]\nfill_limit = {value}\n")
+        assert f"window.fill_limit: {given}; allowed: an integer 0..10000" in message
+        assert "Input should" not in message and "Value error" not in message
+
+
+def test_a_sensor_in_two_components_names_both(tmp_path):
+    text = GOOD.replace('pump = ["flow", "discharge_pressure"]',
+                        'pump = ["flow"]\nmotor = ["discharge_pressure", "flow"]')
+    message = error_of(tmp_path, text)
+    assert "sensor 'flow' is listed in components 'pump' and 'motor'" in message
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    path = write(tmp_path, GOOD)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load(path).asset == "pump-07"
