@@ -48,6 +48,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import Clock, iso_utc
+from agent.diskhealth import DiskHealth, disk_error
 from agent.errors import ConfigError, L4EAgentError, StateError, TransitionLog
 from agent.model import Alarm, Diagnostic, Event, Result
 
@@ -211,8 +212,11 @@ class AnomalyRuleConfig(_RuleBase):
 class EventRuleConfig(_RuleBase):
     """Alarm on pipeline and data-health events; which events raise and clear is listed in EVENT_RULES."""
 
-    kind: Literal["execution_failed", "source_silent", "window_missing", "spool_full"] = Field(
-        description=("Rule type: execution_failed | source_silent | window_missing | spool_full.")
+    kind: Literal["execution_failed", "source_silent", "window_missing", "spool_full", "disk"] = Field(
+        description=(
+            "Rule type: execution_failed | source_silent | window_missing | spool_full | disk (the state "
+            "directory refuses writes: full, read-only, I/O errors)."
+        )
     )
     clear_after_quiet_secs: float | None = Field(
         None,
@@ -353,6 +357,10 @@ EVENT_RULES: dict[str, EventRule] = {
     "window_missing": EventRule(frozenset({"window_missing"}), frozenset({"window_written"}), per_subject=True),
     # The spool dropped readings; cleared by "spool_recovered" (room again) or clear_after_quiet_secs.
     "spool_full": EventRule(frozenset({"spool_dropped"}), frozenset({"spool_recovered"}), per_subject=False),
+    # The state directory refuses writes (ENOSPC, EIO, ...: agent.diskhealth); cleared by "disk_recovered"
+    # when every job writes again. While it is open the alarm state itself may not be savable: _apply then
+    # changes nothing and the service's alarm job feeds the same events again once the disk takes writes.
+    "disk": EventRule(frozenset({"disk_failed"}), frozenset({"disk_recovered"}), per_subject=False),
 }
 
 
@@ -634,11 +642,16 @@ class EngineState:
 def _write_atomic(path: Path, data: bytes) -> None:
     """tmp + fsync + rename + fsync(dir): after a crash the file holds either the old or the new state."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a full disk: drop the partial copy; the old state is intact
+            tmp.unlink()
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -686,6 +699,8 @@ class AlarmEngine:
         self._tasks: set[asyncio.Task] = set()
         self._chains: dict[tuple[str, str], asyncio.Task] = {}  # (hook, alarm id) → latest delivery task
         self._hook_log = TransitionLog(log)
+        # set by the service: where a failed save of the state (full disk) is reported instead of logged
+        self.disk: DiskHealth | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -842,7 +857,12 @@ class AlarmEngine:
         if self._chains.get(chain_key) is task:
             del self._chains[chain_key]
         if not task.cancelled() and task.exception() is not None:  # only _mark_done's StateError can get here
-            log.error("alarm delivery bookkeeping failed: %s", task.exception())
+            exc = task.exception()
+            if self.disk is not None and disk_error(exc) is not None:
+                # the mark is in memory and is saved with the next state write that succeeds
+                self.disk.failure("alarms", exc)
+            else:
+                log.error("alarm delivery bookkeeping failed: %s", exc)
 
     async def _deliver(self, entry: OutboxEntry, hook_name: str, previous: asyncio.Task | None) -> None:
         if previous is not None:
