@@ -107,11 +107,14 @@ class AssetRunner:
         self.outbox = Outbox(self.state_dir / "outbox")
         self.closer = WindowCloser(self.plan, self.spool, self.outbox, self.state_dir / "progress.json")
         if store is None:
-            store, loc_prefix = open_location(config.lookout.input, s3_client_factory)
+            store, loc_prefix = open_location(config.lookout.input, s3_client_factory,
+                                              connect_timeout_secs=config.upload.connect_timeout_secs,
+                                              read_timeout_secs=config.upload.timeout_secs)
             prefix = loc_prefix if prefix is None else prefix
         self.store = store
         self.uploader = Uploader(self.outbox, store, prefix or "", clock, 60 * config.lookout.delay_offset_minutes,
-                                 Backoff(config.upload.backoff_initial_secs, config.upload.backoff_max_secs))
+                                 Backoff(config.upload.backoff_initial_secs, config.upload.backoff_max_secs),
+                                 timeout_secs=config.upload.timeout_secs)
         base = base_dir_of(config_path)
         self.connectors: list[Connector] = connectors if connectors is not None else [
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
