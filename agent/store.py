@@ -202,7 +202,7 @@ def s3_client(connect_timeout_secs: float = 10.0, read_timeout_secs: float = 60.
     from botocore.config import Config
 
     return boto3.client("s3", config=Config(connect_timeout=connect_timeout_secs, read_timeout=read_timeout_secs,
-                                            retries={"mode": "standard", "max_attempts": 1}))
+                                            retries={"mode": "standard", "total_max_attempts": 1}))
 
 
 def open_location(url: str, s3_client_factory=None, *, connect_timeout_secs: float = 10.0,
