@@ -285,5 +285,12 @@ class Spool:
         return on_disk + sum(t.num_rows for t in self._held.get(end, []))
 
     def close(self) -> None:
+        """Close the open segments. Readings still in memory (the disk refused them up to the end) are lost
+        with the process: said once, with the count."""
+        lost = sum(t.num_rows for tables in self._held.values() for t in tables)
+        if lost:
+            self.dropped_readings["unwritten_at_exit"] += lost
+            log.error("spool: %d readings could not be written to %s before stopping (the disk refused them); "
+                      "they are lost", lost, self.dir)
         for end in list(self._open):
             self._drop_segment_handle(end)
