@@ -118,7 +118,6 @@ hooks = ["journal"]
     await wait(lambda: clock.now() >= T0.timestamp() + 11 * 60, 60)
     assert runner.disk.failing, "the full disk went unnoticed"
     assert runner.spool.held_windows(), "no readings were held in memory while the disk was full"
-    assert not (store_dir / "pump-07").exists() or True
     filler.unlink()
     recovered_at = clock.now()
     assert await asyncio.wait_for(agent_task, 90) == 0
