@@ -27,7 +27,9 @@ Delivery (AlarmEngine)
     up, the entry is marked done for that hook and the state saved again. A restart re-sends exactly what
     is still pending: a crash before a hook ran delivers it once on restart; a crash in the short gap
     between a hook's success and the saved mark sends it again (at-least-once in that gap). Receivers can
-    de-duplicate on (id, state).
+    de-duplicate on (id, state). One exception: the ``disk`` rule's transitions are delivered even when the
+    state cannot be saved (the disk it is about refuses writes); they are saved with the next write that
+    succeeds.
 """
 
 from __future__ import annotations
@@ -359,7 +361,7 @@ EVENT_RULES: dict[str, EventRule] = {
     "spool_full": EventRule(frozenset({"spool_dropped"}), frozenset({"spool_recovered"}), per_subject=False),
     # The state directory refuses writes (ENOSPC, EIO, ...: agent.diskhealth); cleared by "disk_recovered"
     # when every job writes again. While it is open the alarm state itself may not be savable: _apply then
-    # changes nothing and the service's alarm job feeds the same events again once the disk takes writes.
+    # delivers this rule's transitions from memory (and saves them with the next write that succeeds).
     "disk": EventRule(frozenset({"disk_failed"}), frozenset({"disk_recovered"}), per_subject=False),
 }
 
@@ -828,14 +830,28 @@ class AlarmEngine:
                     entries.append(OutboxEntry(state.next_seq, alarm, hooks))
                     state.next_seq += 1
             state.outbox.extend(entries)
-            await asyncio.to_thread(self._save, state.to_json())
-            self._state = state
-            for alarm in alarms:
-                log.debug("alarm %s %s rule=%s", alarm.id, alarm.state, alarm.rule)
-            # Dispatch last, with no await after it: a crash before the tasks run leaves them pending on disk.
-            for entry in entries:
-                self._dispatch(entry)
+            try:
+                await asyncio.to_thread(self._save, state.to_json())
+            except StateError as exc:
+                if not (alarms and disk_error(exc) is not None
+                        and all(self._rule(a.rule).kind == "disk" for a in alarms)):
+                    raise
+                # The disk alarm exists to be heard while the disk refuses writes: adopt and deliver it from
+                # memory; it is saved with the next write that succeeds (a crash before that forgets it, the
+                # one at-most-once case). The StateError still reaches the caller, which feeds the same
+                # event again (then a suppressed repeat) until the state can be saved.
+                self._adopt(state, alarms, entries)
+                raise
+            self._adopt(state, alarms, entries)
         return alarms
+
+    def _adopt(self, state: EngineState, alarms: list[Alarm], entries: list[OutboxEntry]) -> None:
+        self._state = state
+        for alarm in alarms:
+            log.debug("alarm %s %s rule=%s", alarm.id, alarm.state, alarm.rule)
+        # Dispatch last, with no await after it: a crash before the tasks run leaves them pending on disk.
+        for entry in entries:
+            self._dispatch(entry)
 
     def _rule(self, name: str) -> AnomalyRuleConfig | EventRuleConfig:
         return next(rule for rule in self.config.rules if rule.name == name)

@@ -118,6 +118,8 @@ hooks = ["journal"]
     await wait(lambda: clock.now() >= T0.timestamp() + 11 * 60, 60)
     assert runner.disk.failing, "the full disk went unnoticed"
     assert runner.spool.held_windows(), "no readings were held in memory while the disk was full"
+    # the disk alarm reaches its hook (a file outside the full disk) while the disk is still full
+    await wait(lambda: journal.exists() and '"raised"' in journal.read_text(), 30)
     filler.unlink()
     recovered_at = clock.now()
     assert await asyncio.wait_for(agent_task, 90) == 0
