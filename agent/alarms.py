@@ -27,7 +27,9 @@ Delivery (AlarmEngine)
     up, the entry is marked done for that hook and the state saved again. A restart re-sends exactly what
     is still pending: a crash before a hook ran delivers it once on restart; a crash in the short gap
     between a hook's success and the saved mark sends it again (at-least-once in that gap). Receivers can
-    de-duplicate on (id, state).
+    de-duplicate on (id, state). One exception: the ``disk`` rule's transitions are delivered even when the
+    state cannot be saved (the disk it is about refuses writes); they are saved with the next write that
+    succeeds.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import Clock, iso_utc
+from agent.diskhealth import DiskHealth, disk_error
 from agent.errors import ConfigError, L4EAgentError, StateError, TransitionLog
 from agent.model import Alarm, Diagnostic, Event, Result
 
@@ -212,10 +215,11 @@ class EventRuleConfig(_RuleBase):
     """Alarm on pipeline and data-health events; which events raise and clear is listed in EVENT_RULES."""
 
     kind: Literal["execution_failed", "source_silent", "source_bad_quality", "source_untrusted", "window_missing",
-                  "spool_full"] = Field(
+                  "spool_full", "disk"] = Field(
         description=("Rule type: execution_failed | source_silent (the source's transport does not answer) | "
                      "source_bad_quality (it answers, but every item is Bad/Uncertain) | source_untrusted (its "
-                     "server's identity is refused) | window_missing | spool_full.")
+                     "server's identity is refused) | window_missing | spool_full | disk (the state directory "
+                     "refuses writes: full, read-only, I/O errors).")
     )
     clear_after_quiet_secs: float | None = Field(
         None,
@@ -361,6 +365,10 @@ EVENT_RULES: dict[str, EventRule] = {
     "window_missing": EventRule(frozenset({"window_missing"}), frozenset({"window_written"}), per_subject=True),
     # The spool dropped readings; cleared by "spool_recovered" (room again) or clear_after_quiet_secs.
     "spool_full": EventRule(frozenset({"spool_dropped"}), frozenset({"spool_recovered"}), per_subject=False),
+    # The state directory refuses writes (ENOSPC, EIO, ...: agent.diskhealth); cleared by "disk_recovered"
+    # when every job writes again. While it is open the alarm state itself may not be savable: _apply then
+    # delivers this rule's transitions from memory (and saves them with the next write that succeeds).
+    "disk": EventRule(frozenset({"disk_failed"}), frozenset({"disk_recovered"}), per_subject=False),
 }
 
 
@@ -642,11 +650,16 @@ class EngineState:
 def _write_atomic(path: Path, data: bytes) -> None:
     """tmp + fsync + rename + fsync(dir): after a crash the file holds either the old or the new state."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a full disk: drop the partial copy; the old state is intact
+            tmp.unlink()
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -694,6 +707,8 @@ class AlarmEngine:
         self._tasks: set[asyncio.Task] = set()
         self._chains: dict[tuple[str, str], asyncio.Task] = {}  # (hook, alarm id) → latest delivery task
         self._hook_log = TransitionLog(log)
+        # set by the service: where a failed save of the state (full disk) is reported instead of logged
+        self.disk: DiskHealth | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -821,14 +836,28 @@ class AlarmEngine:
                     entries.append(OutboxEntry(state.next_seq, alarm, hooks))
                     state.next_seq += 1
             state.outbox.extend(entries)
-            await asyncio.to_thread(self._save, state.to_json())
-            self._state = state
-            for alarm in alarms:
-                log.debug("alarm %s %s rule=%s", alarm.id, alarm.state, alarm.rule)
-            # Dispatch last, with no await after it: a crash before the tasks run leaves them pending on disk.
-            for entry in entries:
-                self._dispatch(entry)
+            try:
+                await asyncio.to_thread(self._save, state.to_json())
+            except StateError as exc:
+                if not (alarms and disk_error(exc) is not None
+                        and all(self._rule(a.rule).kind == "disk" for a in alarms)):
+                    raise
+                # The disk alarm exists to be heard while the disk refuses writes: adopt and deliver it from
+                # memory; it is saved with the next write that succeeds (a crash before that forgets it, the
+                # one at-most-once case). The StateError still reaches the caller, which feeds the same
+                # event again (then a suppressed repeat) until the state can be saved.
+                self._adopt(state, alarms, entries)
+                raise
+            self._adopt(state, alarms, entries)
         return alarms
+
+    def _adopt(self, state: EngineState, alarms: list[Alarm], entries: list[OutboxEntry]) -> None:
+        self._state = state
+        for alarm in alarms:
+            log.debug("alarm %s %s rule=%s", alarm.id, alarm.state, alarm.rule)
+        # Dispatch last, with no await after it: a crash before the tasks run leaves them pending on disk.
+        for entry in entries:
+            self._dispatch(entry)
 
     def _rule(self, name: str) -> AnomalyRuleConfig | EventRuleConfig:
         return next(rule for rule in self.config.rules if rule.name == name)
@@ -850,7 +879,12 @@ class AlarmEngine:
         if self._chains.get(chain_key) is task:
             del self._chains[chain_key]
         if not task.cancelled() and task.exception() is not None:  # only _mark_done's StateError can get here
-            log.error("alarm delivery bookkeeping failed: %s", task.exception())
+            exc = task.exception()
+            if self.disk is not None and disk_error(exc) is not None:
+                # the mark is in memory and is saved with the next state write that succeeds
+                self.disk.failure("alarms", exc)
+            else:
+                log.error("alarm delivery bookkeeping failed: %s", exc)
 
     async def _deliver(self, entry: OutboxEntry, hook_name: str, previous: asyncio.Task | None) -> None:
         if previous is not None:

@@ -175,6 +175,11 @@ class UploadConfig(_Section):
                                         "failed upload (wall seconds).")
     backoff_max_secs: float = Field(default=60.0, gt=0, le=3600, description="Cap of the retry delay "
                                     "(wall seconds).")
+    connect_timeout_secs: float = Field(default=10.0, gt=0, le=300, description="S3: seconds to establish "
+                                        "a connection to the endpoint.")
+    timeout_secs: float = Field(default=60.0, gt=0, le=3600, description="Seconds one upload may take in "
+                                "total (S3 or folder store); a store that does not answer in time counts as "
+                                "down and is retried with backoff.")
 
 
 # kind → model; one line per connector (no plugin loader, no dynamic import)

@@ -65,7 +65,8 @@ path = "/var/lib/l4e-agent/alarms.jsonl"
 # source = "plc1"
 # table = "coil"
 # address = 12
-# Rules decide: kind = anomaly | execution_failed | source_silent | source_untrusted | window_missing | spool_full
+# Rules decide: kind = anomaly | execution_failed | source_silent | source_bad_quality | source_untrusted |
+#   window_missing | spool_full | disk
 [[alarms.rules]]
 name = "anomaly"
 kind = "anomaly"
@@ -77,6 +78,10 @@ hooks = ["journal", "history"]
 [[alarms.rules]]
 name = "data-health"
 kind = "window_missing"
+hooks = ["journal"]
+[[alarms.rules]]
+name = "disk"
+kind = "disk"              # the state directory refuses writes (full, read-only, I/O errors); cleared when it recovers
 hooks = ["journal"]
 """
 

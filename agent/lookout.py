@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from agent.config import AssetConfig, LookoutConfig, base_dir_of
 from agent.errors import ConfigError, LookoutError
-from agent.store import BUCKET_PATTERN, FileStore, ObjectStore, S3Store, parse_location
+from agent.store import BUCKET_PATTERN, FileStore, ObjectStore, S3Store, parse_location, s3_client
 
 log = logging.getLogger("l4e.lookout")
 
@@ -149,10 +149,7 @@ def bucket_store(bucket: str, store: str | None, s3_client_factory=None) -> Obje
     if store is not None:
         return FileStore(_store_root(store) / bucket)
     if s3_client_factory is None:
-        import boto3
-
-        def s3_client_factory():
-            return boto3.client("s3")
+        s3_client_factory = s3_client  # bounded connect and read timeouts
 
     return S3Store(s3_client_factory(), bucket)
 

@@ -45,12 +45,18 @@ class Outbox:
         folder = self.dir / str(window_end)
         folder.mkdir(exist_ok=True)
         tmp = self.tmp / f"{window_end}-{name}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         final = folder / name
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError:
+            # a full disk: the partial copy goes (a file already in the outbox is untouched until the rename)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         _fsync_dir(folder)
         return OutboxEntry(window_end, name, final)
 

@@ -15,6 +15,7 @@ wake, a restart or an accelerated clock are handled by the same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.csvfile import component_csv, time_column
+from agent.diskhealth import disk_error
 from agent.errors import TransitionLog
 from agent.model import Event, Window
 from agent.outbox import Outbox
@@ -84,6 +86,7 @@ class WindowCloser:
         self.outbox = outbox
         self.state_file = Path(state_file)
         self.stats = CloserStats()
+        self.disk = spool.disk  # one DiskHealth per state directory
         self._errors = TransitionLog(log)
         self.last_written: int | None = None
         self.carry = Carry({})
@@ -106,18 +109,32 @@ class WindowCloser:
         self.last_written = data.get("last_written")
         self.carry = Carry.from_json(data.get("carry"))
 
-    def _save_state(self) -> None:
+    def _save_state(self, last_written: int, carry: Carry) -> None:
+        """Persist (last_written, carry), then adopt them: on a failed write neither the file (tmp, fsync,
+        rename) nor the in-memory progress changes, so the same window is simply written again later."""
         tmp = self.state_file.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"last_written": self.last_written, "carry": self.carry.to_json()}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.state_file)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump({"last_written": last_written, "carry": carry.to_json()}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.state_file)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        self.last_written = last_written
+        self.carry = carry
 
     # --- the job --------------------------------------------------------------------------------------
     def close_due(self, now: float) -> list[Event]:
-        """Write every due window (see module docstring). Disk errors are logged once and retried next call."""
+        """Write every due window (see module docstring). Disk errors are reported to the spool's
+        DiskHealth (logged once per episode) and the window is retried at the next call; a window whose
+        readings the spool still holds in memory (its writes failed) is not written before they are on disk."""
         up_to = self.plan.due_up_to(now)
+        held = self.spool.held_windows()
+        if held:
+            up_to = min(up_to, held[0] - self.plan.frequency)
         with_data = [end for end in self.spool.windows() if end <= up_to]
         if self.last_written is None and not with_data:
             return []
@@ -125,41 +142,53 @@ class WindowCloser:
         events: list[Event] = []
         data_set = set(with_data)
         empty_run: list[Window] = []
-        for window in windows_between(first_after, up_to, self.plan.frequency):
-            # a window with no reading is still written when a carried value holds into it:
-            # a steady plant reports nothing new, and that is a value, not a gap (rule 2a)
-            if window.end not in data_set and not self.carry.holds_into(window):
-                empty_run.append(window)
-                continue
-            events.extend(self._missing_run(empty_run, now))
-            empty_run = []
-            try:
-                events.extend(self._close(window, now))
-            except OSError as exc:
-                self._errors.failure("write", "cannot write window %s to the outbox: %s (will retry)",
-                                     iso_window(window), exc)
-                return events
-            self._errors.success("write", "writing windows to the outbox again")
-        if empty_run:
-            events.extend(self._missing_run(empty_run, now))
-            self.last_written = empty_run[-1].end
-            self.spool.closed_upto = self.last_written
-            self._save_state()
+        window: Window | None = None
+        try:
+            for window in windows_between(first_after, up_to, self.plan.frequency):
+                # a window with no reading is still written when a carried value holds into it:
+                # a steady plant reports nothing new, and that is a value, not a gap (rule 2a)
+                if window.end not in data_set and not self.carry.holds_into(window):
+                    empty_run.append(window)
+                    continue
+                missing = self._missing_events(empty_run, now)
+                written = self._close(window, now)  # also records the empty run before it as written
+                events.extend(self._commit_missing(empty_run, missing) + written)
+                empty_run = []
+            if empty_run:
+                missing = self._missing_events(empty_run, now)
+                self._save_state(empty_run[-1].end, self.carry)
+                self.spool.closed_upto = self.last_written
+                events.extend(self._commit_missing(empty_run, missing))
+        except OSError as exc:
+            if disk_error(exc) is not None:
+                self.disk.failure("windows", exc)
+            else:
+                where = iso_window(window) if window is not None else "progress"
+                self._errors.failure("write", "cannot write window %s to the outbox: %s (will retry)", where, exc)
+            return events
+        self.disk.success("windows")
+        self._errors.success("write", "writing windows to the outbox again")
         return events
 
-    def _missing_run(self, windows: list[Window], now: float) -> list[Event]:
-        """Windows with no reading at all: one event per run of consecutive windows (not one per window)."""
+    def _missing_events(self, windows: list[Window], now: float) -> list[Event]:
+        """Windows with no reading at all: one event per component for a run of consecutive windows (not
+        one per window). Nothing is logged or counted until ``_commit_missing`` (after the progress is saved)."""
+        if not windows:
+            return []
+        first, last = windows[0], windows[-1]
+        msg = (f"no readings for {len(windows)} window(s) {iso_window(first)} … {iso_window(last)}: "
+               f"no file written for any component")
+        return [Event("window_missing", comp, msg, now, {"window_start": first.start, "window_end": last.end,
+                                                           "count": len(windows)})
+                for comp in self.plan.components]
+
+    def _commit_missing(self, windows: list[Window], events: list[Event]) -> list[Event]:
         if not windows:
             return []
         for comp in self.plan.components:
             self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + len(windows)
-        first, last = windows[0], windows[-1]
-        msg = (f"no readings for {len(windows)} window(s) {iso_window(first)} … {iso_window(last)}: "
-               f"no file written for any component")
-        log.warning("%s", msg)
-        return [Event("window_missing", comp, msg, now, {"window_start": first.start, "window_end": last.end,
-                                                           "count": len(windows)})
-                for comp in self.plan.components]
+        log.warning("%s", events[0].message)
+        return events
 
     def _close(self, window: Window, now: float) -> list[Event]:
         plan = self.plan
@@ -181,9 +210,7 @@ class WindowCloser:
             self.stats.files_written += 1
             events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
                                 now, {"window_start": window.start, "window_end": window.end}))
-        self.last_written = window.end
-        self.carry = carry
-        self._save_state()
+        self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1
         if grid.unknown_sensors:
@@ -197,7 +224,7 @@ class WindowCloser:
         nothing else is left) the oldest written-but-not-uploaded windows. drop_newest: refuse new readings
         (the service stops appending) — this only reports. Every drop is an event; nothing is dropped silently."""
         budget = self.plan.budget_bytes
-        used = self.spool.bytes_on_disk() + self.outbox.bytes_on_disk()
+        used = self._used()
         if used <= budget:
             return []
         events: list[Event] = []
@@ -209,16 +236,24 @@ class WindowCloser:
                 for end in holder.windows():
                     if used <= budget:
                         break
+                    details = {"window_end": end, "stage": stage}
+                    if holder is self.spool:
+                        details["readings"] = self.spool.readings_in(end)
                     freed = holder.drop_window(end)
                     used -= freed
                     self.stats.bytes_dropped += freed
+                    details["bytes"] = freed
                     window = iso_window(window_ending(end, self.plan.frequency))
                     events.append(Event("spool_dropped", stage, f"disk budget {budget} B reached: dropped {what} "
-                                        f"{window} ({freed} B)", now, {"window_end": end, "bytes": freed,
-                                                                       "stage": stage}))
+                                        f"{window} ({freed} B)", now, details))
         for ev in events:
             log.error("%s", ev.message)
         return events
 
+    def _used(self) -> int:
+        """Bytes counted against the budget: spool and outbox on disk plus readings held in memory after
+        failed spool writes (so a disk that refuses writes cannot grow memory without bound)."""
+        return self.spool.bytes_on_disk() + self.spool.held_bytes() + self.outbox.bytes_on_disk()
+
     def over_budget(self) -> bool:
-        return self.spool.bytes_on_disk() + self.outbox.bytes_on_disk() > self.plan.budget_bytes
+        return self._used() > self.plan.budget_bytes

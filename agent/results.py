@@ -22,6 +22,7 @@ and leaves the cursor where it was: the next poll tries the same execution again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -204,12 +205,18 @@ class ResultsPoller:
     def _save_cursor(self, start: int) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._cursor_path.with_name(f".{CURSOR_FILE}.tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"last_start": start, "last_start_iso": iso_utc(start),
-                       "scheduler": self.lookout.scheduler}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._cursor_path)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump({"last_start": start, "last_start_iso": iso_utc(start),
+                           "scheduler": self.lookout.scheduler}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._cursor_path)
+        except OSError:
+            # a full disk: the old cursor stays as it was (the execution is handled again, rows de-duplicated)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         self._cursor = start
 
     def _after(self) -> float:

@@ -2,13 +2,21 @@
 
 Each job is a coroutine that derives its due work from the clock and the persisted state, so a missed or
 late wake costs nothing but latency. Intervals are wall seconds (the caller converts clock time with
-``Clock.real_seconds``). Overlapping runs of one job are prevented (max_instances=1, coalesce).
+``Clock.real_seconds``).
+
+Overlapping runs of one job are prevented here, not by APScheduler's ``max_instances``: a job still running
+at its next wake-up is the normal case (an upload waiting on a slow store, a window write on a slow disk),
+and APScheduler would log a WARNING ("maximum number of running instances reached") for every such
+wake-up. The wrapper skips the wake-up silently instead and counts it in ``overlaps`` (job name → wake-ups
+skipped). Missed wake-ups are coalesced into one, and a late wake-up is never dropped
+(``misfire_grace_time=None``), so APScheduler has nothing to warn about.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -17,14 +25,20 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = logging.getLogger("l4e.scheduler")
 
+# APScheduler's own cap, far above what the wrapper lets through (one run plus wake-ups that return at once),
+# so its "maximum number of running instances reached" warning cannot happen
+_MAX_INSTANCES = 1000
+
 
 class JobScheduler:
     def __init__(self) -> None:
         self._scheduler = AsyncIOScheduler(executors={"default": AsyncIOExecutor()},
-                                           job_defaults={"coalesce": True, "max_instances": 1,
+                                           job_defaults={"coalesce": True, "max_instances": _MAX_INSTANCES,
                                                          "misfire_grace_time": None})
         self._started = False
         self._running: set[asyncio.Task] = set()
+        self._busy: set[str] = set()  # jobs with a run in progress
+        self.overlaps: Counter = Counter()  # job name → wake-ups skipped because the last run was still going
 
     def every(self, name: str, interval_secs: float, job: Callable[[], Awaitable[None]],
               first_in_secs: float = 0.0) -> None:
@@ -32,12 +46,17 @@ class JobScheduler:
         first = datetime.now().astimezone() + timedelta(seconds=first_in_secs)
 
         async def tracked() -> None:
+            if name in self._busy:  # still running from an earlier wake-up: normal, skip this one quietly
+                self.overlaps[name] += 1
+                return
             task = asyncio.current_task()
+            self._busy.add(name)
             self._running.add(task)
             try:
                 await job()
             finally:
                 self._running.discard(task)
+                self._busy.discard(name)
 
         tracked.__name__ = name
         self._scheduler.add_job(tracked, "interval", seconds=max(0.01, interval_secs), id=name, name=name,

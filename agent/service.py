@@ -24,6 +24,7 @@ from pathlib import Path
 from agent.alarms import AlarmEngine
 from agent.clock import Backoff, Clock
 from agent.config import AssetConfig, base_dir_of
+from agent.diskhealth import DiskHealth
 from agent.hooks import build_hooks
 from agent.model import Event, validity_end
 from agent.outbox import Outbox
@@ -117,15 +118,19 @@ class AssetRunner:
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.plan = plan_from_config(config, base_dir_of(config_path))
-        self.spool = Spool(self.state_dir / "spool", self.plan.frequency)
+        self.disk = DiskHealth(self.state_dir, clock.now, self.emit)  # one WARNING/INFO per disk episode
+        self.spool = Spool(self.state_dir / "spool", self.plan.frequency, self.disk)
         self.outbox = Outbox(self.state_dir / "outbox")
         self.closer = WindowCloser(self.plan, self.spool, self.outbox, self.state_dir / "progress.json")
         if store is None:
-            store, loc_prefix = open_location(config.lookout.input, s3_client_factory)
+            store, loc_prefix = open_location(config.lookout.input, s3_client_factory,
+                                              connect_timeout_secs=config.upload.connect_timeout_secs,
+                                              read_timeout_secs=config.upload.timeout_secs)
             prefix = loc_prefix if prefix is None else prefix
         self.store = store
         self.uploader = Uploader(self.outbox, store, prefix or "", clock, 60 * config.lookout.delay_offset_minutes,
-                                 Backoff(config.upload.backoff_initial_secs, config.upload.backoff_max_secs))
+                                 Backoff(config.upload.backoff_initial_secs, config.upload.backoff_max_secs),
+                                 timeout_secs=config.upload.timeout_secs)
         base = base_dir_of(config_path)
         self.connectors: list[Connector] = connectors if connectors is not None else [
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
@@ -139,6 +144,7 @@ class AssetRunner:
         writers = connector_writer_factory(config, base, self.state_dir)
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
                                   build_hooks(config.alarms, base, writers), clock, window_secs=self.plan.frequency)
+        self.alarms.disk = self.disk
         self.alarms_raised: Counter = Counter()  # rule → alarms raised (for metrics)
         self.results_poller = None  # set by the service when results are read back (agent.results)
         self._pending_events: list[Event] = []
@@ -198,6 +204,10 @@ class AssetRunner:
                 await asyncio.sleep(delay)
 
     async def flush_job(self) -> None:
+        with self.disk.guard("flush"):  # the spool reports its own write errors; this guards the budget's I/O
+            self._flush()
+
+    def _flush(self) -> None:
         self.spool.flush()
         self.spool.mark_alive(self.clock.now())
         over = self.closer.over_budget()
@@ -219,11 +229,13 @@ class AssetRunner:
             self.emit(dropped)
 
     async def window_job(self) -> None:
-        self.spool.flush()
-        self.emit(self.closer.close_due(self.clock.now()))
+        with self.disk.guard("windows job"):
+            self.spool.flush()
+            self.emit(self.closer.close_due(self.clock.now()))
 
     async def upload_job(self) -> None:
-        await self.uploader.run_once()
+        with self.disk.guard("upload"):
+            await self.uploader.run_once()
 
     def check_sources(self) -> list[Event]:
         """Transitions of each source's liveness (source_silent / source_recovered), of its quality
@@ -274,10 +286,13 @@ class AssetRunner:
     async def alarm_job(self) -> None:
         """Health checks, then pending events and quiet-time clears into the alarm engine."""
         self.emit(self.check_sources())
-        events, self._pending_events = self._pending_events, []
-        for ev in events:
-            self._count(await self.alarms.on_event(ev))
-        self._count(await self.alarms.tick())
+        with self.disk.guard("alarms"):
+            # one at a time: if the state cannot be saved (full disk), the engine changed nothing and the
+            # events not yet taken stay queued for the next run
+            while self._pending_events:
+                self._count(await self.alarms.on_event(self._pending_events[0]))
+                self._pending_events.pop(0)
+            self._count(await self.alarms.tick())
 
     def _count(self, transitions) -> None:
         for alarm in transitions:
@@ -286,7 +301,8 @@ class AssetRunner:
 
     async def results_job(self) -> None:
         if self.results_poller is not None:
-            await self.results_poller.poll_once(self.on_results, self._on_result_event)
+            with self.disk.guard("results"):  # the cursor stays before what could not be saved: retried
+                await self.results_poller.poll_once(self.on_results, self._on_result_event)
 
     async def on_results(self, rows) -> None:
         self._count(await self.alarms.on_results(rows))
@@ -355,9 +371,10 @@ class AssetRunner:
             self.emit(self.closer.close_due(self.clock.now()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.uploader.run_once(force=True), upload_timeout_secs)
-            events, self._pending_events = self._pending_events, []
-            for ev in events:
-                self._count(await self.alarms.on_event(ev))
+            with self.disk.guard("alarms"):
+                while self._pending_events:
+                    self._count(await self.alarms.on_event(self._pending_events[0]))
+                    self._pending_events.pop(0)
         except Exception:
             log.exception("asset %s: error while draining", self.plan.asset)
         finally:

@@ -3,7 +3,9 @@
 S3Store talks to S3 or any S3-compatible endpoint through a boto3 client made by the caller (the standard
 credential chain and ``AWS_ENDPOINT_URL_S3`` apply; keys never come from the asset file). FileStore keeps each
 object as a file below a root folder, key path segments as sub-folders, written atomically (tmp, fsync,
-rename) so a reader never sees a partial object.
+rename) so a reader never sees a partial object. Every call may block; the uploader bounds each put with
+its own total timeout (a hung NFS folder, an endpoint that never answers) and S3 clients made here also
+have connect and read timeouts.
 
 ``open_location(url)`` turns ``s3://bucket/prefix/`` or ``file:///abs/dir/`` into (store, prefix). For a
 ``file://`` URL the whole path is the folder and the prefix is empty, so the L4E service reading
@@ -193,15 +195,26 @@ def parse_location(url: str) -> tuple[str, str, str]:
     raise ConfigError(f"unsupported location {url!r}; allowed: s3://bucket/prefix/ or file:///absolute/folder/")
 
 
-def open_location(url: str, s3_client_factory=None) -> tuple[ObjectStore, str]:
-    """(store, prefix) for a location URL. ``s3_client_factory()`` makes the boto3 S3 client when needed."""
+def s3_client(connect_timeout_secs: float = 10.0, read_timeout_secs: float = 60.0):
+    """A boto3 S3 client with bounded connect and read times (botocore's default read timeout is 60 s per
+    socket read and it retries on its own; the agent's callers retry with their own backoff, so one attempt)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(connect_timeout=connect_timeout_secs, read_timeout=read_timeout_secs,
+                                            retries={"mode": "standard", "total_max_attempts": 1}))
+
+
+def open_location(url: str, s3_client_factory=None, *, connect_timeout_secs: float = 10.0,
+                  read_timeout_secs: float = 60.0) -> tuple[ObjectStore, str]:
+    """(store, prefix) for a location URL. ``s3_client_factory()`` makes the boto3 S3 client when needed
+    (default: ``s3_client`` with the given timeouts)."""
     scheme, where, prefix = parse_location(url)
     if scheme == "file":
         return FileStore(where), ""
     if s3_client_factory is None:
-        import boto3
 
         def s3_client_factory():
-            return boto3.client("s3")
+            return s3_client(connect_timeout_secs, read_timeout_secs)
 
     return S3Store(s3_client_factory(), where), prefix

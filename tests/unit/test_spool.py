@@ -73,10 +73,10 @@ def test_disk_errors_keep_readings_buffered_and_retry(tmp_path, caplog):
     spool = Spool(tmp_path / "s", 300)
     spool.append([Reading("a", 1.0, 10.0)])
     # make the segment path unusable: a folder where the segment file would be created
-    (tmp_path / "s" / f"300-{spool.run_id}.arrows").mkdir()
+    (tmp_path / "s" / f"300-{spool.run_id}-000001.arrows").mkdir()
     assert spool.flush() == 0
     assert spool.buffered() == 1
     assert "cannot write" in caplog.text
-    (tmp_path / "s" / f"300-{spool.run_id}.arrows").rmdir()
+    (tmp_path / "s" / f"300-{spool.run_id}-000001.arrows").rmdir()
     assert spool.flush() == 1
     assert spool.read(300).column("value").to_pylist() == [1.0]

@@ -1,0 +1,31 @@
+"""The scheduler wakes jobs; a job still running at its next wake-up is the normal case, not a warning."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from agent.scheduler import JobScheduler
+
+
+async def test_a_job_still_running_at_its_next_wake_up_is_skipped_quietly(caplog) -> None:
+    caplog.set_level(logging.DEBUG)  # APScheduler's own loggers at every level
+    scheduler = JobScheduler()
+    runs = running = most = 0
+
+    async def slow() -> None:
+        nonlocal runs, running, most
+        runs += 1
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.4)
+        running -= 1
+
+    scheduler.every("slow", 0.05, slow)
+    scheduler.start()
+    await asyncio.sleep(1.0)
+    await scheduler.shutdown()
+    assert 2 <= runs <= 3 and most == 1  # never two runs at once
+    assert scheduler.overlaps["slow"] >= 8  # the wake-ups in between were skipped, and counted
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []  # APScheduler's "maximum number of running instances reached" never appears
