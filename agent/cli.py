@@ -318,7 +318,7 @@ def cmd_check(args) -> int:
 
 def _probe(config, path: Path, source: str | None, state_dir: Path | None = None, accept: str | None = None) -> int:
     from agent.config import base_dir_of
-    from agent.service import CONNECTORS
+    from agent.service import connector_class
 
     selected = [s for s in config.sources if source is None or s.name == source]
     if not selected:
@@ -333,7 +333,7 @@ def _probe(config, path: Path, source: str | None, state_dir: Path | None = None
     async def _run():
         nonlocal ok
         for src in selected:
-            conn = CONNECTORS[src.kind](src, SystemClock(), base_dir_of(path))
+            conn = connector_class(src.kind)(src, SystemClock(), base_dir_of(path))
             if hasattr(conn, "use_state_dir"):
                 conn.use_state_dir(state_dir)
             if accept is not None:

@@ -22,9 +22,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from agent import arrow
 from agent.model import Window
 
 _FAR = 10**12  # "no observation": a position further back than any fill limit reaches
@@ -79,9 +80,6 @@ class Grid:
         return self.values[:, self.sensors.index(sensor)]
 
 
-_AGG = {"mean": "mean", "last": "last", "min": "min", "max": "max"}
-
-
 def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], aggs: dict[str, str],
              fill_limit: int, carry: Carry, holds: dict[str, float] | None = None) -> tuple[Grid, Carry]:
     """Resample one window's readings (columns sensor, ts, value; NaN values are validity-end markers).
@@ -98,36 +96,11 @@ def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], 
     latest = values.copy()          # per cell: value of the latest reading (what holds after the cell)
     latest_ts = values.copy()       # per cell: its timestamp
     hold_secs = np.array([holds.get(s, 0.0) for s in sensors], dtype=np.float64)
-    col_of = {s: i for i, s in enumerate(sensors)}
     unknown = 0
     markers = (np.empty(0, np.int64), np.empty(0))  # (column, ts) of validity ends, sorted by (column, ts)
 
     if readings.num_rows:
-        df = readings.to_pandas()
-        df["col"] = df["sensor"].map(col_of)
-        known = df["col"].notna()
-        unknown = int((~known).sum())
-        df = df[known]
-        is_marker = df["value"].isna().to_numpy()
-        if is_marker.any():
-            m = df[is_marker]
-            m_col, m_ts = m["col"].to_numpy(np.int64), m["ts"].to_numpy(np.float64)
-            order = np.lexsort((m_ts, m_col))
-            markers = (m_col[order], m_ts[order])
-        df = df[~is_marker & np.isfinite(df["value"].to_numpy())]
-        df["g"] = (np.ceil(df["ts"].to_numpy() / rate) * rate).astype(np.int64)
-        df = df[(df["g"] > window.start) & (df["g"] <= window.end)]
-        if len(df):
-            df = df.sort_values("ts", kind="stable")
-            df["col"] = df["col"].astype(np.int64)
-            df["agg"] = df["sensor"].map(aggs).fillna("mean")  # a dict lookup per sensor, vectorised
-            for agg_name, part in df.groupby("agg", sort=True):
-                grouped = part.groupby(["col", "g"], sort=False)["value"].agg(_AGG[agg_name])
-                cols = grouped.index.get_level_values(0).to_numpy()
-                rows = (grouped.index.get_level_values(1).to_numpy() - window.start) // rate - 1
-                values[rows, cols] = grouped.to_numpy()
-            if holds:
-                _latest_per_cell(df, window.start, rate, hold_secs, latest, latest_ts)
+        unknown, markers = _aggregate(readings, window, rate, sensors, aggs, values, latest, latest_ts)
 
     observed = ~np.isnan(values)
     holding = hold_secs > 0
@@ -145,23 +118,80 @@ def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], 
                                                                     carry_until)
 
 
-def _latest_per_cell(df: pd.DataFrame, start: int, rate: int, hold_secs: np.ndarray, latest: np.ndarray,
-                     latest_ts: np.ndarray) -> None:
-    """Fill ``latest``/``latest_ts`` with the latest reading of each cell of the holding sensors."""
-    cols = df["col"].to_numpy()
-    keep = hold_secs[cols] > 0
-    if not keep.any():
-        return
-    cols = cols[keep]
-    rows = (df["g"].to_numpy()[keep] - start) // rate - 1
-    ts, vals = df["ts"].to_numpy()[keep], df["value"].to_numpy()[keep]
-    cell = rows * latest.shape[1] + cols
-    # df is sorted by ts (stable): the last occurrence of each cell is its latest reading
-    order = np.argsort(cell, kind="stable")
-    cell_sorted = cell[order]
-    last = order[np.r_[cell_sorted[1:] != cell_sorted[:-1], True]]
-    latest[rows[last], cols[last]] = vals[last]
-    latest_ts[rows[last], cols[last]] = ts[last]
+_AGG_CODE = {"mean": 0, "last": 1, "min": 2, "max": 3}
+
+
+def _aggregate(readings: pa.Table, window: Window, rate: int, sensors: list[str], aggs: dict[str, str],
+               values: np.ndarray, latest: np.ndarray, latest_ts: np.ndarray) -> tuple[int, tuple]:
+    """Fill ``values`` (the aggregate per cell), ``latest``/``latest_ts`` (the latest reading per cell).
+
+    Returns the count of readings of unknown sensors and the validity-end markers as (column, ts) sorted by
+    (column, ts). Within a cell, readings are taken in timestamp order (ties: arrival order); "mean" sums them
+    with Kahan compensation in that order, as pandas' groupby mean does, so results are the same to the bit.
+    """
+    n_cols = values.shape[1]
+    col = arrow.to_i32(pc.index_in(readings["sensor"], value_set=arrow.strings(sensors))).astype(np.int64)
+    ts = arrow.to_f64(readings["ts"])
+    val = arrow.to_f64(readings["value"])
+    known = col >= 0
+    unknown = int(len(col) - np.count_nonzero(known))
+    nan = np.isnan(val)
+    is_marker = known & nan
+    markers = (np.empty(0, np.int64), np.empty(0))
+    if is_marker.any():
+        m_col, m_ts = col[is_marker], ts[is_marker]
+        order = np.lexsort((m_ts, m_col))
+        markers = (m_col[order], m_ts[order])
+    g = np.ceil(ts / rate) * rate
+    ok = known & ~nan & np.isfinite(val) & (g > window.start) & (g <= window.end)
+    if not ok.any():
+        return unknown, markers
+    c, t, v = col[ok], ts[ok], val[ok]
+    r = ((g[ok].astype(np.int64) - window.start) // rate - 1).astype(np.int64)
+    cell = r * n_cols + c
+    order = np.lexsort((t, cell))  # by cell, then timestamp; np.lexsort is stable: ties keep arrival order
+    cell, t, v = cell[order], t[order], v[order]
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    counts = np.diff(np.r_[starts, len(cell)])
+    ucell = cell[starts]
+    rows, cols = ucell // n_cols, ucell % n_cols
+    lasts = starts + counts - 1
+    latest[rows, cols] = v[lasts]
+    latest_ts[rows, cols] = t[lasts]
+    code = np.array([_AGG_CODE[aggs.get(s, "mean")] for s in sensors], dtype=np.int8)[cols]
+    out = np.empty(len(starts))
+    for k, reducer in ((1, None), (2, np.minimum), (3, np.maximum)):
+        sel = code == k
+        if sel.any():
+            out[sel] = v[lasts[sel]] if reducer is None else reducer.reduceat(v, starts)[sel]
+    sel = np.flatnonzero(code == 0)
+    if len(sel):
+        out[sel] = _kahan_mean(v, starts[sel], counts[sel])
+    values[rows, cols] = out
+    return unknown, markers
+
+
+def _kahan_mean(v: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean of each run v[start : start + count], summed in order with Kahan compensation (pandas' rule).
+
+    Vectorised across runs: step j adds the j-th element of every run that has one, so the work is the number
+    of readings plus one numpy step per element of the longest run."""
+    by_len = np.argsort(-counts, kind="stable")
+    s_starts, s_counts = starts[by_len], counts[by_len]
+    sums = np.zeros(len(starts))
+    comp = np.zeros(len(starts))
+    active = len(starts)
+    for j in range(int(s_counts[0]) if len(s_counts) else 0):
+        while active and s_counts[active - 1] <= j:
+            active -= 1
+        x = v[s_starts[:active] + j]
+        y = x - comp[:active]
+        tot = sums[:active] + y
+        comp[:active] = (tot - sums[:active]) - y
+        sums[:active] = tot
+    out = np.empty(len(starts))
+    out[by_len] = sums / s_counts
+    return out
 
 
 def _next_marker(markers: tuple[np.ndarray, np.ndarray], cols: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -246,7 +276,9 @@ def _next_carry(carry: Carry, sensors, observed, handed, until, times, carry_unt
     return Carry(last, held)
 
 
-def frame(grid: Grid) -> pd.DataFrame:
-    """The grid as a DataFrame indexed by UTC timestamps (for inspection and tests)."""
+def frame(grid: Grid):
+    """The grid as a pandas DataFrame indexed by UTC timestamps (for inspection and tests)."""
+    import pandas as pd  # only here: the data path itself runs without pandas
+
     index = pd.to_datetime(grid.times, unit="s", utc=True)
     return pd.DataFrame(grid.values, index=index, columns=grid.sensors)

@@ -34,17 +34,25 @@ from agent.spool import Spool
 from agent.store import ObjectStore, open_location
 from agent.upload import Uploader
 from connectors.base import Connector
-from connectors.modbus import ModbusConnector
-from connectors.opcua import OpcUaConnector
-from connectors.replay import ReplayConnector
 
 log = logging.getLogger("l4e.service")
 
-CONNECTORS: dict[str, type] = {
-    "replay": ReplayConnector,
-    "opcua": OpcUaConnector,
-    "modbus": ModbusConnector,
-}
+def connector_class(kind: str) -> type:
+    """The connector class of a [[sources]] kind. Imported here, not at module load, so that an asset without
+    OPC-UA (or Modbus) never loads asyncua (or pymodbus): each costs start-up time and resident memory."""
+    if kind == "replay":
+        from connectors.replay import ReplayConnector
+
+        return ReplayConnector
+    if kind == "opcua":
+        from connectors.opcua import OpcUaConnector
+
+        return OpcUaConnector
+    if kind == "modbus":
+        from connectors.modbus import ModbusConnector
+
+        return ModbusConnector
+    raise KeyError(kind)
 
 
 def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Path | None = None):
@@ -133,7 +141,7 @@ class AssetRunner:
                                  timeout_secs=config.upload.timeout_secs)
         base = base_dir_of(config_path)
         self.connectors: list[Connector] = connectors if connectors is not None else [
-            CONNECTORS[src.kind](src, clock, base) for src in config.sources]
+            connector_class(src.kind)(src, clock, base) for src in config.sources]
         # source name → its sensors: their values stop holding when the source stops (rule 2a)
         self._source_sensors = {src.name: src.sensors(base) for src in config.sources}
         for conn in self.connectors:  # state a connector keeps itself (OPC-UA: the pinned server certificate)

@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent import arrow
 from agent.diskhealth import DiskHealth
 from agent.errors import StateError
 from agent.model import Reading
@@ -170,11 +171,11 @@ class Spool:
             self._buffer = []
             ts = np.fromiter((r.ts for r in buf), dtype=np.float64, count=len(buf))
             ends = (np.ceil(ts / self.frequency) * self.frequency).astype(np.int64)
-            sensors = pa.array([r.sensor for r in buf], pa.string())
-            values = pa.array(np.fromiter((r.value for r in buf), dtype=np.float64, count=len(buf)))
-            table = pa.table([sensors, pa.array(ts), values], schema=SCHEMA)
+            sensors = arrow.strings([r.sensor for r in buf])
+            values = arrow.f64(np.fromiter((r.value for r in buf), dtype=np.float64, count=len(buf)))
+            table = pa.Table.from_arrays([sensors, arrow.f64(ts), values], schema=SCHEMA)
             for end in np.unique(ends):
-                parts.setdefault(int(end), []).append(table.filter(pa.array(ends == end)))
+                parts.setdefault(int(end), []).append(table.filter(arrow.mask(ends == end)))
         if not parts:
             return 0
         written = 0
@@ -216,7 +217,7 @@ class Spool:
     def latest_ts(self, sensors: set[str]) -> float | None:
         """The latest timestamp of a reading (not a marker) of ``sensors`` the spool holds, or None."""
         best = max((r.ts for r in self._buffer if r.sensor in sensors and r.value == r.value), default=None)
-        wanted = pa.array(sorted(sensors), pa.string())
+        wanted = arrow.strings(sorted(sensors))
         tables = [self.read(end) for end in self.windows()] + [t for ts in self._held.values() for t in ts]
         for table in tables:
             if not table.num_rows:
@@ -255,7 +256,7 @@ class Spool:
         for path in self._segments().get(end, []):
             tables.extend(self._read_segment(path))
         if not tables:
-            return SCHEMA.empty_table()
+            return arrow.empty(SCHEMA)
         return pa.concat_tables(tables)
 
     def _read_segment(self, path: Path) -> list[pa.Table]:
