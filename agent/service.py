@@ -29,6 +29,7 @@ from agent.outbox import Outbox
 from agent.pipeline import WindowCloser, WindowPlan
 from agent.scheduler import JobScheduler
 from agent.spool import Spool
+from agent.status_history import StatusHistory
 from agent.store import ObjectStore, open_location
 from agent.upload import Uploader
 from connectors.base import Connector
@@ -114,7 +115,11 @@ class AssetRunner:
         self.connectors: list[Connector] = connectors if connectors is not None else [
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
         self.stats = AssetStats()
-        self.event_listeners: list[Callable[[Event], None]] = []
+        # for the status page (agent.status_data): the latest good reading per sensor (one dict store per
+        # reading, ~20 ns: tests/bench/bench_status_page.py) and a bounded history filled per window/execution
+        self.last_readings: dict = {}
+        self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
+        self.event_listeners: list[Callable[[Event], None]] = [self.history.on_event]
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
                                   build_hooks(config.alarms, base, connector_writer_factory(config, base)),
                                   clock, window_secs=self.plan.frequency)
@@ -152,6 +157,9 @@ class AssetRunner:
                         continue
                     self.spool.append(batch)
                     self.stats.readings += len(batch)
+                    last = self.last_readings
+                    for reading in batch:
+                        last[reading.sensor] = reading
                     backoff.reset()
                 log.info("source %s finished", connector.name)
                 return
@@ -214,12 +222,14 @@ class AssetRunner:
     async def alarm_job(self) -> None:
         """Health checks, then pending events and quiet-time clears into the alarm engine."""
         self.emit(self.check_sources())
+        self.history.observe_sources(self.connectors, self._silent, self.clock.now())
         events, self._pending_events = self._pending_events, []
         for ev in events:
             self._count(await self.alarms.on_event(ev))
         self._count(await self.alarms.tick())
 
     def _count(self, transitions) -> None:
+        self.history.on_alarms(transitions)
         for alarm in transitions:
             if alarm.state == "raised":
                 self.alarms_raised[alarm.rule] += 1
@@ -230,6 +240,7 @@ class AssetRunner:
 
     async def on_results(self, rows) -> None:
         self._count(await self.alarms.on_results(rows))
+        self.history.on_results(rows)  # after the engine accepted them: a refused batch comes again
 
     async def _on_result_event(self, event: Event) -> None:
         self.stats.events.append(event)
@@ -354,8 +365,11 @@ class Agent:
         if gate.enabled:
             helpers.append(asyncio.create_task(gate.run(), name="watchdog"))
         if self.metrics_config is not None and self.metrics_config.enabled:
-            self.metrics_server = MetricsServer.from_config(self.metrics_config, self.supervision.registry,
-                                                            self.supervision.health)
+            from agent.status_data import collect_status
+
+            self.metrics_server = MetricsServer.from_config(
+                self.metrics_config, self.supervision.registry, self.supervision.health,
+                status=lambda: collect_status(self.runners, self.clock.now()))
             await self.metrics_server.start()
             log.info("metrics on http://%s:%d/metrics", self.metrics_config.host, self.metrics_server.port)
         self.notifier.ready(self.supervision.summary())
