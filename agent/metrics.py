@@ -420,7 +420,8 @@ class MetricsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = Field(False, description="Serve Prometheus /metrics and /healthz over HTTP.")
+    enabled: bool = Field(False, description="Serve Prometheus /metrics, /healthz and the status page (/ and "
+                          "/api/status) over HTTP.")
     host: str = Field(
         "127.0.0.1",
         description="Address to listen on (also serves the status page / and /api/status). Any address but "
@@ -541,7 +542,9 @@ class MetricsServer:
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
             await _write_response(writer, status, content_type, body, head_only=method == "HEAD")
         except _BadRequest as exc:
-            await _write_response(writer, 400, "text/plain; charset=utf-8", f"{exc}\n".encode(), head_only=False)
+            with contextlib.suppress(ConnectionError):  # the client may be gone already
+                await _write_response(writer, 400, "text/plain; charset=utf-8", f"{exc}\n".encode(),
+                                      head_only=False)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away or was too slow; nothing to answer
         finally:
@@ -599,7 +602,10 @@ class _BadRequest(Exception):
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, str]:
     """Read the request line and headers; return (method, path without the query string, the Authorization
     header or "")."""
-    request_line = (await _read_line(reader)).decode("latin-1").strip()
+    raw = await _read_line(reader)
+    if not raw:  # closed before sending anything (a browser's speculative preconnect): nothing to answer
+        raise ConnectionResetError("no request")
+    request_line = raw.decode("latin-1").strip()
     parts = request_line.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         raise _BadRequest("malformed request line")
