@@ -178,7 +178,8 @@ def _sources(sources: list[dict], now: float) -> str:
             f'<td>{_iso(s["since"])}</td><td class="num">{"—" if rate is None else f"{rate:.2f}"}</td>'
             f'<td class="num">{s["readings_total"]}</td><td class="num">{s["read_errors_total"]}</td>'
             f'<td class="num">{s["bad_quality_total"]}</td><td class="num">{s["reconnects"]}</td>'
-            f'<td>{_dur(None if s["last_reading_ts"] is None else now - s["last_reading_ts"])} ago</td></tr>')
+            f'<td>{"never" if s["last_reading_ts"] is None else _dur(now - s["last_reading_ts"]) + " ago"}</td>'
+            '</tr>')
     rows.append("</table>")
     return "".join(rows)
 

@@ -342,3 +342,32 @@ async def test_status_page_in_a_browser_shows_what_the_peers_hold(tmp_path):
         await plc.stop()
         await opc.stop()
     assert run.result() == 0
+
+
+def test_the_browser_harness_reports_console_errors(tmp_path):
+    """The "no console errors" check above can fail: a page with a script error, a console.error, a broken
+    SVG path and a missing image yields one problem each."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "index.html").write_text(
+        '<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body><p>hi</p>'
+        '<script>console.error("boom"); notDefined();</script><svg><path d="M1 2 M M"/></svg>'
+        '<img src="/missing.png"></body></html>')
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = browser.load(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert page.text.strip() == "hi"
+    kinds = sorted(p.split(":", 1)[0] for p in page.problems)
+    assert kinds == ["console.error", "exception", "log.error (network)", "log.error (rendering)"], page.problems
