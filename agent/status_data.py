@@ -20,7 +20,8 @@ The document (``version`` 1)::
                    "bad_now": [sensor, ...]}],
       "sensors": [{"name", "component", "source", "value", "ts", "age_secs",
                    "holds": the value is still carried on the grid (age within fill_limit steps),
-                   "quality": "good|bad|none", "readings_total", "read_errors_total", "bad_quality_total",
+                   "quality": "good|bad|none" (bad: the latest sample was Bad/Uncertain, or none was good),
+                   "readings_total", "read_errors_total", "bad_quality_total",
                    "history": [[grid ts, value | null], ...] (closed windows, the last hour, ≤ 120 rows)}],
       "windows": {"frequency_secs", "rate_secs", "grace_secs", "delay_offset_secs", "written_total",
                   "last_written": {"start", "end"} | null,
@@ -138,12 +139,14 @@ def _sensors(runner, now: float) -> list[dict]:
         else:
             value = ts = age = None
             holds = False
+        # bad: the latest sample was Bad/Uncertain, or no sample was ever good
+        quality = "bad" if sensor in bad_now or (reading is None and bad) else "good" if reading else "none"
         out.append({
             "name": sensor, "component": component_of.get(sensor, ""), "source": sources.get(sensor, ""),
             "value": value, "ts": ts, "age_secs": age, "holds": holds,
-            "quality": "bad" if sensor in bad_now else ("good" if reading is not None else "none"),
+            "quality": quality,
             "readings_total": n, "read_errors_total": errors, "bad_quality_total": bad,
-            "history": [[t, v] for t, v in runner.history.sensor_points(sensor)]})
+            "history": runner.history.sensor_points(sensor)})  # (ts, value) tuples: JSON arrays
     return out
 
 
@@ -215,7 +218,8 @@ def _lookout(runner) -> dict:
 def _alarms(runner) -> dict:
     engine = runner.alarms
     pending: dict[str, int] = {}
-    for entry in engine._state.outbox:
+    state = getattr(engine, "_state", None)  # the engine's persisted outbox: deliveries still owed, per hook
+    for entry in (state.outbox if state is not None else ()):
         for hook in entry.pending:
             pending[hook] = pending.get(hook, 0) + 1
     hooks = [{"name": name, "kind": getattr(cfg, "kind", ""),

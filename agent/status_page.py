@@ -56,6 +56,10 @@ def _dur(secs: float | None) -> str:
     return f"{sign}{secs / 86400:.1f} d"
 
 
+def _ago(ts: float | None, now: float) -> str:
+    return "never" if ts is None else _dur(now - ts) + " ago"
+
+
 def _num(value) -> str:
     if value is None:
         return "—"
@@ -167,7 +171,7 @@ def _trend(scores, thresholds) -> str:
 def _sources(sources: list[dict], now: float) -> str:
     rows = ["<table><tr><th>source</th><th>kind</th><th>endpoint</th><th>state</th><th>since</th>"
             "<th>readings/s</th><th>readings</th><th>errors</th><th>bad quality</th><th>reconnects</th>"
-            "<th>last reading</th></tr>"]
+            "<th>last reading</th><th>last answer</th></tr>"]
     for s in sources:
         rate = s["readings_per_sec"]
         bad = ", ".join(s["bad_now"])
@@ -178,8 +182,7 @@ def _sources(sources: list[dict], now: float) -> str:
             f'<td>{_iso(s["since"])}</td><td class="num">{"—" if rate is None else f"{rate:.2f}"}</td>'
             f'<td class="num">{s["readings_total"]}</td><td class="num">{s["read_errors_total"]}</td>'
             f'<td class="num">{s["bad_quality_total"]}</td><td class="num">{s["reconnects"]}</td>'
-            f'<td>{"never" if s["last_reading_ts"] is None else _dur(now - s["last_reading_ts"]) + " ago"}</td>'
-            '</tr>')
+            f'<td>{_ago(s["last_reading_ts"], now)}</td><td>{_ago(s["last_alive_ts"], now)}</td></tr>')
     rows.append("</table>")
     return "".join(rows)
 

@@ -157,3 +157,37 @@ def test_every_text_is_escaped():
     page = render_page(doc)
     assert "<script>" not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+
+
+def test_collect_reads_the_new_stats_fields_when_present(tmp_path):
+    """A connector reporting bad_now/last_alive_ts (the fields another change adds) and one without them."""
+    import json
+
+    from agent.clock import ScaledClock
+    from agent.config import load
+    from agent.service import AssetRunner
+    from agent.status_data import collect_status
+    from tests.helpers import asset_file, write_history
+
+    write_history(tmp_path / "history.csv", minutes=6)
+    path = asset_file(tmp_path, f"file://{tmp_path}/store/")
+    new = NewStats(connected=True, bad_now={"pressure"}, last_alive_ts=T0 - 2,
+                   readings=Counter(flow=3), bad_quality=Counter(pressure=2))
+    old = SourceStats(connected=True, readings=Counter(), bad_quality=Counter(temp=5))
+    runner = AssetRunner(load(path), path, tmp_path / "state", ScaledClock(T0, 1.0),
+                         connectors=[Conn("new", new), Conn("old", old)])
+    runner.last_readings.update(flow=Reading("flow", float("nan"), T0 - 1),
+                                pressure=Reading("pressure", 2.5, T0 - 1))
+    doc = collect_status([runner], T0)
+    json.dumps(doc, allow_nan=False)  # no NaN reaches the JSON
+    sources = {s["name"]: s for s in doc["assets"][0]["sources"]}
+    assert sources["new"]["state"] == "bad quality" and sources["new"]["bad_now"] == ["pressure"]
+    assert sources["new"]["last_alive_ts"] == T0 - 2
+    assert sources["old"]["state"] == "connected" and sources["old"]["last_alive_ts"] is None
+    sensors = {s["name"]: s for s in doc["assets"][0]["sensors"]}
+    assert (sensors["flow"]["value"], sensors["flow"]["quality"]) == (None, "good")
+    assert (sensors["pressure"]["value"], sensors["pressure"]["quality"]) == (2.5, "bad")
+    assert (sensors["temp"]["value"], sensors["temp"]["quality"]) == (None, "bad")  # never a good sample
+    assert sensors["temp"]["bad_quality_total"] == 5 and sensors["flow"]["source"] == "history"
+    page = render_page(doc)
+    assert "2 s ago" in page and "bad quality" in page
