@@ -29,6 +29,7 @@ from agent.outbox import Outbox
 from agent.pipeline import WindowCloser, WindowPlan
 from agent.scheduler import JobScheduler
 from agent.spool import Spool
+from agent.status_data import bad_quality_sources as status_bad_quality
 from agent.status_history import StatusHistory
 from agent.store import ObjectStore, open_location
 from agent.upload import Uploader
@@ -222,7 +223,7 @@ class AssetRunner:
     async def alarm_job(self) -> None:
         """Health checks, then pending events and quiet-time clears into the alarm engine."""
         self.emit(self.check_sources())
-        self.history.observe_sources(self.connectors, self._silent, self.clock.now())
+        self.history.observe_sources(self.connectors, self._silent, status_bad_quality(self), self.clock.now())
         events, self._pending_events = self._pending_events, []
         for ev in events:
             self._count(await self.alarms.on_event(ev))

@@ -19,8 +19,10 @@ The document (``version`` 1)::
                    "read_errors_total", "bad_quality_total", "reconnects", "last_reading_ts", "last_alive_ts",
                    "bad_now": [sensor, ...]}],
       "sensors": [{"name", "component", "source", "value", "ts", "age_secs",
-                   "holds": the value is still carried on the grid (age within fill_limit steps),
-                   "quality": "good|bad|none" (bad: the latest sample was Bad/Uncertain, or none was good),
+                   "holds": the value is still carried on the grid (the next file has it: while its source
+                   vouches for it, rule 2a, else within fill_limit steps),
+                   "quality": "good|bad|ended|none" (bad: the latest sample was Bad/Uncertain, or none was
+                   good; ended: the source stopped vouching for the value, which is then the last on the grid),
                    "readings_total", "read_errors_total", "bad_quality_total",
                    "history": [[grid ts, value | null], ...] (closed windows, the last hour, ≤ 120 rows)}],
       "windows": {"frequency_secs", "rate_secs", "grace_secs", "delay_offset_secs", "written_total",
@@ -88,10 +90,26 @@ def _sensor_sources(runner) -> dict[str, str]:
     return out
 
 
+def bad_quality_sources(runner) -> set[str]:
+    """Sources answering with Bad/Uncertain items only: the runner's own verdict when it keeps one, else the
+    sources all of whose sensors are in their connector's ``stats.bad_now`` (when the connector reports it)."""
+    verdict = getattr(runner, "bad_quality_sources", None)
+    if verdict is not None:
+        return set(verdict())
+    owners = _sensor_sources(runner)
+    out = set()
+    for conn in runner.connectors:
+        bad = getattr(conn.stats, "bad_now", None)
+        mine = {s for s, src in owners.items() if src == conn.name}
+        if bad and mine and mine <= set(bad):
+            out.add(conn.name)
+    return out
+
+
 def _sources(runner, now: float) -> list[dict]:
     history = runner.history
     silent = runner.silent_sources()
-    history.observe_sources(runner.connectors, silent, now)
+    history.observe_sources(runner.connectors, silent, bad_quality_sources(runner), now)
     configs = {s.name: s for s in runner.config.sources}
     out = []
     for conn in runner.connectors:
@@ -110,6 +128,21 @@ def _sources(runner, now: float) -> list[dict]:
     return out
 
 
+def _holds(plan, sensor: str, reading, ended: bool, vouched: bool, now: float) -> bool:
+    """Whether the sensor's last value is still carried on the grid (the next file will have it).
+
+    With rule 2a (``plan.holds``, sensors of sources that hold values) a value holds while its source vouches
+    for it (``vouched``: not silent, the sensor not Bad now, no validity-end marker since) and within the
+    sensor's max age; otherwise, and for sampled sensors, the fill rule carries it ``fill_limit`` grid steps
+    from its grid point (or from where the hold ended)."""
+    hold_secs = (getattr(plan, "holds", None) or {}).get(sensor)
+    if hold_secs is not None and not ended and vouched and now - reading.ts <= hold_secs:
+        return True
+    # the last grid point that had the value: its reading's grid point, or the last one before a marker
+    last = (math.floor(reading.ts / plan.rate) * plan.rate) if ended else grid_point(reading.ts, plan.rate)
+    return now <= last + plan.fill_limit * plan.rate
+
+
 def _sensors(runner, now: float) -> list[dict]:
     plan = runner.plan
     counts: dict[str, tuple] = {}
@@ -121,32 +154,41 @@ def _sensors(runner, now: float) -> list[dict]:
             counts[sensor] = (st.readings.get(sensor, 0), st.read_errors.get(sensor, 0),
                               st.bad_quality.get(sensor, 0))
     sources = _sensor_sources(runner)
+    silent = runner.silent_sources()
     component_of = {}
     for comp, sensors in plan.components.items():
         for s in sensors:
             component_of.setdefault(s, comp)
-    hold_secs = plan.fill_limit * plan.rate
     last = runner.last_readings
     out = []
     for sensor in plan.sensors:
         reading = last.get(sensor)
         n, errors, bad = counts.get(sensor, (0, 0, 0))
+        history = runner.history.sensor_points(sensor)
+        # a NaN reading is a validity-end marker (rule 2a): the value shown is then the last one on the grid
+        ended = reading is not None and math.isnan(reading.value)
+        value = ts = age = None
+        holds = False
         if reading is not None:
-            value, ts = reading.value, reading.ts
-            value = value if math.isfinite(value) else None  # JSON has no NaN/Infinity
-            age = now - ts
-            holds = now <= grid_point(ts, plan.rate) + hold_secs
+            holds = _holds(plan, sensor, reading, ended, sensor not in bad_now and sources.get(sensor) not in silent,
+                           now)
+            if ended:
+                value, ts = next(((v, t) for t, v in reversed(history) if v is not None), (None, None))
+            else:
+                value, ts = reading.value, reading.ts
+            value = value if value is None or math.isfinite(value) else None  # JSON has no Infinity
+            age = None if ts is None else now - ts
+        if sensor in bad_now or (reading is None and bad):
+            quality = "bad"  # the latest sample was Bad/Uncertain, or no sample was ever good
+        elif reading is None or (ended and value is None):
+            quality = "none"
         else:
-            value = ts = age = None
-            holds = False
-        # bad: the latest sample was Bad/Uncertain, or no sample was ever good
-        quality = "bad" if sensor in bad_now or (reading is None and bad) else "good" if reading else "none"
+            quality = "ended" if ended else "good"
         out.append({
             "name": sensor, "component": component_of.get(sensor, ""), "source": sources.get(sensor, ""),
-            "value": value, "ts": ts, "age_secs": age, "holds": holds,
-            "quality": quality,
+            "value": value, "ts": ts, "age_secs": age, "holds": holds, "quality": quality,
             "readings_total": n, "read_errors_total": errors, "bad_quality_total": bad,
-            "history": runner.history.sensor_points(sensor)})  # (ts, value) tuples: JSON arrays
+            "history": history})  # (ts, value) tuples: JSON arrays
     return out
 
 

@@ -45,15 +45,18 @@ class SourceMemo:
     samples: deque = field(default_factory=lambda: deque(maxlen=64))  # (clock ts, readings total)
 
 
-def source_state(stats, silent: bool) -> str:
-    """connected | bad quality | reconnecting | down, from a connector's SourceStats.
+def source_state(stats, silent: bool, bad_quality: bool) -> str:
+    """down | reconnecting | bad quality | connected, from the agent's own verdicts and a SourceStats.
 
-    bad quality: connected, but some sensor's latest sample was Bad/Uncertain (``stats.bad_now``, when the
-    connector reports it). down: not connected and silent for longer than ``[health] source_silent_secs``;
-    reconnecting: not connected, not yet silent that long (also the state before the first connection)."""
-    if stats.connected:
-        return "bad quality" if getattr(stats, "bad_now", None) else "connected"
-    return "down" if silent else "reconnecting"
+    down: the agent judges the source silent (``[health] source_silent_secs``, the same verdict as /healthz
+    and the source_silent alarm); reconnecting: not connected, not silent that long yet (also before the
+    first connection); bad quality: connected, but its items are Bad/Uncertain (``bad_quality``: the
+    runner's verdict where it has one, else every sensor in ``stats.bad_now``); connected otherwise."""
+    if silent:
+        return "down"
+    if not stats.connected:
+        return "reconnecting"
+    return "bad quality" if bad_quality else "connected"
 
 
 class StatusHistory:
@@ -110,10 +113,10 @@ class StatusHistory:
             self.transitions.append({"id": a.id, "rule": a.rule, "state": a.state, "ts": a.ts,
                                      "severity": a.severity, "message": a.message[:300], "score": a.score})
 
-    def observe_sources(self, connectors, silent: set[str], now: float) -> None:
+    def observe_sources(self, connectors, silent: set[str], bad_quality: set[str], now: float) -> None:
         """Record state transitions and a readings-total sample per source (cheap: a few per source)."""
         for conn in connectors:
-            state = source_state(conn.stats, conn.name in silent)
+            state = source_state(conn.stats, conn.name in silent, conn.name in bad_quality)
             memo = self.sources.get(conn.name)
             if memo is None:
                 memo = self.sources[conn.name] = SourceMemo(state, now)

@@ -32,32 +32,30 @@ class Conn:
     stats: SourceStats
 
 
-def test_source_states_with_and_without_the_new_stats_fields():
-    old = SourceStats(connected=True)
-    assert source_state(old, silent=False) == "connected"
-    new = NewStats(connected=True, bad_now={"flow"})
-    assert source_state(new, silent=False) == "bad quality"
-    new.bad_now.clear()
-    assert source_state(new, silent=False) == "connected"
-    assert source_state(SourceStats(connected=False), silent=False) == "reconnecting"
-    assert source_state(SourceStats(connected=False), silent=True) == "down"
+def test_source_states():
+    up, gone = SourceStats(connected=True), SourceStats(connected=False)
+    assert source_state(up, silent=False, bad_quality=False) == "connected"
+    assert source_state(up, silent=False, bad_quality=True) == "bad quality"
+    assert source_state(up, silent=True, bad_quality=False) == "down"  # connected but not answering
+    assert source_state(gone, silent=False, bad_quality=False) == "reconnecting"
+    assert source_state(gone, silent=True, bad_quality=True) == "down"
 
 
 def test_source_transitions_and_rate():
     history = StatusHistory("/nonexistent", lambda c, w: "", 60)
     stats = SourceStats(connected=False, readings=Counter())
     conn = Conn("plc", stats)
-    history.observe_sources([conn], set(), T0)
+    history.observe_sources([conn], set(), set(), T0)
     assert (history.sources["plc"].state, history.sources["plc"].since) == ("reconnecting", T0)
     stats.connected = True
     for i in range(1, 13):  # 10 readings per clock second, sampled every 10 s
         stats.readings["a"] = 100 * i
-        history.observe_sources([conn], set(), T0 + 10 * i)
+        history.observe_sources([conn], set(), set(), T0 + 10 * i)
     assert (history.sources["plc"].state, history.sources["plc"].since) == ("connected", T0 + 10)
     assert history.rate_of("plc", 100 * 12, T0 + 120) == 10.0
-    history.observe_sources([conn], set(), T0 + 120)  # same time again: no second sample
+    history.observe_sources([conn], set(), set(), T0 + 120)  # same time again: no second sample
     stats.connected = False
-    history.observe_sources([conn], {"plc"}, T0 + 500)
+    history.observe_sources([conn], {"plc"}, set(), T0 + 500)
     assert (history.sources["plc"].state, history.sources["plc"].since) == ("down", T0 + 500)
 
 
@@ -159,35 +157,55 @@ def test_every_text_is_escaped():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
 
 
-def test_collect_reads_the_new_stats_fields_when_present(tmp_path):
-    """A connector reporting bad_now/last_alive_ts (the fields another change adds) and one without them."""
-    import json
-
+def runner_with(tmp_path, stats):
     from agent.clock import ScaledClock
     from agent.config import load
     from agent.service import AssetRunner
-    from agent.status_data import collect_status
     from tests.helpers import asset_file, write_history
 
     write_history(tmp_path / "history.csv", minutes=6)
-    path = asset_file(tmp_path, f"file://{tmp_path}/store/")
-    new = NewStats(connected=True, bad_now={"pressure"}, last_alive_ts=T0 - 2,
-                   readings=Counter(flow=3), bad_quality=Counter(pressure=2))
-    old = SourceStats(connected=True, readings=Counter(), bad_quality=Counter(temp=5))
-    runner = AssetRunner(load(path), path, tmp_path / "state", ScaledClock(T0, 1.0),
-                         connectors=[Conn("new", new), Conn("old", old)])
-    runner.last_readings.update(flow=Reading("flow", float("nan"), T0 - 1),
+    path = asset_file(tmp_path, f"file://{tmp_path}/store/")  # one source "history": flow, pressure, temp
+    return AssetRunner(load(path), path, tmp_path / "state", ScaledClock(T0, 1.0),
+                       connectors=[Conn("history", stats)])
+
+
+def test_collect_reads_the_new_stats_fields_when_present(tmp_path):
+    """A connector reporting bad_now/last_alive_ts (the fields another change adds), one sensor Bad now."""
+    import json
+
+    from agent.status_data import collect_status
+
+    stats = NewStats(connected=True, bad_now={"pressure"}, last_alive_ts=T0 - 2,
+                     readings=Counter(flow=3, pressure=1), bad_quality=Counter(pressure=2, temp=5))
+    runner = runner_with(tmp_path, stats)
+    runner.last_readings.update(flow=Reading("flow", float("inf"), T0 - 1),
                                 pressure=Reading("pressure", 2.5, T0 - 1))
     doc = collect_status([runner], T0)
-    json.dumps(doc, allow_nan=False)  # no NaN reaches the JSON
-    sources = {s["name"]: s for s in doc["assets"][0]["sources"]}
-    assert sources["new"]["state"] == "bad quality" and sources["new"]["bad_now"] == ["pressure"]
-    assert sources["new"]["last_alive_ts"] == T0 - 2
-    assert sources["old"]["state"] == "connected" and sources["old"]["last_alive_ts"] is None
+    json.dumps(doc, allow_nan=False)  # no NaN or Infinity reaches the JSON
+    source = doc["assets"][0]["sources"][0]
+    assert source["state"] == "connected" and source["bad_now"] == ["pressure"]
+    assert source["last_alive_ts"] == T0 - 2
     sensors = {s["name"]: s for s in doc["assets"][0]["sensors"]}
     assert (sensors["flow"]["value"], sensors["flow"]["quality"]) == (None, "good")
     assert (sensors["pressure"]["value"], sensors["pressure"]["quality"]) == (2.5, "bad")
     assert (sensors["temp"]["value"], sensors["temp"]["quality"]) == (None, "bad")  # never a good sample
     assert sensors["temp"]["bad_quality_total"] == 5 and sensors["flow"]["source"] == "history"
-    page = render_page(doc)
-    assert "2 s ago" in page and "bad quality" in page
+    assert "2 s ago" in render_page(doc)  # the transport's last answer
+
+    stats.bad_now |= {"flow", "temp"}  # every item of the source Bad: the source is "bad quality"
+    assert collect_status([runner], T0 + 1)["assets"][0]["sources"][0]["state"] == "bad quality"
+
+
+def test_a_validity_end_marker_ends_the_hold(tmp_path):
+    """A NaN reading (rule 2a's marker) is not a value: the page shows the last grid value as ended."""
+    from agent.status_data import collect_status
+
+    runner = runner_with(tmp_path, SourceStats(connected=True, readings=Counter(flow=2)))
+    runner.history.series["flow"] = __import__("collections").deque([(T0 - 60, 4.0), (T0, 5.0)])
+    runner.history.latest_grid_ts = T0
+    runner.last_readings["flow"] = Reading("flow", float("nan"), T0 + 1)
+    runner.last_readings["temp"] = Reading("temp", 3.0, T0 - 30)
+    sensors = {s["name"]: s for s in collect_status([runner], T0 + 10)["assets"][0]["sensors"]}
+    assert (sensors["flow"]["value"], sensors["flow"]["ts"], sensors["flow"]["quality"]) == (5.0, T0, "ended")
+    assert sensors["flow"]["holds"] is False  # fill_limit 0: not carried past the marker's grid step
+    assert (sensors["temp"]["value"], sensors["temp"]["quality"], sensors["temp"]["holds"]) == (3.0, "good", False)
