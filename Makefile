@@ -17,13 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Debian packages the tests use as real peers: socat (serial pair for Modbus RTU), systemd-analyze (unit checks),
-# chromium (the status page in a real browser).
+# Debian packages the tests use as real peers: socat (serial pair for Modbus RTU), systemd-analyze (unit checks).
 system-deps:
 	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \
