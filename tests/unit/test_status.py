@@ -193,6 +193,7 @@ def test_collect_reads_the_new_stats_fields_when_present(tmp_path):
     assert "2 s ago" in render_page(doc)  # the transport's last answer
 
     stats.bad_now |= {"flow", "temp"}  # every item of the source Bad: the source is "bad quality"
+    runner.check_sources()  # where the runner keeps its own verdict (rule 2a), its health check sets it
     assert collect_status([runner], T0 + 1)["assets"][0]["sources"][0]["state"] == "bad quality"
 
 
