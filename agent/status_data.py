@@ -75,7 +75,7 @@ def _endpoint(source) -> str:
 
 def _sensor_sources(runner) -> dict[str, str]:
     """sensor → source name, from the configuration (cached on the runner's history: it may read files)."""
-    cached = getattr(runner.history, "sensor_sources", None)
+    cached = runner.history.sensor_sources
     if cached is not None:
         return cached
     from agent.config import base_dir_of
@@ -246,13 +246,13 @@ def _lookout(runner) -> dict:
     if poller is None:
         return doc
     stats = poller.stats
-    trouble = getattr(poller, "_trouble", None)
+    trouble = getattr(poller, "_trouble", None)  # its TransitionLog: which kinds of request fail right now
     failing = trouble is not None and any(trouble.is_failing(k) for k in ("list", "get", "api"))
     doc.update({
         "mode": "api" if (lk.scheduler and poller.client is not None) else "listing",
         "status": "failing" if failing else ("ok" if stats.polls else "waiting"),
         "polls": stats.polls, "poll_errors": stats.poll_errors,
-        "cursor": poller._cursor if poller._cursor_loaded else None,
+        "cursor": poller.cursor,
         "results_processed": stats.results_processed})
     return doc
 

@@ -82,6 +82,7 @@ class StatusHistory:
         self.transitions: deque = deque(maxlen=transitions)
         self.sources: dict[str, SourceMemo] = {}
         self.unreadable_windows = 0
+        self.sensor_sources: dict[str, str] | None = None  # sensor → source name (agent.status_data caches it)
         self._diag_k = diagnostics_per_row
 
     # --- inputs ---------------------------------------------------------------------------------------
