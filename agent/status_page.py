@@ -98,9 +98,13 @@ def sparklines(histories: list[list], end: float | None, span: float = 3600.0) -
     width = max((len(h) for h in histories), default=0)
     if width == 0:
         return [empty] * len(histories)
-    nan = math.nan
-    times = np.array([[p[0] for p in h] + [nan] * (width - len(h)) for h in histories], dtype=float)
-    values = np.array([[p[1] for p in h] + [nan] * (width - len(h)) for h in histories], dtype=float)
+    # columns by zip (C speed); a shorter history (a sensor added later) is padded with gaps
+    pad = (math.nan,)
+    columns = [tuple(zip(*h, strict=True)) if len(h) == width else
+               (tuple(p[0] for p in h) + pad * (width - len(h)), tuple(p[1] for p in h) + pad * (width - len(h)))
+               for h in histories]
+    times = np.array([c[0] for c in columns], dtype=float)
+    values = np.array([c[1] for c in columns], dtype=float)
     valid = np.isfinite(values) & np.isfinite(times)
     lo = np.where(valid, values, np.inf).min(axis=1)
     hi = np.where(valid, values, -np.inf).max(axis=1)
