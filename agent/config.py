@@ -317,9 +317,9 @@ def load(path: str | Path, *, check_sources: bool = True) -> AssetConfig:
     except (ValueError, TypeError) as exc:  # e.g. an env override that is not valid JSON
         raise ConfigError(str(exc), file=str(path)) from None
     config = AssetConfig.model_construct(**{k: getattr(config, k) for k in AssetConfig.model_fields})
-    config = _resolve_metrics_token(config, path)
     if check_sources:
         check_sensor_coverage(config, path)
+    config = _resolve_metrics_token(config, path)
     return config
 
 

@@ -116,16 +116,17 @@ class AssetRunner:
         self.connectors: list[Connector] = connectors if connectors is not None else [
             CONNECTORS[src.kind](src, clock, base) for src in config.sources]
         self.stats = AssetStats()
-        # for the status page (agent.status_data): the latest good reading per sensor (one dict store per
-        # reading, ~20 ns: tests/bench/bench_status_page.py) and a bounded history filled per window/execution
-        self.last_readings: dict = {}
-        self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
-        self.event_listeners: list[Callable[[Event], None]] = [self.history.on_event]
+        self.event_listeners: list[Callable[[Event], None]] = []
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
                                   build_hooks(config.alarms, base, connector_writer_factory(config, base)),
                                   clock, window_secs=self.plan.frequency)
         self.alarms_raised: Counter = Counter()  # rule → alarms raised (for metrics)
         self.results_poller = None  # set by the service when results are read back (agent.results)
+        # for the status page (agent.status_data): the latest reading per sensor (one dict store per reading,
+        # ~20 ns: tests/bench/bench_status_page.py) and a bounded history filled per window/execution
+        self.last_readings: dict = {}
+        self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
+        self.event_listeners.append(self.history.on_event)
         self._pending_events: list[Event] = []
         self._tasks: list[asyncio.Task] = []
         self._refusing = False
@@ -222,8 +223,8 @@ class AssetRunner:
 
     async def alarm_job(self) -> None:
         """Health checks, then pending events and quiet-time clears into the alarm engine."""
-        self.emit(self.check_sources())
         self.history.observe_sources(self.connectors, self._silent, status_bad_quality(self), self.clock.now())
+        self.emit(self.check_sources())
         events, self._pending_events = self._pending_events, []
         for ev in events:
             self._count(await self.alarms.on_event(ev))
