@@ -155,8 +155,10 @@ async def run_demo(plan: Plan, out: Path) -> int:
         until = T + 60 * plan.live_min + config.window.grace_secs + 10
         agent = Agent([runner], clock, metrics_config=MetricsConfig(enabled=True, port=plan.status_port))
         announce = asyncio.create_task(announce_status_page(agent))
-        await agent.run(until=until)
-        announce.cancel()
+        try:
+            await agent.run(until=until)
+        finally:
+            announce.cancel()
         # let the scheduler run the last uploaded window (end + delay offset), then stop it so that windows
         # after the agent stopped do not show up as FAILED executions
         await asyncio.sleep(clock.real_seconds(60 * config.lookout.delay_offset_minutes + 30))
