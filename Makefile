@@ -23,6 +23,7 @@ NODE_PEER := tests/peers/node_opcua
 # Node.js + npm (node-opcua, a third-party OPC-UA server, installed from npm into $(NODE_PEER)).
 system-deps:
 	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \

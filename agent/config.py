@@ -317,11 +317,29 @@ def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str
         raise error from None
     if check_sources:
         check_sensor_coverage(config, path)
+    config = _resolve_metrics_token(config, path)
     return config
 
 
 def base_dir_of(path: str | Path) -> Path:
     return Path(path).resolve().parent
+
+
+def _resolve_metrics_token(config: AssetConfig, path: Path) -> AssetConfig:
+    """[metrics] token_file relative to the asset file's folder, and readable and non-empty (ConfigError)."""
+    from agent.metrics import read_token
+
+    token_file = config.metrics.token_file
+    if token_file is None or not config.metrics.enabled:
+        return config
+    if not token_file.is_absolute():
+        token_file = base_dir_of(path) / token_file
+    try:
+        read_token(token_file)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; allowed: a readable file holding the token", file=str(path),
+                          key="metrics.token_file") from None
+    return config.model_copy(update={"metrics": config.metrics.model_copy(update={"token_file": token_file})})
 
 
 def check_sensor_coverage(config: AssetConfig, path: Path) -> None:

@@ -43,6 +43,7 @@ class Plan:
     fault_end_min: float
     live_min: float
     seed: int
+    status_port: int = 0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--live-min", type=float, default=70.0)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="shorter run for CI (fewer history days, faster clock)")
+    p.add_argument("--status-port", type=int, default=0,
+                   help="port of the status page on 127.0.0.1 while the agent runs (0: a free one, printed)")
     return p.parse_args(argv)
 
 
@@ -65,7 +68,7 @@ def demo_main(argv: list[str]) -> int:
         args.history_days = min(args.history_days, 4.0)
         args.speed = max(args.speed, 180.0)
     plan = Plan(parse_instant(args.start), args.speed, args.history_days, args.fault_start_min, args.fault_end_min,
-                args.live_min, args.seed)
+                args.live_min, args.seed, args.status_port)
     return asyncio.run(run_demo(plan, args.out.resolve()))
 
 
@@ -99,6 +102,7 @@ async def run_demo(plan: Plan, out: Path) -> int:
     from agent.chart import write_chart
     from agent.lookout import make_client
     from agent.lookout_local import LocalLookoutService
+    from agent.metrics import MetricsConfig
     from agent.provision import provision
     from agent.results import ResultsPoller
     from agent.service import Agent, AssetRunner
@@ -149,7 +153,12 @@ async def run_demo(plan: Plan, out: Path) -> int:
         progress = asyncio.create_task(show_progress(runner, client, out, clock, fault))
         # run past the last window's end + grace so it is uploaded (and not reported FAILED by the scheduler)
         until = T + 60 * plan.live_min + config.window.grace_secs + 10
-        await Agent([runner], clock).run(until=until)
+        agent = Agent([runner], clock, metrics_config=MetricsConfig(enabled=True, port=plan.status_port))
+        announce = asyncio.create_task(announce_status_page(agent))
+        try:
+            await agent.run(until=until)
+        finally:
+            announce.cancel()
         # let the scheduler run the last uploaded window (end + delay offset), then stop it so that windows
         # after the agent stopped do not show up as FAILED executions
         await asyncio.sleep(clock.real_seconds(60 * config.lookout.delay_offset_minutes + 30))
@@ -170,6 +179,14 @@ async def run_demo(plan: Plan, out: Path) -> int:
         say("       " + line)
     say(f"       chart: {out / 'demo-chart.html'}")
     return 0 if summary["ok"] else 1
+
+
+async def announce_status_page(agent) -> None:
+    """Print the status page's address once the agent's listener is up."""
+    while agent.metrics_server is None or agent.metrics_server._server is None:
+        await asyncio.sleep(0.05)
+    say(f"       status page: http://127.0.0.1:{agent.metrics_server.port}/ (while the agent runs; JSON at "
+        "/api/status)")
 
 
 async def show_progress(runner, client, out: Path, clock, fault) -> None:

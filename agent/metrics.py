@@ -29,24 +29,33 @@ l4e_source_bad_quality             gauge      source              1 while it ans
 l4e_source_untrusted               gauge      source              1 while a source's server identity is refused
 =================================  =========  ==================  ==========================================
 
-The server (:class:`MetricsServer`) answers ``GET /metrics`` and ``GET /healthz`` (200 ``ok`` or 503
-with the reason from an injected ``health() -> (ok, reason)``). It binds 127.0.0.1 by default: the
-endpoint has no authentication, so exposing it is a deliberate configuration choice.
+The server (:class:`MetricsServer`) answers ``GET /metrics``, ``GET /healthz`` (200 ``ok`` or 503
+with the reason from an injected ``health() -> (ok, reason)``) and, given a ``status() -> dict`` provider,
+``GET /`` (the status page, agent.status_page) and ``GET /api/status`` (the same data as JSON, documented in
+agent.status_data). It binds 127.0.0.1 by default. Bound to any other address it requires a token
+(``[metrics] token_file``; a configuration without one is refused at load, exit 78): every request must
+then carry ``Authorization: Bearer <token>`` (or HTTP Basic with the token as the password, so a browser
+can ask for it), else 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hmac
+import ipaddress
+import json
 import logging
 import math
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -425,13 +434,47 @@ class MetricsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = Field(False, description="Serve Prometheus /metrics and /healthz over HTTP.")
+    enabled: bool = Field(False, description="Serve Prometheus /metrics, /healthz and the status page (/ and "
+                          "/api/status) over HTTP.")
     host: str = Field(
         "127.0.0.1",
-        description="Address to listen on. The endpoint has no authentication: keep loopback unless a "
-        "firewall limits who can reach it.",
+        description="Address to listen on (also serves the status page / and /api/status). Any address but "
+        "loopback requires token_file.",
     )
     port: int = Field(9108, ge=0, le=65535, description="TCP port to listen on; 0 picks a free port (tests).")
+    token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token (surrounding whitespace stripped) every request must carry "
+        "when set; required when host is not loopback. Relative to the asset file's folder.",
+    )
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> MetricsConfig:
+        if self.enabled and not is_loopback(self.host) and self.token_file is None:
+            raise ValueError(f"host {self.host!r} is not loopback: token_file is required (a file holding the "
+                             "bearer token), or use host = \"127.0.0.1\"")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1; a host name other than localhost counts as exposed."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path`` (whitespace stripped). Raises ValueError when it is unreadable or empty."""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read token file {path}: {exc}") from None
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
 
 
 Health = Callable[[], tuple[bool, str]]
@@ -440,6 +483,7 @@ Health = Callable[[], tuple[bool, str]]
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",
@@ -454,16 +498,23 @@ class MetricsServer:
     connection). Use as ``async with MetricsServer(...) as server:`` or call :meth:`start`/:meth:`stop`.
     """
 
-    def __init__(self, registry: Registry, health: Health, *, host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(self, registry: Registry, health: Health, *, host: str = "127.0.0.1", port: int = 9108,
+                 status: Callable[[], dict] | None = None, token: str | None = None) -> None:
+        if token is None and not is_loopback(host):
+            raise ValueError(f"metrics: host {host!r} is not loopback and no token is set")
         self.registry = registry
         self.health = health
         self.host = host
         self.requested_port = port
+        self.status = status
+        self._token = token
         self._server: asyncio.Server | None = None
 
     @classmethod
-    def from_config(cls, config: MetricsConfig, registry: Registry, health: Health) -> MetricsServer:
-        return cls(registry, health, host=config.host, port=config.port)
+    def from_config(cls, config: MetricsConfig, registry: Registry, health: Health,
+                    status: Callable[[], dict] | None = None) -> MetricsServer:
+        token = read_token(config.token_file) if config.token_file is not None else None
+        return cls(registry, health, host=config.host, port=config.port, status=status, token=token)
 
     @property
     def port(self) -> int:
@@ -494,15 +545,20 @@ class MetricsServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT_SECS):
-                method, path = await _read_request(reader)
+                method, path, authorization = await _read_request(reader)
             try:
-                status, content_type, body = self._respond(method, path)
+                if not self._authorized(authorization):
+                    status, content_type, body = 401, "text/plain; charset=utf-8", b"token required\n"
+                else:
+                    status, content_type, body = self._respond(method, path)
             except Exception:  # a bug in rendering must not kill the connection without an answer
                 log.exception("metrics request %s %s failed", method, path)
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
             await _write_response(writer, status, content_type, body, head_only=method == "HEAD")
         except _BadRequest as exc:
-            await _write_response(writer, 400, "text/plain; charset=utf-8", f"{exc}\n".encode(), head_only=False)
+            with contextlib.suppress(ConnectionError):  # the client may be gone already
+                await _write_response(writer, 400, "text/plain; charset=utf-8", f"{exc}\n".encode(),
+                                      head_only=False)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away or was too slow; nothing to answer
         finally:
@@ -522,7 +578,28 @@ class MetricsServer:
                 "text/plain; charset=utf-8",
                 (("ok" if ok else reason) + "\n").encode(),
             )
-        return 404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n"
+        if path in ("/", "/index.html") and self.status is not None:
+            from agent.status_page import render_page
+
+            return 200, "text/html; charset=utf-8", render_page(self.status()).encode()
+        if path == "/api/status" and self.status is not None:
+            return 200, "application/json", json.dumps(self.status(), allow_nan=False).encode()
+        return 404, "text/plain; charset=utf-8", b"not found: try /, /api/status, /metrics or /healthz\n"
+
+    def _authorized(self, authorization: str) -> bool:
+        """No token configured, or the request carries it (Bearer, or Basic with it as the password)."""
+        if self._token is None:
+            return True
+        scheme, _, value = authorization.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "basic":
+            try:
+                value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        elif scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.encode(), self._token.encode())
 
     def _check_health(self) -> tuple[bool, str]:
         try:
@@ -536,20 +613,28 @@ class _BadRequest(Exception):
     pass
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """Read the request line and headers; return (method, path without the query string)."""
-    request_line = (await _read_line(reader)).decode("latin-1").strip()
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, str]:
+    """Read the request line and headers; return (method, path without the query string, the Authorization
+    header or "")."""
+    raw = await _read_line(reader)
+    if not raw:  # closed before sending anything (a browser's speculative preconnect): nothing to answer
+        raise ConnectionResetError("no request")
+    request_line = raw.decode("latin-1").strip()
     parts = request_line.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         raise _BadRequest("malformed request line")
+    authorization = ""
     for _ in range(_MAX_HEADER_LINES):
         line = await _read_line(reader)
         if line in (b"\r\n", b"\n", b""):
             break
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "authorization":
+            authorization = value.strip()
     else:
         raise _BadRequest("too many header lines")
     method, target, _version = parts
-    return method, target.split("?", 1)[0]
+    return method, target.split("?", 1)[0], authorization
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:
@@ -571,6 +656,8 @@ async def _write_response(
     )
     if status == 405:
         headers += "Allow: GET, HEAD\r\n"
+    if status == 401:  # Basic makes a browser ask; Bearer is what scripts and Prometheus send
+        headers += 'WWW-Authenticate: Basic realm="l4e-agent", charset="UTF-8"\r\n'
     writer.write((headers + "\r\n").encode("latin-1"))
     if not head_only:
         writer.write(body)

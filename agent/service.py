@@ -31,6 +31,8 @@ from agent.outbox import Outbox
 from agent.pipeline import WindowCloser, WindowPlan
 from agent.scheduler import JobScheduler
 from agent.spool import Spool
+from agent.status_data import bad_quality_sources as status_bad_quality
+from agent.status_history import StatusHistory
 from agent.store import ObjectStore, open_location
 from agent.upload import Uploader
 from connectors.base import Connector
@@ -155,6 +157,11 @@ class AssetRunner:
         self.alarms.disk = self.disk
         self.alarms_raised: Counter = Counter()  # rule → alarms raised (for metrics)
         self.results_poller = None  # set by the service when results are read back (agent.results)
+        # for the status page (agent.status_data): the latest reading per sensor (one dict store per reading,
+        # ~20 ns: tests/bench/bench_status_page.py) and a bounded history filled per window/execution
+        self.last_readings: dict = {}
+        self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
+        self.event_listeners.append(self.history.on_event)
         self._pending_events: list[Event] = []
         self._tasks: list[asyncio.Task] = []
         self._refusing = False
@@ -196,6 +203,9 @@ class AssetRunner:
                         continue
                     self.spool.append(batch)
                     self.stats.readings += len(batch)
+                    last = self.last_readings
+                    for reading in batch:
+                        last[reading.sensor] = reading
                     backoff.reset()
                 log.info("source %s finished", connector.name)
                 self._end_validity(sensors, self.clock.now())
@@ -293,6 +303,7 @@ class AssetRunner:
 
     async def alarm_job(self) -> None:
         """Health checks, then pending events and quiet-time clears into the alarm engine."""
+        self.history.observe_sources(self.connectors, self._silent, status_bad_quality(self), self.clock.now())
         self.emit(self.check_sources())
         with self.disk.guard("alarms"):
             # one at a time: if the state cannot be saved (full disk), the engine changed nothing and the
@@ -303,6 +314,7 @@ class AssetRunner:
             self._count(await self.alarms.tick())
 
     def _count(self, transitions) -> None:
+        self.history.on_alarms(transitions)
         for alarm in transitions:
             if alarm.state == "raised":
                 self.alarms_raised[alarm.rule] += 1
@@ -314,6 +326,7 @@ class AssetRunner:
 
     async def on_results(self, rows) -> None:
         self._count(await self.alarms.on_results(rows))
+        self.history.on_results(rows)  # after the engine accepted them: a refused batch comes again
 
     async def _on_result_event(self, event: Event) -> None:
         self.stats.events.append(event)
@@ -462,8 +475,11 @@ class Agent:
         if gate.enabled:
             helpers.append(asyncio.create_task(gate.run(), name="watchdog"))
         if self.metrics_config is not None and self.metrics_config.enabled:
-            self.metrics_server = MetricsServer.from_config(self.metrics_config, self.supervision.registry,
-                                                            self.supervision.health)
+            from agent.status_data import collect_status
+
+            self.metrics_server = MetricsServer.from_config(
+                self.metrics_config, self.supervision.registry, self.supervision.health,
+                status=lambda: collect_status(self.runners, self.clock.now()))
             await self.metrics_server.start()
             log.info("metrics on http://%s:%d/metrics", self.metrics_config.host, self.metrics_server.port)
         self.notifier.ready(self.supervision.summary())

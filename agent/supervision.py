@@ -60,7 +60,7 @@ class Supervision:
             self._latency_seen[asset] = stats.latency_count
             poller = runner.results_poller
             if poller is not None:
-                m.results_processed.set_total(getattr(poller, "results_processed", 0), asset=asset)
+                m.results_processed.set_total(poller.stats.results_processed, asset=asset)
             for rule, n in runner.alarms_raised.items():
                 m.alarms_raised.set_total(n, asset=asset, rule=rule)
             for name, hook in runner.alarms.hooks.items():

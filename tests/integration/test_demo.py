@@ -4,8 +4,10 @@ alarms. The anomaly alarm must be raised for the injected fault and not before i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -13,10 +15,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_short_demo_raises_the_alarm_for_the_fault_and_not_before(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "agent", "demo", "--out", str(out), "--quick",
-                           "--fault-start-min", "20", "--fault-end-min", "35", "--live-min", "50"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    err = (tmp_path / "stderr.txt").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "--out", str(out), "--quick",
+                             "--fault-start-min", "20", "--fault-end-min", "35", "--live-min", "50"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+    lines, page = [], None
+    try:
+        for line in proc.stdout:  # the status page is served while the agent runs: fetch it then
+            lines.append(line)
+            m = re.search(r"status page: (http://127\.0\.0\.1:\d+/)", line)
+            if m and page is None:
+                with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+                    page = (resp.status, resp.read().decode())
+        proc.wait(timeout=240)
+    finally:
+        proc.kill()
+    stdout = "".join(lines)
+    err.seek(0)
+    assert proc.returncode == 0, stdout[-3000:] + err.read()[-3000:]
+    assert page is not None and page[0] == 200 and "asset pump-07" in page[1]
+    assert all(f'data-sensor="{s}"' in page[1] for s in ("flow", "suction_pressure", "vibration", "winding_temp"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] is True
     alarms = [json.loads(x) for x in (out / "alarms.jsonl").read_text().splitlines()]
@@ -32,4 +50,4 @@ def test_short_demo_raises_the_alarm_for_the_fault_and_not_before(tmp_path):
     assert len(list((store / "input").glob("pump_*.csv"))) >= 8
     assert len(list((store / "output").glob("*/results.jsonl"))) >= 8
     assert "<svg" in (out / "demo-chart.html").read_text()
-    assert "uploaded pump_" in proc.stdout and "ALARM RAISED anomaly" in proc.stdout
+    assert "uploaded pump_" in stdout and "ALARM RAISED anomaly" in stdout
