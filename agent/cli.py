@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         from agent.lookout_local import serve_main
 
         return serve_main(argv[2:])
+    if argv[:2] == ["lookout", "worker"]:
+        from agent.lookout_local.cli import worker_main
+
+        return worker_main(argv[2:])
     if argv[:1] == ["simulate"]:
         from connectors.simulator import simulate_main
 

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULER = "inference-scheduler"
 DEFAULT_LEASE_SECS = 30.0
+KEEP_JOBS_HOURS = 1      # finished task records kept for inspection (procrastinate_jobs), then deleted
+CLEANUP_SECS = 600.0
 
 
 def deferrer(state):
@@ -94,9 +96,12 @@ def worker_app(db_url: str, tasks: Tasks):
     import procrastinate
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=db_url))
-    app.task(name="l4e.ingest", queue=QUEUE)(tasks.ingest)
-    app.task(name="l4e.train", queue=QUEUE)(tasks.train)
-    app.task(name="l4e.run_execution", queue=QUEUE)(tasks.run_execution)
+    # the bodies record data problems themselves: what escapes is the infrastructure (the database restarting
+    # between the work and its record), worth another attempt
+    retry = procrastinate.RetryStrategy(max_attempts=10, wait=2)
+    app.task(name="l4e.ingest", queue=QUEUE, retry=retry)(tasks.ingest)
+    app.task(name="l4e.train", queue=QUEUE, retry=retry)(tasks.train)
+    app.task(name="l4e.run_execution", queue=QUEUE, retry=retry)(tasks.run_execution)
     return app
 
 
@@ -163,7 +168,7 @@ class FleetWorker:
                 app, queues=[QUEUE], name=self.name, concurrency=1, install_signal_handlers=False,
                 fetch_job_polling_interval=self.poll_secs, abort_job_polling_interval=max(self.poll_secs, 5.0),
                 update_heartbeat_interval=self.lease_secs / 4, stalled_worker_timeout=self.lease_secs,
-                shutdown_graceful_timeout=30.0, delete_jobs="successful")
+                shutdown_graceful_timeout=30.0)
             if self._stop.is_set():
                 return
             sweep = asyncio.create_task(self._sweep(app))
@@ -174,11 +179,17 @@ class FleetWorker:
                 sweep.cancel()
 
     async def _sweep(self, app) -> None:
-        """Put the tasks of workers silent for a lease back in the queue (every lease/4 s)."""
+        """Put the tasks of workers silent for a lease back in the queue (every lease/4 s); drop finished
+        task records older than KEEP_JOBS_HOURS (every CLEANUP_SECS)."""
         failing = False
+        loop = asyncio.get_running_loop()
+        cleaned = loop.time()
         while True:
             await asyncio.sleep(self.lease_secs / 4)
             try:
+                if loop.time() - cleaned > CLEANUP_SECS:
+                    await app.job_manager.delete_old_jobs(nb_hours=KEEP_JOBS_HOURS, queue=QUEUE)
+                    cleaned = loop.time()
                 for job in await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self.lease_secs):
                     try:
                         await app.job_manager.retry_job(job)
