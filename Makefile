@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Debian packages the tests use as real peers: socat (serial pair for Modbus RTU), systemd-analyze (unit checks).
+# Debian packages the tests use as real peers: socat (serial pair for Modbus RTU), systemd-analyze (unit checks),
+# PostgreSQL's server binaries (the local L4E service's fleet mode; the tests start their own server).
 system-deps:
 	@missing=""; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \
