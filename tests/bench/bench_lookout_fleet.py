@@ -92,13 +92,38 @@ class Plant:
                 self.store.put(key, ("\n".join(body) + "\n").encode())
 
 
+def cpu_secs(pid: int, children: bool = False) -> float:
+    """utime + stime of a process (+ its reaped children's with ``children``), seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu(pg: PgServer) -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster with its reaped backends, plus the live ones."""
+    master = int((pg.data / "postmaster.pid").read_text().split()[0])
+    total = cpu_secs(master, children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == master:
+            total += cpu_secs(int(stat.parent.name))
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
 def db_rows(db: str, sql: str, args: tuple = ()) -> list[tuple]:
     with psycopg.connect(db, autocommit=True) as conn:
-        return conn.execute(sql, args).fetchall()
+        cur = conn.execute(sql, args)
+        return cur.fetchall() if cur.description else []
 
 
 def run(w: int, args, ctx: dict) -> dict:
@@ -137,6 +162,7 @@ def run(w: int, args, ctx: dict) -> dict:
     for t in threads:
         t.join()
     ready = time.time()
+    cpu0 = sum(cpu_secs(p.pid) for p in procs), pg_cpu(ctx["pg"])
     backlog_count = args.schedulers * args.backlog
     pattern = f"w{w}-%"
 
@@ -151,6 +177,9 @@ def run(w: int, args, ctx: dict) -> dict:
             raise SystemExit(f"backlog not drained within {args.timeout}s ({len(done)}/{backlog_count})")
         time.sleep(0.2)
     drained = max(done)
+    cpu1 = sum(cpu_secs(p.pid) for p in procs), pg_cpu(ctx["pg"])
+    executed = db_rows(db, "SELECT count(*) FROM lookout_executions WHERE scheduler LIKE %s AND status <> "
+                           "'IN_PROGRESS'", (pattern,))[0][0]
     throughput = backlog_count / (drained - ready)
     # steady state: the windows due (end + delay) after the drain, at the offered rate
     first_due = (int(clock_sim(clock, drained) // F) + 1) * F
@@ -171,15 +200,18 @@ def run(w: int, args, ctx: dict) -> dict:
         fleet.stop(p)
     for name in names:
         client.stop_inference_scheduler(InferenceSchedulerName=name)
-    extra_runs = db_rows(db, "SELECT coalesce(sum(attempts - 1), 0) FROM procrastinate_jobs WHERE "
-                             "task_name = 'l4e.run_execution' AND args->>'scheduler' LIKE %s", (pattern,))[0][0]
+    # a finished task's attempts count its final run too: anything above 1 is a repeated run
+    extra_runs = db_rows(db, "SELECT coalesce(sum(attempts - 1), 0) FROM procrastinate_jobs WHERE status IN "
+                             "('succeeded', 'failed') AND task_name = 'l4e.run_execution' AND "
+                             "args->>'scheduler' LIKE %s", (pattern,))[0][0]
     twice = db_rows(db, "SELECT count(*) - count(DISTINCT (scheduler, data_start)) FROM lookout_executions "
                         "WHERE scheduler LIKE %s", (pattern,))[0][0]
     failed = db_rows(db, "SELECT count(*) FROM lookout_executions WHERE scheduler LIKE %s AND status = 'FAILED'",
                      (pattern,))[0][0]
     return {"workers": w, "throughput": throughput, "lag_p50": percentile(lags, 50), "lag_p99": percentile(lags, 99),
             "duplicates": int(extra_runs) + int(twice), "failed": int(failed), "statuses": sorted(statuses),
-            "offered": args.schedulers * clock.speed / F}
+            "offered": args.schedulers * clock.speed / F,
+            "worker_ms": 1000 * (cpu1[0] - cpu0[0]) / executed, "pg_ms": 1000 * (cpu1[1] - cpu0[1]) / executed}
 
 
 def clock_sim(clock: ScaledClock, wall: float) -> float:
@@ -248,17 +280,18 @@ def main() -> int:
         fleet.stop(trainer)
         noise = np.random.default_rng(5)
         plant = Plant(store, comps, {c: v + noise.normal(0, 0.2, v.shape) for c, v in values.items()})
-        ctx = {"client": client, "clock": clock, "db": db, "plant": plant, "fleet": fleet}
+        ctx = {"client": client, "clock": clock, "db": db, "plant": plant, "fleet": fleet, "pg": pg}
         results = []
         print(f"{'workers':>7} {'exec/s':>8} {'efficiency':>10} {'offered/s':>9} {'lag p50 s':>9} {'lag p99 s':>9} "
-              f"{'dup':>4} {'failed':>6}", flush=True)
+              f"{'dup':>4} {'failed':>6} {'worker CPU ms/exec':>18} {'PG CPU ms/exec':>14}", flush=True)
         for w in workers:
             r = run(w, args, ctx)
             results.append(r)
             one = results[0]["throughput"] / results[0]["workers"]  # per worker, from the first (smallest) count
             eff = r["throughput"] / (w * one)
             print(f"{w:>7} {r['throughput']:>8.1f} {eff:>10.2f} {r['offered']:>9.1f} {r['lag_p50']:>9.2f} "
-                  f"{r['lag_p99']:>9.2f} {r['duplicates']:>4} {r['failed']:>6}", flush=True)
+                  f"{r['lag_p99']:>9.2f} {r['duplicates']:>4} {r['failed']:>6} {r['worker_ms']:>18.1f} "
+                  f"{r['pg_ms']:>14.2f}", flush=True)
         fleet.close()
         svc.stop()
         bad = [r for r in results if r["duplicates"]]
