@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -245,6 +246,7 @@ def main() -> int:
             import boto3
             from moto.server import ThreadedMotoServer
 
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
             moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             moto.start()
             host, port = moto.get_host_and_port()
