@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 
 from agent.errors import L4EAgentError
 from agent.lookout_local.context import Context
@@ -128,20 +129,26 @@ class Scheduler:
 
 
 class ModelCache:
-    """Trained models by (name, ARN): a model is loaded once per process, and a re-created model of the
-    same name (new ARN) is loaded afresh."""
+    """Trained models by (name, ARN), the ``size`` most recently used: a model is loaded once per process
+    while in use, a re-created model of the same name (new ARN) is loaded afresh, and a fleet worker that
+    sees thousands of models keeps a bounded number in memory."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, size: int = 64) -> None:
         self.ctx = ctx
-        self._models: dict[tuple[str, str], tuple[TrainedModel, object]] = {}
+        self.size = size
+        self._models: OrderedDict[tuple[str, str], tuple[TrainedModel, list]] = OrderedDict()
 
     def get(self, name: str) -> tuple[TrainedModel, list]:
         model = self.ctx.state.get("model", name)
         if model is None:
             raise KeyError(f"model {name!r} does not exist")
         key = (name, model["ModelArn"])
-        if key not in self._models:
+        if key in self._models:
+            self._models.move_to_end(key)
+        else:
             self._models[key] = (TrainedModel.load(self.ctx.model_dir(name)), parse_schema(model["Schema"]))
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
         return self._models[key]
 
 

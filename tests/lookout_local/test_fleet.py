@@ -63,7 +63,7 @@ def fleet(tmp_path_factory, history, pg_server):
     first = procs.worker()
     assert ingest(client, "fleet-data")["Status"] == "SUCCESS"
     assert train(client, "fm", "fleet-data")["Status"] == "SUCCESS"
-    procs.stop(first)
+    assert procs.stop(first) == 0  # SIGTERM: the worker drains and exits cleanly
     yield {"svc": svc, "client": client, "store": store, "procs": procs, "db": db_url, "clock": clock,
            "state_dir": state_dir, "pg": pg_server}
     procs.close()
@@ -256,9 +256,12 @@ def _answers(client, name: str) -> bool:
         return False
 
 
-def test_worker_refuses_to_start_without_a_database(tmp_path):
-    from agent.lookout_local.cli import worker_main
+def test_worker_refuses_to_start_without_a_database(tmp_path, caplog):
+    from agent.cli import main
 
-    assert worker_main(["--state-dir", str(tmp_path)]) == 78
-    assert worker_main(["--db", "mysql://x@y/z", "--state-dir", str(tmp_path)]) == 78
+    assert main(["lookout", "worker", "--state-dir", str(tmp_path)]) == 78
+    assert "--db postgresql://" in caplog.text
+    assert main(["lookout", "worker", "--db", "mysql://x@y/z", "--state-dir", str(tmp_path)]) == 78
+    assert "allowed: postgresql://" in caplog.text
+    assert main(["lookout", "serve", "--db", "sqlite:///x", "--state-dir", str(tmp_path)]) == 78
 
