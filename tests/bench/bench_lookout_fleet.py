@@ -164,6 +164,8 @@ def run(w: int, args, ctx: dict) -> dict:
         t.join()
     ready = time.time()
     cpu0 = sum(cpu_secs(p.pid) for p in procs), pg_cpu(ctx["pg"])
+    xacts = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+    xact0 = db_rows(db, xacts)[0][0]
     backlog_count = args.schedulers * args.backlog
     pattern = f"w{w}-%"
 
@@ -179,6 +181,8 @@ def run(w: int, args, ctx: dict) -> dict:
         time.sleep(0.2)
     drained = max(done)
     cpu1 = sum(cpu_secs(p.pid) for p in procs), pg_cpu(ctx["pg"])
+    time.sleep(1.0)  # PostgreSQL publishes its statistics about once a second
+    xact1 = db_rows(db, xacts)[0][0]
     executed = db_rows(db, "SELECT count(*) FROM lookout_executions WHERE scheduler LIKE %s AND status <> "
                            "'IN_PROGRESS'", (pattern,))[0][0]
     throughput = backlog_count / (drained - ready)
@@ -212,7 +216,8 @@ def run(w: int, args, ctx: dict) -> dict:
     return {"workers": w, "throughput": throughput, "lag_p50": percentile(lags, 50), "lag_p99": percentile(lags, 99),
             "duplicates": int(extra_runs) + int(twice), "failed": int(failed), "statuses": sorted(statuses),
             "offered": args.schedulers * clock.speed / F,
-            "worker_ms": 1000 * (cpu1[0] - cpu0[0]) / executed, "pg_ms": 1000 * (cpu1[1] - cpu0[1]) / executed}
+            "worker_ms": 1000 * (cpu1[0] - cpu0[0]) / executed, "pg_ms": 1000 * (cpu1[1] - cpu0[1]) / executed,
+            "xacts": (xact1 - xact0) / executed}
 
 
 def clock_sim(clock: ScaledClock, wall: float) -> float:
@@ -285,7 +290,8 @@ def main() -> int:
         ctx = {"client": client, "clock": clock, "db": db, "plant": plant, "fleet": fleet, "pg": pg}
         results = []
         print(f"{'workers':>7} {'exec/s':>8} {'efficiency':>10} {'offered/s':>9} {'lag p50 s':>9} {'lag p99 s':>9} "
-              f"{'dup':>4} {'failed':>6} {'worker CPU ms/exec':>18} {'PG CPU ms/exec':>14}", flush=True)
+              f"{'dup':>4} {'failed':>6} {'worker CPU ms/exec':>18} {'PG CPU ms/exec':>14} {'PG xact/exec':>12}",
+              flush=True)
         for w in workers:
             r = run(w, args, ctx)
             results.append(r)
@@ -293,7 +299,7 @@ def main() -> int:
             eff = r["throughput"] / (w * one)
             print(f"{w:>7} {r['throughput']:>8.1f} {eff:>10.2f} {r['offered']:>9.1f} {r['lag_p50']:>9.2f} "
                   f"{r['lag_p99']:>9.2f} {r['duplicates']:>4} {r['failed']:>6} {r['worker_ms']:>18.1f} "
-                  f"{r['pg_ms']:>14.2f}", flush=True)
+                  f"{r['pg_ms']:>14.2f} {r['xacts']:>12.1f}", flush=True)
         fleet.close()
         svc.stop()
         bad = [r for r in results if r["duplicates"]]
