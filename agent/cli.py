@@ -1,4 +1,4 @@
-"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|...``.
+"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|lookout worker|...``.
 
 Exit codes: 0 success, 1 failure at run time, 2 usage, 78 configuration error (EX_CONFIG: the message names the
 file, the key and the allowed values; systemd's RestartPreventExitStatus=78 stops the restart loop).

@@ -64,6 +64,11 @@ def build_worker_parser() -> argparse.ArgumentParser:
 
 
 def _clock_and_store(args) -> tuple[object, str]:
+    """The clock and store URL the options name; also checks the fleet options (ConfigError)."""
+    if args.lease_secs is not None and not args.lease_secs > 0:
+        raise ConfigError(f"--lease-secs {args.lease_secs}: must be > 0 seconds")
+    if getattr(args, "tick_secs", 1.0) <= 0:
+        raise ConfigError(f"--tick-secs {args.tick_secs}: must be > 0 seconds")
     state_dir = Path(args.state_dir)
     store = args.store or (state_dir / "store").resolve().as_uri() + "/"
     if (args.clock_start is None) != (args.speed is None):
@@ -75,11 +80,11 @@ def _clock_and_store(args) -> tuple[object, str]:
     return ScaledClock.persistent(parse_instant(args.clock_start), args.speed, state_dir / "clock.json"), store
 
 
-def _until_signal() -> threading.Event:
+def _until_signal() -> tuple[threading.Event, dict]:
+    """An event set by SIGTERM/SIGINT, and the handlers it replaced (to put back)."""
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return stop, previous
 
 
 def worker_main(argv: list[str]) -> int:
@@ -101,12 +106,12 @@ def worker_main(argv: list[str]) -> int:
     except (ConfigError, ValueError) as exc:
         log.error("%s", exc)
         return ConfigError.exit_code
-    stop = _until_signal()
     try:
         migrate.upgrade(args.db)
     except Exception as exc:  # unreachable or refusing database: nothing started yet, the unit restarts us
         log.error("cannot prepare the database: %s: %s", type(exc).__name__, exc)
         return 1
+    stop, previous = _until_signal()
     state = PgState(args.db, pool_size=4)
     ctx = Context(state, stores, clock, Path(args.state_dir))
     worker = fleet.FleetWorker(ctx, args.db, tick_secs=args.tick_secs,
@@ -118,6 +123,8 @@ def worker_main(argv: list[str]) -> int:
     finally:
         worker.stop()
         state.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve_main(argv: list[str]) -> int:

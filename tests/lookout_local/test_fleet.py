@@ -264,4 +264,10 @@ def test_worker_refuses_to_start_without_a_database(tmp_path, caplog):
     assert main(["lookout", "worker", "--db", "mysql://x@y/z", "--state-dir", str(tmp_path)]) == 78
     assert "allowed: postgresql://" in caplog.text
     assert main(["lookout", "serve", "--db", "sqlite:///x", "--state-dir", str(tmp_path)]) == 78
+    db = ["--db", "postgresql://nobody@127.0.0.1:1/x", "--state-dir", str(tmp_path)]
+    assert main(["lookout", "worker", *db, "--lease-secs", "0"]) == 78
+    assert "--lease-secs 0.0: must be > 0" in caplog.text
+    assert main(["lookout", "worker", *db, "--tick-secs", "-1"]) == 78
+    assert main(["lookout", "worker", *db]) == 1  # valid options, no database there: not a config error
+    assert "cannot prepare the database" in caplog.text
 
