@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 NODE_PEER := tests/peers/node_opcua
 
 # Debian packages the tests use as real peers: socat (serial pair for Modbus RTU), systemd-analyze (unit checks),
-# Node.js + npm (node-opcua, a third-party OPC-UA server, installed from npm into $(NODE_PEER)).
+# Chromium (the status page in a real browser), PostgreSQL's server binaries (the local L4E service's fleet mode;
+# the tests start their own server), Node.js + npm (node-opcua, a third-party OPC-UA server, installed from npm
+# into $(NODE_PEER)).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -28,6 +30,7 @@ system-deps:
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \

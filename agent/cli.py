@@ -1,4 +1,4 @@
-"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|...``.
+"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|lookout worker|...``.
 
 Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 
@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from agent.lookout_local import serve_main
 
         return serve_main(argv[2:])
+    if argv[:2] == ["lookout", "worker"]:
+        from agent.lookout_local.cli import worker_main
+
+        return worker_main(argv[2:])
     if argv[:1] == ["simulate"]:
         from connectors.simulator import simulate_main
 

@@ -13,7 +13,10 @@ Modules, one job each:
     detector    the anomaly detector (numpy)                          modeling    resampling, training, metrics, scoring
     inference   one scheduler window → results.jsonl                 scheduler   the tick loop over schedulers
     worker      ingestion/training thread                             server      HTTP + LocalLookoutService
-    cli         serve_main
+    cli         serve_main, worker_main
+Fleet mode (``--db postgresql://…``):
+    pgstate     PostgreSQL persistence                                migrate     Alembic (migrations/)
+    dispatch    due windows → executions + tasks                      fleet       procrastinate tasks, workers, leases
 """
 
 from agent.lookout_local.cli import serve_main

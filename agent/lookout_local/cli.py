@@ -1,4 +1,5 @@
-"""``l4e-agent lookout serve`` / ``python -m agent.lookout_local``: run the service until SIGTERM/SIGINT."""
+"""``l4e-agent lookout serve`` / ``python -m agent.lookout_local``: run the service until SIGTERM/SIGINT;
+``l4e-agent lookout worker`` / ``python -m agent.lookout_local worker``: a fleet worker (PostgreSQL only)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,97 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-keys-file", default=None, metavar="PATH",
                         help="ID:SECRET pairs, one per line (keeps secrets out of the process list)")
     parser.add_argument("--log-level", default="INFO")
+    _fleet_options(parser)
+    parser.add_argument("--workers", type=int, choices=(0, 1), default=1,
+                        help="with --db: 1 runs a worker in this process too (default), 0 serves the API only")
     return parser
+
+
+def _fleet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, metavar="postgresql://USER@HOST:PORT/DB",
+                        help="PostgreSQL state, queue and leases shared by every replica and worker "
+                             "(default: SQLite in --state-dir)")
+    parser.add_argument("--lease-secs", type=float, default=None,
+                        help="with --db: a worker silent this long loses its task to another (default 30)")
+
+
+def build_worker_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l4e-agent lookout worker",
+                                     description="A fleet worker of the local L4E service: ingestion, training and "
+                                                 "scheduled inference tasks from PostgreSQL")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                        help="datasets and models: the same (shared) folder as the API replicas'")
+    parser.add_argument("--store", default=None, help="as for serve")
+    parser.add_argument("--clock-start", default=None, help="as for serve (the same anchor file in --state-dir)")
+    parser.add_argument("--speed", type=float, default=None, help="as for serve")
+    parser.add_argument("--tick-secs", type=float, default=0.2, help="dispatcher period in wall seconds")
+    parser.add_argument("--log-level", default="INFO")
+    _fleet_options(parser)
+    return parser
+
+
+def _clock_and_store(args) -> tuple[object, str]:
+    """The clock and store URL the options name; also checks the fleet options (ConfigError)."""
+    if args.lease_secs is not None and not args.lease_secs > 0:
+        raise ConfigError(f"--lease-secs {args.lease_secs}: must be > 0 seconds")
+    if getattr(args, "tick_secs", 1.0) <= 0:
+        raise ConfigError(f"--tick-secs {args.tick_secs}: must be > 0 seconds")
+    state_dir = Path(args.state_dir)
+    store = args.store or (state_dir / "store").resolve().as_uri() + "/"
+    if (args.clock_start is None) != (args.speed is None):
+        raise ConfigError("--clock-start and --speed go together")
+    if args.clock_start is None:
+        return SystemClock(), store
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # persisted anchor: a restart with the same options continues the same simulated timeline
+    return ScaledClock.persistent(parse_instant(args.clock_start), args.speed, state_dir / "clock.json"), store
+
+
+def _until_signal() -> tuple[threading.Event, dict]:
+    """An event set by SIGTERM/SIGINT, and the handlers it replaced (to put back)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return stop, previous
+
+
+def worker_main(argv: list[str]) -> int:
+    """Run a FleetWorker until SIGTERM/SIGINT (the running task finishes first). Exit 0 after a signal, 78
+    for bad options (--db is required)."""
+    args = build_worker_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.lookout_local import fleet, migrate
+    from agent.lookout_local.context import Context
+    from agent.lookout_local.pgstate import PgState
+    from agent.lookout_local.stores import Stores
+
+    try:
+        if not args.db:
+            raise ConfigError("lookout worker: --db postgresql://… is required (workers share PostgreSQL state)")
+        migrate.sqlalchemy_url(args.db)  # refuses another scheme with the allowed form
+        clock, store = _clock_and_store(args)
+        stores = Stores(store)
+    except (ConfigError, ValueError) as exc:
+        log.error("%s", exc)
+        return ConfigError.exit_code
+    try:
+        migrate.upgrade(args.db)
+    except Exception as exc:  # unreachable or refusing database: nothing started yet, the unit restarts us
+        log.error("cannot prepare the database: %s: %s", type(exc).__name__, exc)
+        return 1
+    stop, previous = _until_signal()
+    state = PgState(args.db, pool_size=4)
+    ctx = Context(state, stores, clock, Path(args.state_dir))
+    worker = fleet.FleetWorker(ctx, args.db, tick_secs=args.tick_secs,
+                               lease_secs=args.lease_secs or fleet.DEFAULT_LEASE_SECS).start()
+    print(f"worker {worker.name} running", flush=True)
+    try:
+        stop.wait()
+        return 0
+    finally:
+        worker.stop()
+        state.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve_main(argv: list[str]) -> int:
@@ -50,18 +141,14 @@ def serve_main(argv: list[str]) -> int:
                 raise ConfigError(f"--access-keys-file: {exc}") from None
             pairs += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         keys = parse_access_keys(pairs)
-        state_dir = Path(args.state_dir)
-        store = args.store or (state_dir / "store").resolve().as_uri() + "/"
-        if (args.clock_start is None) != (args.speed is None):
-            raise ConfigError("--clock-start and --speed go together")
-        if args.clock_start is not None:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            # persisted anchor: a restart with the same options continues the same simulated timeline
-            clock = ScaledClock.persistent(parse_instant(args.clock_start), args.speed, state_dir / "clock.json")
-        else:
-            clock = SystemClock()
-        service = LocalLookoutService(state_dir, store, host=args.host, port=args.port, clock=clock,
-                                      access_keys=keys)
+        if args.db:
+            from agent.lookout_local.migrate import sqlalchemy_url
+
+            sqlalchemy_url(args.db)  # refuses another scheme with the allowed form
+        clock, store = _clock_and_store(args)
+        service = LocalLookoutService(Path(args.state_dir), store, host=args.host, port=args.port, clock=clock,
+                                      access_keys=keys, db_url=args.db, embedded_worker=args.workers == 1,
+                                      lease_secs=args.lease_secs)
     except (ConfigError, ValueError) as exc:
         log.error("%s", exc)
         return ConfigError.exit_code
@@ -72,6 +159,9 @@ def serve_main(argv: list[str]) -> int:
             service.start()
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+            return 1
+        except Exception as exc:  # --db: the database unreachable at start (sqlalchemy/psycopg errors)
+            log.error("cannot prepare the database: %s: %s", type(exc).__name__, exc)
             return 1
         print(f"listening on {service.endpoint_url}", flush=True)
         stop.wait()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 
 from agent.errors import L4EAgentError
 from agent.lookout_local.context import Context
@@ -54,7 +55,7 @@ class Scheduler:
         self.tick_secs = tick_secs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._models: dict[tuple[str, str], tuple[TrainedModel, object]] = {}
+        self._models = ModelCache(ctx)
 
     def start(self) -> None:
         self._stop.clear()
@@ -90,22 +91,12 @@ class Scheduler:
             doc = state.get("inference-scheduler", name)
             if doc is None:
                 return 0
-            if doc["Status"] in ("PENDING", "STOPPING"):
-                doc["Status"] = "RUNNING" if doc["Status"] == "PENDING" else "STOPPED"
-                doc["UpdatedAt"] = float(self.ctx.clock.now())
+            if move_status(doc, self.ctx.clock):
                 self._save(doc)
         if doc["Status"] != "RUNNING":
             return 0
-        step = UPLOAD_FREQUENCIES[doc["DataUploadFrequency"]]
-        delay = 60 * int(doc.get("DataDelayOffsetInMinutes") or 0)
-        now = float(self.ctx.clock.now())
-        due = list(windows_between(int(doc["_last_end"]), int((now - delay) // step) * step, step))
-        if len(due) > MAX_CATCH_UP:
-            log.warning("scheduler %s: skipping %d windows older than the catch-up bound", name,
-                        len(due) - MAX_CATCH_UP)
-            due = due[-MAX_CATCH_UP:]
         count = 0
-        for window in due[:MAX_PER_TICK]:
+        for window in due_windows(doc, float(self.ctx.clock.now()))[:MAX_PER_TICK]:
             if self._stop.is_set() or not self._run_window(name, window):
                 break
             count += 1
@@ -115,49 +106,16 @@ class Scheduler:
         self.ctx.state.put("inference-scheduler", doc["InferenceSchedulerName"], doc["InferenceSchedulerArn"],
                            doc["CreatedAt"], doc)
 
-    def _model(self, name: str) -> TrainedModel:
-        model = self.ctx.state.get("model", name)
-        key = (name, model["ModelArn"])
-        if key not in self._models:
-            self._models[key] = (TrainedModel.load(self.ctx.model_dir(name)), parse_schema(model["Schema"]))
-        return self._models[key]
-
     def _run_window(self, name: str, window: Window) -> bool:
         """Run one window and record it; False when the scheduler changed meanwhile (stopped, deleted)."""
         doc = self.ctx.state.get("inference-scheduler", name)
         if doc is None or doc["Status"] != "RUNNING":
             return False
-        step = UPLOAD_FREQUENCIES[doc["DataUploadFrequency"]]
-        delay = 60 * int(doc.get("DataDelayOffsetInMinutes") or 0)
-        out = doc["DataOutputConfiguration"]["S3OutputConfiguration"]
-        model_doc = self.ctx.state.get("model", doc["ModelName"])
-        execution = {
-            "ModelName": doc["ModelName"], "ModelArn": doc["ModelArn"], "InferenceSchedulerName": name,
-            "InferenceSchedulerArn": doc["InferenceSchedulerArn"], "ScheduledStartTime": float(window.end + delay),
-            "DataStartTime": float(window.start), "DataEndTime": float(window.end),
-            "DataInputConfiguration": doc["DataInputConfiguration"],
-            "DataOutputConfiguration": doc["DataOutputConfiguration"],
-            "ModelVersion": (model_doc or {}).get("ActiveModelVersion", 1),
-            "ModelVersionArn": (model_doc or {}).get("ActiveModelVersionArn"),
-        }
+        execution = window_execution(self.ctx, doc, window)
         # visible as IN_PROGRESS while it runs; a crash leaves it so and the restart re-runs the window
         # (``_last_end`` has not moved), overwriting the same results key
         self.ctx.state.put_execution(name, float(window.start), {**execution, "Status": "IN_PROGRESS"})
-        anomalous = None
-        started = time.monotonic()
-        try:
-            cfg = input_config(doc)
-            model, components = self._model(doc["ModelName"])
-            key, anomalous = run_window(self.ctx.stores.bucket(cfg.bucket), self.ctx.stores.bucket(out["Bucket"]),
-                                        cfg, out.get("Prefix", ""), components, model, window, step)
-            execution.update(Status="SUCCESS", CustomerResultObject={"Bucket": out["Bucket"], "Key": key})
-        except InferenceFailed as exc:
-            execution.update(Status="FAILED", FailedReason=str(exc)[:5000])
-        except (ApiError, L4EAgentError, OSError, ValueError, KeyError) as exc:
-            log.exception("scheduler %s window %s", name, window)
-            execution.update(Status="FAILED", FailedReason=f"Internal error: {type(exc).__name__}: {exc}"[:5000])
-        log.debug("scheduler %s window (%s, %s] %s in %.3fs", name, window.start, window.end,
-                  execution["Status"], time.monotonic() - started)
+        execution, anomalous = perform(self.ctx, self._models, execution, window)
         with self.ctx.state.transaction():
             doc = self.ctx.state.get("inference-scheduler", name)
             if doc is None:
@@ -168,3 +126,91 @@ class Scheduler:
                 doc["LatestInferenceResult"] = "ANOMALOUS" if anomalous else "NORMAL"
             self._save(doc)
         return True
+
+
+class ModelCache:
+    """Trained models by (name, ARN), the ``size`` most recently used: a model is loaded once per process
+    while in use, a re-created model of the same name (new ARN) is loaded afresh, and a fleet worker that
+    sees thousands of models keeps a bounded number in memory."""
+
+    def __init__(self, ctx: Context, size: int = 64) -> None:
+        self.ctx = ctx
+        self.size = size
+        self._models: OrderedDict[tuple[str, str], tuple[TrainedModel, list]] = OrderedDict()
+
+    def get(self, name: str) -> tuple[TrainedModel, list]:
+        model = self.ctx.state.get("model", name)
+        if model is None:
+            raise KeyError(f"model {name!r} does not exist")
+        key = (name, model["ModelArn"])
+        if key in self._models:
+            self._models.move_to_end(key)
+        else:
+            self._models[key] = (TrainedModel.load(self.ctx.model_dir(name)), parse_schema(model["Schema"]))
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        return self._models[key]
+
+
+def move_status(doc: dict, clock) -> bool:
+    """PENDING → RUNNING, STOPPING → STOPPED (in place); True when the status changed."""
+    if doc["Status"] not in ("PENDING", "STOPPING"):
+        return False
+    doc["Status"] = "RUNNING" if doc["Status"] == "PENDING" else "STOPPED"
+    doc["UpdatedAt"] = float(clock.now())
+    return True
+
+
+def due_windows(doc: dict, now: float) -> list[Window]:
+    """The windows of a RUNNING scheduler due at ``now`` (after ``_last_end``, end + delay ≤ now), oldest
+    first, at most MAX_CATCH_UP (older ones are skipped with a log line)."""
+    step = UPLOAD_FREQUENCIES[doc["DataUploadFrequency"]]
+    delay = 60 * int(doc.get("DataDelayOffsetInMinutes") or 0)
+    due = list(windows_between(int(doc["_last_end"]), int((now - delay) // step) * step, step))
+    if len(due) > MAX_CATCH_UP:
+        log.warning("scheduler %s: skipping %d windows older than the catch-up bound", doc["InferenceSchedulerName"],
+                    len(due) - MAX_CATCH_UP)
+        due = due[-MAX_CATCH_UP:]
+    return due
+
+
+def window_execution(ctx: Context, doc: dict, window: Window) -> dict:
+    """The execution document of ``window`` for scheduler ``doc`` (no Status yet): what the scheduler's
+    configuration is when the execution is created is what it runs with."""
+    delay = 60 * int(doc.get("DataDelayOffsetInMinutes") or 0)
+    model_doc = ctx.state.get("model", doc["ModelName"])
+    return {
+        "ModelName": doc["ModelName"], "ModelArn": doc["ModelArn"],
+        "InferenceSchedulerName": doc["InferenceSchedulerName"],
+        "InferenceSchedulerArn": doc["InferenceSchedulerArn"], "ScheduledStartTime": float(window.end + delay),
+        "DataStartTime": float(window.start), "DataEndTime": float(window.end),
+        "DataInputConfiguration": doc["DataInputConfiguration"],
+        "DataOutputConfiguration": doc["DataOutputConfiguration"],
+        "ModelVersion": (model_doc or {}).get("ActiveModelVersion", 1),
+        "ModelVersionArn": (model_doc or {}).get("ActiveModelVersionArn"),
+    }
+
+
+def perform(ctx: Context, models: ModelCache, execution: dict, window: Window) -> tuple[dict, bool | None]:
+    """Run an execution (a ``window_execution`` document): returns it completed (SUCCESS with
+    CustomerResultObject, or FAILED with FailedReason) and whether any result line is anomalous (None when
+    it failed). The results key and bytes depend only on the window, the input and the model, so a re-run
+    writes the same object."""
+    execution = {k: v for k, v in execution.items() if k not in ("Status", "FailedReason", "CustomerResultObject")}
+    out = execution["DataOutputConfiguration"]["S3OutputConfiguration"]
+    anomalous = None
+    started = time.monotonic()
+    try:
+        cfg = input_config(execution)
+        model, components = models.get(execution["ModelName"])
+        key, anomalous = run_window(ctx.stores.bucket(cfg.bucket), ctx.stores.bucket(out["Bucket"]), cfg,
+                                    out.get("Prefix", ""), components, model, window, window.end - window.start)
+        execution.update(Status="SUCCESS", CustomerResultObject={"Bucket": out["Bucket"], "Key": key})
+    except InferenceFailed as exc:
+        execution.update(Status="FAILED", FailedReason=str(exc)[:5000])
+    except (ApiError, L4EAgentError, OSError, ValueError, KeyError) as exc:
+        log.exception("scheduler %s window %s", execution["InferenceSchedulerName"], window)
+        execution.update(Status="FAILED", FailedReason=f"Internal error: {type(exc).__name__}: {exc}"[:5000])
+    log.debug("scheduler %s window (%s, %s] %s in %.3fs", execution["InferenceSchedulerName"], window.start,
+              window.end, execution["Status"], time.monotonic() - started)
+    return execution, anomalous

@@ -2,7 +2,8 @@
 
 ``LocalLookoutService`` owns the state (SQLite under ``state_dir``), the worker thread (ingestion,
 training), the scheduler thread and a ThreadingHTTPServer speaking AWS JSON 1.0 on ``host:port``
-(127.0.0.1 and an OS-chosen port by default). ``start()`` returns once the socket listens;
+(127.0.0.1 and an OS-chosen port by default); with ``db_url`` the state is in PostgreSQL and the work
+goes to procrastinate workers instead of the two threads (fleet.py). ``start()`` returns once the socket listens;
 ``endpoint_url`` is then what a boto3 ``lookoutequipment`` client takes as ``endpoint_url``.
 
 Per request: size limit (MAX_BODY_BYTES, else 413), optional SigV4 check (403), X-Amz-Target →
@@ -99,11 +100,15 @@ class LocalLookoutService:
     store_url: ``file:///root/`` (bucket b = folder root/b) or ``s3`` (boto3, standard credential chain).
     clock: time source for the API's timestamps and the scheduler (default SystemClock).
     access_keys: {key id: secret}; when given, every request must carry a valid SigV4 signature.
+    db_url: ``postgresql://…`` for fleet mode (state, queue and leases in PostgreSQL; ``state_dir`` then
+    holds only datasets and models and must be shared by every process); ``embedded_worker`` runs a
+    FleetWorker in this process; ``lease_secs`` is how long a silent worker keeps its task.
     """
 
     def __init__(self, state_dir, store_url: str, host: str = "127.0.0.1", port: int = 0, clock=None,
                  access_keys: dict[str, str] | None = None, s3_client_factory=None, tick_secs: float = 0.2,
-                 region: str = "us-east-1") -> None:
+                 region: str = "us-east-1", db_url: str | None = None, embedded_worker: bool = True,
+                 lease_secs: float | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store_url = store_url
         self.host, self.port = host, port
@@ -112,6 +117,9 @@ class LocalLookoutService:
         self.region = region
         self._stores = Stores(store_url, s3_client_factory)
         self._tick_secs = tick_secs
+        self.db_url = db_url
+        self.embedded_worker = embedded_worker
+        self.lease_secs = lease_secs
         self._httpd: ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self.ctx: Context | None = None
@@ -127,13 +135,15 @@ class LocalLookoutService:
         return f"http://{host}:{port}"
 
     def start(self) -> LocalLookoutService:
-        state = State(self.state_dir)
-        self.ctx = Context(state, self._stores, self.clock, self.state_dir, region=self.region)
-        self.worker = Worker(self.ctx)
-        self.operations = Operations(self.ctx, self.worker.submit)
-        self.scheduler = Scheduler(self.ctx, self._tick_secs)
-        self.worker.start()
-        self.scheduler.start()
+        if self.db_url is None:
+            self.ctx = Context(State(self.state_dir), self._stores, self.clock, self.state_dir, region=self.region)
+            self.worker = Worker(self.ctx)
+            self.operations = Operations(self.ctx, self.worker.submit)
+            self.scheduler = Scheduler(self.ctx, self._tick_secs)
+            self.worker.start()
+            self.scheduler.start()
+        else:
+            self._start_fleet()
         self._httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.service = self  # type: ignore[attr-defined]
@@ -143,6 +153,25 @@ class LocalLookoutService:
         log.info("local Lookout for Equipment service on %s (state %s, store %s)", self.endpoint_url,
                  self.state_dir, self.store_url)
         return self
+
+    def _start_fleet(self) -> None:
+        """PostgreSQL state: this process is an API replica, and a worker too unless ``embedded_worker`` is
+        False (then ``lookout worker`` processes do the work)."""
+        from agent.lookout_local import fleet, migrate
+        from agent.lookout_local.pgstate import PgState
+
+        migrate.upgrade(self.db_url)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = PgState(self.db_url)
+        self.ctx = Context(state, self._stores, self.clock, self.state_dir, region=self.region)
+        defer = fleet.deferrer(state)
+        tasks = {"ingest": "l4e.ingest", "train": "l4e.train"}
+        args = {"ingest": "job_id", "train": "model"}
+        self.operations = Operations(self.ctx, lambda kind, ident: defer(tasks[kind], state.connection,
+                                                                         **{args[kind]: ident}))
+        if self.embedded_worker:
+            self.worker = fleet.FleetWorker(self.ctx, self.db_url, tick_secs=self._tick_secs,
+                                            lease_secs=self.lease_secs or fleet.DEFAULT_LEASE_SECS).start()
 
     def stop(self) -> None:
         """Stop serving, let the current window/job finish, close the state. Safe to call twice."""

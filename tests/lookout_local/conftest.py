@@ -1,5 +1,7 @@
 """Fixtures: the local L4E service on 127.0.0.1 (any free port) over a FileStore in a tmp folder, reached
 through an unmodified boto3 ``lookoutequipment`` client; synthetic history ingested and a model trained.
+Every service fixture runs on both state backends: SQLite (embedded) and PostgreSQL (a real server started
+for the session, a fresh database per fixture, the work done by an embedded procrastinate worker).
 (The clean environment per test comes from tests/conftest.py.)"""
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from agent.lookout_local import LocalLookoutService
 from agent.store import FileStore
 
 from . import synth
+from .pg import PgServer
 
 BUCKET = "plant-data"
 HISTORY_PREFIX = "history/"
@@ -66,9 +69,40 @@ def train(client, name: str, dataset: str, **extra) -> dict:
     return wait_for(lambda: (d := client.describe_model(ModelName=name))["Status"] != "IN_PROGRESS" and d)
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (started on first use)."""
+    server = PgServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request):
+    """The state backend name; ``db_url()`` for the service fixtures."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def db_factory(backend, request):
+    """``db_factory()`` → None (SQLite) or the URL of a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        return lambda: None
+    server = request.getfixturevalue("pg_server")
+    return server.new_database
+
+
+def start_service(state_dir: Path, store_url: str, db_url: str | None, **kwargs) -> LocalLookoutService:
+    """A started service; with PostgreSQL, a short lease and poll so the tests' waits stay short."""
+    if db_url is not None:
+        kwargs.setdefault("lease_secs", 4.0)
+    return LocalLookoutService(state_dir, store_url, db_url=db_url, **kwargs).start()
+
+
 @pytest.fixture
-def service(tmp_path: Path):
-    svc = LocalLookoutService(tmp_path / "state", (tmp_path / "store").as_uri() + "/").start()
+def service(tmp_path: Path, db_factory):
+    svc = start_service(tmp_path / "state", (tmp_path / "store").as_uri() + "/", db_factory())
     yield svc
     svc.stop()
 
@@ -90,12 +124,12 @@ def history():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, history):
+def trained(tmp_path_factory, history, db_factory):
     """A service (system clock) with dataset ``hist`` ingested and model ``m1`` trained; module-wide."""
     root = tmp_path_factory.mktemp("trained")
     store = FileStore(root / "store" / BUCKET)
     write_history(store, {c: f.iloc[:3 * synth.DAY] for c, f in history.items()})
-    svc = LocalLookoutService(root / "state", (root / "store").as_uri() + "/").start()
+    svc = start_service(root / "state", (root / "store").as_uri() + "/", db_factory())
     client = make_client(svc.endpoint_url)
     job = ingest(client, "hist")
     assert job["Status"] == "SUCCESS", job

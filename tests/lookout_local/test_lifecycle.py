@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 
 from agent.clock import ScaledClock
-from agent.lookout_local import LocalLookoutService
 from agent.model import Window
 from agent.store import FileStore
 from agent.windows import format_csv_time, object_key, results_key
 
 from . import synth
-from .conftest import BUCKET, ingest, make_client, train, wait_for, write_history
+from .conftest import BUCKET, ingest, make_client, start_service, train, wait_for, write_history
 
 F = 300
 DELAY_MIN = 2
@@ -44,12 +43,13 @@ def window_files(store, history, window: Window, *, fault: bool = False, skip: t
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, history):
+def world(tmp_path_factory, history, db_factory):
     root = tmp_path_factory.mktemp("life")
     store = FileStore(root / "store" / BUCKET)
     write_history(store, {c: f.iloc[:3 * synth.DAY] for c, f in history.items()})
     clock = ScaledClock(pd.Timestamp("2026-01-04T00:00:00Z").timestamp(), SPEED)
-    svc = LocalLookoutService(root / "state", (root / "store").as_uri() + "/", clock=clock, tick_secs=0.05).start()
+    db_url = db_factory()
+    svc = start_service(root / "state", (root / "store").as_uri() + "/", db_url, clock=clock, tick_secs=0.05)
     client = make_client(svc.endpoint_url)
     assert ingest(client, "plant")["Status"] == "SUCCESS"
     assert train(client, "plant-model", "plant")["Status"] == "SUCCESS"
@@ -68,7 +68,8 @@ def world(tmp_path_factory, history):
     # the first window wakes DELAY_MIN simulated minutes after its end: ≥ 0.4 s wall from now, plenty for this
     for k, window in enumerate(windows, start=1):
         window_files(store, history, window, fault=k == FAULTY, skip=("motor",) if k >= NO_ROWS else ())
-    state = {"svc": svc, "client": client, "store": store, "clock": clock, "windows": windows, "root": root}
+    state = {"svc": svc, "client": client, "store": store, "clock": clock, "windows": windows, "root": root,
+             "db_url": db_url}
 
     def ran():
         execs = client.list_inference_executions(InferenceSchedulerName="plant-sched")["InferenceExecutionSummaries"]
@@ -211,7 +212,7 @@ def test_restart_keeps_state_and_catches_up(world):
     down_at = clock.now()
     # while the service is down, at least one whole window passes and becomes due
     wait_for(lambda: clock.now() > (down_at // F + 2) * F + 60 * DELAY_MIN, timeout=10)
-    svc = LocalLookoutService(root / "state", (root / "store").as_uri() + "/", clock=clock, tick_secs=0.05).start()
+    svc = start_service(root / "state", (root / "store").as_uri() + "/", world["db_url"], clock=clock, tick_secs=0.05)
     world["svc"] = svc
     client = world["client"] = make_client(svc.endpoint_url)
     for key, fetch in (("dataset", lambda: client.describe_dataset(DatasetName="plant")),

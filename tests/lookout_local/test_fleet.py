@@ -1,0 +1,273 @@
+"""Fleet mode (PostgreSQL state, procrastinate workers, stateless replicas) under faults, with real processes:
+a worker SIGKILLed mid-execution, an API replica killed while clients call, the database restarted."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+
+import botocore.exceptions
+import psycopg
+import pytest
+
+from agent.clock import ScaledClock, parse_instant
+from agent.lookout_local import LocalLookoutService
+from agent.lookout_local.inference import run_window
+from agent.lookout_local.modeling import TrainedModel
+from agent.lookout_local.scheduler import input_config
+from agent.lookout_local.schema import parse_schema
+from agent.model import Window
+from agent.store import FileStore
+from agent.windows import object_key
+
+from . import synth
+from .conftest import BUCKET, ingest, make_client, train, wait_for, write_history
+from .procs import Fleet
+
+F = 300
+SPEED = 600.0                      # a 5-minute window every 0.5 wall seconds
+CLOCK_START = "2026-01-04T00:00:00Z"
+IN_PREFIX = "fleet/input/"
+N_WINDOWS_OF_INPUT = 240           # input files for two simulated hours past the start (≈ 2 wall minutes)
+LEASE = 4.0
+
+
+def write_inputs(store: FileStore, history: dict, start: int, count: int) -> None:
+    """The agent's files for ``count`` windows from the grid point ``start`` (every scheduler reads them)."""
+    for k in range(count):
+        w = Window(start + k * F, start + (k + 1) * F)
+        lo, hi = synth.minute_index(w.start), synth.minute_index(w.end)
+        for comp, frame in history.items():
+            store.put(object_key(IN_PREFIX, comp, "_", w.start, "yyyyMMddHHmmss"), synth.to_csv(frame.iloc[lo:hi + 1]))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, history, pg_server):
+    """One database, shared state folder and store, a trained model ``fm``; the API replica in this process
+    (no embedded worker: subprocess workers do all the work); ``Fleet`` starts more processes."""
+    root = tmp_path_factory.mktemp("fleet")
+    state_dir, store_root = root / "state", root / "store"
+    store = FileStore(store_root / BUCKET)
+    write_history(store, {c: f.iloc[:3 * synth.DAY] for c, f in history.items()})
+    start = parse_instant(CLOCK_START)
+    clock = ScaledClock.persistent(start, SPEED, state_dir / "clock.json")
+    write_inputs(store, history, int(clock.now() // F) * F - 2 * F, N_WINDOWS_OF_INPUT)
+    db_url = pg_server.new_database()
+    procs = Fleet(db_url, state_dir, store_root.as_uri() + "/", CLOCK_START, SPEED, LEASE)
+    svc = LocalLookoutService(state_dir, store_root.as_uri() + "/", clock=clock, db_url=db_url,
+                              embedded_worker=False).start()
+    client = make_client(svc.endpoint_url)
+    first = procs.worker()
+    assert ingest(client, "fleet-data")["Status"] == "SUCCESS"
+    assert train(client, "fm", "fleet-data")["Status"] == "SUCCESS"
+    assert procs.stop(first) == 0  # SIGTERM: the worker drains and exits cleanly
+    yield {"svc": svc, "client": client, "store": store, "procs": procs, "db": db_url, "clock": clock,
+           "state_dir": state_dir, "pg": pg_server}
+    procs.close()
+    svc.stop()
+
+
+def create_schedulers(client, prefix: str, count: int) -> list[str]:
+    names = [f"{prefix}-{i:02d}" for i in range(count)]
+    for name in names:
+        client.create_inference_scheduler(
+            ModelName="fm", InferenceSchedulerName=name, DataUploadFrequency="PT5M", DataDelayOffsetInMinutes=0,
+            DataInputConfiguration={"S3InputConfiguration": {"Bucket": BUCKET, "Prefix": IN_PREFIX}},
+            DataOutputConfiguration={"S3OutputConfiguration": {"Bucket": BUCKET, "Prefix": f"{name}/out/"}},
+            RoleArn="arn:aws:iam::123456789012:role/l4e", ClientToken=f"token-{name}")
+    return names
+
+
+def all_executions(client, name: str) -> list[dict]:
+    out, token = [], None
+    for _ in range(1000):
+        kwargs = {"InferenceSchedulerName": name, **({"NextToken": token} if token else {})}
+        page = client.list_inference_executions(**kwargs)
+        out += page["InferenceExecutionSummaries"]
+        token = page.get("NextToken")
+        if not token:
+            return out
+    raise AssertionError("pagination did not end")
+
+
+def stop_all(client, names: list[str]) -> None:
+    for name in names:
+        client.stop_inference_scheduler(InferenceSchedulerName=name)
+    for name in names:
+        wait_for(lambda n=name: client.describe_inference_scheduler(InferenceSchedulerName=n)["Status"] == "STOPPED",
+                 timeout=30)
+
+
+def settled(client, names: list[str]) -> bool:
+    return all(e["Status"] != "IN_PROGRESS" for n in names for e in all_executions(client, n))
+
+
+def check_windows(client, names: list[str]) -> int:
+    """Every scheduler's executions: one per window, contiguous windows, none left IN_PROGRESS."""
+    total = 0
+    for name in names:
+        starts = sorted(e["DataStartTime"].timestamp() for e in all_executions(client, name))
+        assert len(starts) == len(set(starts)), f"{name}: a window executed twice"
+        assert starts and all(b - a == F for a, b in itertools.pairwise(starts)), f"{name}: windows missing"
+        total += len(starts)
+    return total
+
+
+def jobs(db: str, sql: str, args: tuple = ()) -> list[tuple]:
+    with psycopg.connect(db, autocommit=True) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_a_worker_killed_mid_execution_leaves_it_to_another(fleet):
+    client, procs, db = fleet["client"], fleet["procs"], fleet["db"]
+    names = create_schedulers(client, "kill", 12)
+    # no worker runs: the windows pile up (schedulers stay PENDING), so the next worker has a backlog and is
+    # certainly in the middle of an execution when it is killed
+    wait_for(lambda: fleet["clock"].now() > client.describe_inference_scheduler(
+        InferenceSchedulerName=names[0])["CreatedAt"].timestamp() + 4 * F, timeout=10)
+    stuck = []
+    for _attempt in range(3):  # a kill that lands between two tasks leaves none stuck: try again (bounded)
+        victim = procs.worker()
+        # every scheduler dispatched (its executions created), then killed in the middle of an execution
+        wait_for(lambda: jobs(db, "SELECT count(*) FROM lookout_resources WHERE name LIKE 'kill-%%' AND due_at > 0")
+                 == [(len(names),)], timeout=30, interval=0.01)
+        wait_for(lambda: jobs(db, "SELECT id FROM procrastinate_jobs WHERE status='doing' AND "
+                                  "task_name='l4e.run_execution'"), timeout=30, interval=0.005)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        # a dead worker finishes nothing: what is 'doing' now was cut in the middle
+        stuck = jobs(db, "SELECT id, args FROM procrastinate_jobs WHERE status='doing' AND "
+                         "task_name='l4e.run_execution'")
+        if stuck:
+            break
+    assert len(stuck) == 1, stuck
+    job_id, args = stuck[0]
+    killed = next(e for e in all_executions(client, args["scheduler"])
+                  if e["DataStartTime"].timestamp() == args["start"])
+    assert killed["Status"] == "IN_PROGRESS"
+    killed_at = time.monotonic()
+    procs.worker()
+    stop_all(client, names)
+    wait_for(lambda: settled(client, names), timeout=60)
+    # the lease, not luck: it ran again only after the dead worker's heartbeat was older than the lease, and
+    # it is the only task that needed a second attempt (procrastinate counts the finishing one too)
+    status, attempts = jobs(db, "SELECT status, attempts FROM procrastinate_jobs WHERE id=%s", (job_id,))[0]
+    assert (status, attempts) == ("succeeded", 2)
+    assert jobs(db, "SELECT DISTINCT attempts FROM procrastinate_jobs WHERE id<>%s AND args->>'scheduler' LIKE "
+                    "'kill-%%'", (job_id,)) == [(1,)]
+    assert time.monotonic() - killed_at >= LEASE
+    total = check_windows(client, names)
+    # one task per execution, every one succeeded (none failed, none duplicated)
+    rows = jobs(db, "SELECT status, count(*) FROM procrastinate_jobs WHERE task_name='l4e.run_execution' AND "
+                    "args->>'scheduler' LIKE 'kill-%%' GROUP BY status")
+    assert dict(rows) == {"succeeded": total}
+    done = next(e for e in all_executions(client, args["scheduler"]) if e["DataStartTime"].timestamp() == args["start"])
+    assert done["Status"] == "SUCCESS", done.get("FailedReason")
+    # the results object is the one a single clean run writes: same key, same bytes
+    desc = client.describe_inference_scheduler(InferenceSchedulerName=args["scheduler"])
+    model_doc = client.describe_model(ModelName="fm")
+    scratch = FileStore(fleet["state_dir"].parent / "scratch")
+    window = Window(int(args["start"]), int(args["end"]))
+    key, _ = run_window(fleet["store"], scratch, input_config(desc), f"{args['scheduler']}/out/",
+                        parse_schema(model_doc["Schema"]), TrainedModel.load(fleet["state_dir"] / "models" / "fm"),
+                        window, F)
+    assert key == done["CustomerResultObject"]["Key"]
+    assert fleet["store"].get(key) == scratch.get(key)
+
+
+def test_a_killed_replica_leaves_the_other_answering(fleet):
+    procs = fleet["procs"]
+    procs.worker()
+    (r1, url1), (_r2, url2) = procs.replica(), procs.replica()
+    c1, c2 = make_client(url1), make_client(url2)
+    names = create_schedulers(c1, "rep", 2)
+    errors, answers, stop = [], [0], threading.Event()
+
+    def call_r2():
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                c2.describe_inference_scheduler(InferenceSchedulerName=names[0])
+                c2.list_inference_executions(InferenceSchedulerName=names[0])
+                answers[0] += 1
+            except botocore.exceptions.BotoCoreError as exc:
+                errors.append(exc)
+
+    caller = threading.Thread(target=call_r2)
+    caller.start()
+    try:
+        wait_for(lambda: answers[0] > 5, timeout=20)
+        c1.describe_inference_scheduler(InferenceSchedulerName=names[0])
+        r1.kill()
+        r1.wait(10)
+        with pytest.raises(botocore.exceptions.EndpointConnectionError):
+            c1.describe_inference_scheduler(InferenceSchedulerName=names[0])
+        seen = answers[0]
+        wait_for(lambda: answers[0] > seen + 5, timeout=20)
+    finally:
+        stop.set()
+        caller.join(30)
+    assert errors == []
+    # the state written through the dead replica is all there, and writes go on through the other one
+    created = c2.describe_inference_scheduler(InferenceSchedulerName=names[1])
+    again = create_schedulers(c2, "rep", 2)  # same ClientTokens: the creations made through r1 are returned
+    assert again == names
+    assert c2.list_inference_schedulers(InferenceSchedulerNameBeginsWith="rep-")["InferenceSchedulerSummaries"][1][
+        "InferenceSchedulerArn"] == created["InferenceSchedulerArn"]
+    wait_for(lambda: any(e["Status"] == "SUCCESS" for e in all_executions(c2, names[0])), timeout=30)
+    stop_all(c2, names)
+    wait_for(lambda: settled(c2, names), timeout=60)
+    check_windows(c2, names)
+
+
+def test_workers_and_replicas_recover_from_a_database_restart(fleet):
+    client, procs, pg = fleet["client"], fleet["procs"], fleet["pg"]
+    procs.worker()
+    _r, url = procs.replica()
+    remote = make_client(url)
+    names = create_schedulers(client, "pgr", 3)
+    wait_for(lambda: all(any(e["Status"] == "SUCCESS" for e in all_executions(client, n)) for n in names), timeout=30)
+    pg.restart()
+    restarted_at = fleet["clock"].now()
+    # the replicas answer again (the pool replaces dead connections), in this process and in the other one
+    for c in (client, remote):
+        wait_for(lambda c=c: _answers(c, names[0]), timeout=30, interval=0.2)
+
+    def executed_after_restart():
+        return all(any(e["Status"] == "SUCCESS" and e["DataStartTime"].timestamp() > restarted_at
+                       for e in all_executions(remote, n)) for n in names)
+
+    # and the same worker process keeps dispatching and executing new windows
+    wait_for(executed_after_restart, timeout=60, interval=0.2)
+    stop_all(remote, names)
+    wait_for(lambda: settled(remote, names), timeout=60)
+    check_windows(remote, names)
+    assert all(p.poll() is None for p in procs.procs[-2:])  # neither process had to restart
+
+
+def _answers(client, name: str) -> bool:
+    try:
+        client.describe_inference_scheduler(InferenceSchedulerName=name)
+        return True
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        return False
+
+
+def test_worker_refuses_to_start_without_a_database(tmp_path, caplog):
+    from agent.cli import main
+
+    assert main(["lookout", "worker", "--state-dir", str(tmp_path)]) == 78
+    assert "--db postgresql://" in caplog.text
+    assert main(["lookout", "worker", "--db", "mysql://x@y/z", "--state-dir", str(tmp_path)]) == 78
+    assert "allowed: postgresql://" in caplog.text
+    assert main(["lookout", "serve", "--db", "sqlite:///x", "--state-dir", str(tmp_path)]) == 78
+    db = ["--db", "postgresql://nobody@127.0.0.1:1/x", "--state-dir", str(tmp_path)]
+    assert main(["lookout", "worker", *db, "--lease-secs", "0"]) == 78
+    assert "--lease-secs 0.0: must be > 0" in caplog.text
+    assert main(["lookout", "worker", *db, "--tick-secs", "-1"]) == 78
+    assert main(["lookout", "worker", *db]) == 1  # valid options, no database there: not a config error
+    assert "cannot prepare the database" in caplog.text
+
