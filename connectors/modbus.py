@@ -637,7 +637,8 @@ class ModbusConnector:
                 self.stats.bad_now.add(point.sensor)
                 if point.sensor not in self._ended:
                     self._ended.add(point.sensor)
-                    out.append(validity_end(point.sensor, ts))
+                    if self.stats.readings[point.sensor]:  # a sensor that never had a value has none to end
+                        out.append(validity_end(point.sensor, ts))
                 continue
             out.append(Reading(point.sensor, value, ts, Quality.GOOD))
             self.stats.readings[point.sensor] += 1
@@ -658,7 +659,8 @@ class ModbusConnector:
                 self.stats.read_errors[sensor] += 1
                 if sensor not in self._ended:
                     self._ended.add(sensor)
-                    ends.append(validity_end(sensor, ts))
+                    if self.stats.readings[sensor]:  # a sensor that never had a value has none to end
+                        ends.append(validity_end(sensor, ts))
         return ends
 
     def _device_unresponsive(self, state: _DeviceState, exc: Exception) -> None:

@@ -1,6 +1,7 @@
 """CPU per reading end to end and idle CPU: 500 OPC-UA nodes + 200 Modbus registers at 1 Hz.
 
-Run: .venv/bin/python tests/bench/bench_agent_load.py [--seconds 30]
+Run: .venv/bin/python tests/bench/bench_agent_load.py [--seconds 30] [--tags 700] [--soak]
+(--tags: OPC-UA nodes + the 200 Modbus registers; 700 by default, 2200 for the large gateway)
 
 Three processes on 127.0.0.1, measured from /proc (utime + stime of the measured process only):
 - a plant process (not measured): an asyncua server whose 500 Double nodes change every second and a pymodbus
@@ -45,9 +46,10 @@ def cpu_secs(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident MB now (VmRSS) or at its highest so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -78,7 +80,7 @@ async def main(opc_port, mb_port, frozen):
                     await node.write_value(float(k + i * 0.001))
             await asyncio.sleep(1.0)
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"))
-'''.replace("%(n)d", str(N_NODES)).replace("%(r)d", str(N_REGS))
+'''
 
 BASELINE = r'''
 import asyncio, logging, sys, time
@@ -117,15 +119,19 @@ async def main(opc_port, mb_port, seconds):
     await client.disconnect()
     mb.close()
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
-'''.replace("%(n)d", str(N_NODES))
+'''
+
+
+def script(template: str) -> str:
+    return template.replace("%(n)d", str(N_NODES)).replace("%(r)d", str(N_REGS))
 
 
 def asset_toml(folder: Path, opc_port: int, mb_port: int, metrics_port: int, with_modbus: bool) -> Path:
-    opc = [f"o{i:03d}" for i in range(N_NODES)]
+    opc = [f"o{i:04d}" for i in range(N_NODES)]
     regs = [f"m{i:03d}" for i in range(N_REGS)]
     sensors = opc + (regs if with_modbus else [])
     comps = "\n".join(f'c{k} = {json.dumps(sensors[k * 100:(k + 1) * 100])}' for k in range(len(sensors) // 100))
-    nodes = ",\n  ".join(f'{{ sensor = "o{i:03d}", node_id = "ns=2;s=n{i}" }}' for i in range(N_NODES))
+    nodes = ",\n  ".join(f'{{ sensor = "o{i:04d}", node_id = "ns=2;s=n{i}" }}' for i in range(N_NODES))
     text = textwrap.dedent(f"""\
         asset = "bench"
         [lookout]
@@ -174,7 +180,7 @@ def readings_total(port: int) -> float:
 
 def start_plant(frozen: bool) -> tuple[subprocess.Popen, int, int]:
     opc_port, mb_port = free_port(), free_port()
-    plant = subprocess.Popen([sys.executable, "-c", PLANT, str(opc_port), str(mb_port), "1" if frozen else "0"],
+    plant = subprocess.Popen([sys.executable, "-c", script(PLANT), str(opc_port), str(mb_port), "1" if frozen else "0"],
                              stdout=subprocess.PIPE, text=True)
     assert plant.stdout.readline().strip() == "ready"
     return plant, opc_port, mb_port
@@ -205,19 +211,22 @@ def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_mo
         else:
             time.sleep(seconds)
         r1, c1 = readings_total(metrics_port), cpu_secs(agent.pid)
-        rss = rss_mb(agent.pid)
+        rss, rss_max = rss_mb(agent.pid), rss_mb(agent.pid, "VmHWM")
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(60)
-    return {"readings": r1 - r0, "cpu": c1 - c0, "rss": rss, "rss0": rss0}
+    return {"readings": r1 - r0, "cpu": c1 - c0, "rss": rss, "rss0": rss0, "rss_max": rss_max}
 
 
 def main() -> None:
+    global N_NODES
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--soak", action="store_true", help="only our agent under load, printing RSS as it runs")
     parser.add_argument("--rss-every", type=float, default=60.0, help="seconds between RSS samples (--soak)")
+    parser.add_argument("--tags", type=int, default=N_NODES + N_REGS, help="OPC-UA nodes + 200 Modbus registers")
     args = parser.parse_args()
+    N_NODES = args.tags - N_REGS
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
             plant, opc_port, mb_port = start_plant(frozen=False)
@@ -227,14 +236,14 @@ def main() -> None:
                 plant.terminate()
                 plant.wait(10)
         print(f"soak {args.seconds:g} s: {ours['cpu'] / ours['readings'] * 1e6:.1f} µs CPU/reading, "
-              f"RSS {ours['rss0']:.0f} → {ours['rss']:.0f} MB")
+              f"RSS {ours['rss0']:.0f} → {ours['rss']:.0f} MB (max {ours['rss_max']:.0f} MB)")
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         plant, opc_port, mb_port = start_plant(frozen=False)
         try:
-            base = subprocess.run([sys.executable, "-c", BASELINE, str(opc_port), str(mb_port), str(args.seconds)],
-                                  capture_output=True, text=True, timeout=args.seconds + 120)
+            base = subprocess.run([sys.executable, "-c", script(BASELINE), str(opc_port), str(mb_port),
+                                   str(args.seconds)], capture_output=True, text=True, timeout=args.seconds + 120)
             n_base, cpu_base = base.stdout.split()
             n_base, cpu_base = float(n_base), float(cpu_base)
             ours = run_agent(tmp / "load", opc_port, mb_port, args.seconds, with_modbus=True)
@@ -252,7 +261,8 @@ def main() -> None:
     print(f"load: {N_NODES} OPC-UA nodes + {N_REGS} Modbus registers at 1 Hz, {args.seconds:g} s measured")
     print(f"baseline bare asyncua + pymodbus client: {n_base / args.seconds:.0f} values/s, {us_base:.1f} µs CPU/value")
     print(f"l4e-agent end to end (to CSV in the store): {ours['readings'] / args.seconds:.0f} readings/s, "
-          f"{us_ours:.1f} µs CPU/reading, RSS {ours['rss0']:.0f} → {ours['rss']:.0f} MB over the run")
+          f"{us_ours:.1f} µs CPU/reading, RSS {ours['rss0']:.0f} → {ours['rss']:.0f} MB over the run "
+          f"(max {ours['rss_max']:.0f} MB)")
     print(f"ratio ours/baseline: {us_ours / us_base:.2f}")
     print(f"idle (connected, no data changing): {idle['cpu'] / args.seconds * 100:.2f} % of one core, "
           f"RSS {idle['rss']:.0f} MB")

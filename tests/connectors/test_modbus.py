@@ -318,10 +318,22 @@ async def test_reconnects_after_the_server_goes_away_and_comes_back():
         assert values(await reader.next()) == {"p": 9.0}
         assert conn.stats.connected and conn.stats.reconnects == 0
 
+        alive = conn.stats.last_alive_ts
+        assert alive is not None
         await peer.stop()
         errors = conn.stats.read_errors["p"]
         await clock.wait_ticks(3)
         assert conn.stats.read_errors["p"] > errors
+        # a failed poll ends the value's validity (rule 2a): one marker, not one per failed poll, and the
+        # source's liveness stays at its last answer
+        ended = await reader.next(where=lambda b: any(math.isnan(r.value) for r in b))
+        assert [r.sensor for r in ended] == ["p"] and ended[0].ts > alive
+        await clock.wait_ticks(2)
+        assert conn.stats.last_alive_ts == alive
+        later = []
+        while not reader._batches.empty():
+            later.extend(reader._batches.get_nowait())
+        assert not any(math.isnan(r.value) for r in later)
 
         peer = await start_tcp(device, port)
         await peer.set(1, "holding", 0, [10])
