@@ -62,14 +62,14 @@ async def test_every_item_bad_is_bad_quality_not_silence(tmp_path):
         try:
             await clock.sleep(60)
             assert agent.supervision.health() == (True, "ok")
-            await peer.set(1, "holding", 0, NAN32 + NAN32)  # both items bad; the device still answers
+            await peer.set(1, "holding", 0, [*NAN32, *NAN32])  # both items bad; the device still answers
             await clock.sleep(120)
             assert runner.bad_quality_sources() == {"plc"}
             assert runner.silent_sources() == set()
             ok, reason = agent.supervision.health()
             assert not ok and "bad quality" in reason and "plc" in reason
             assert agent.supervision.liveness() == (True, "ok")  # a restart would not mend bad values
-            await peer.set(1, "holding", 0, [0x4148, 0x0000] + NAN32)  # one good item again
+            await peer.set(1, "holding", 0, [0x4148, 0x0000, *NAN32])  # one good item again
             await clock.sleep(120)
             assert runner.bad_quality_sources() == set()
         finally:
