@@ -22,10 +22,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from agent import arrow
+from agent.columns import Columns
 from agent.model import Window
 
 _FAR = 10**12  # "no observation": a position further back than any fill limit reaches
@@ -80,9 +78,10 @@ class Grid:
         return self.values[:, self.sensors.index(sensor)]
 
 
-def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], aggs: dict[str, str],
+def resample(readings: Columns, window: Window, rate: int, sensors: list[str], aggs: dict[str, str],
              fill_limit: int, carry: Carry, holds: dict[str, float] | None = None) -> tuple[Grid, Carry]:
-    """Resample one window's readings (columns sensor, ts, value; NaN values are validity-end markers).
+    """Resample one window's readings (``Columns``, or a pyarrow Table sensor/ts/value; NaN values are
+    validity-end markers).
 
     ``aggs`` maps a sensor to mean|last|min|max ("last" = the latest timestamp; ties keep arrival order).
     ``holds`` maps a sensor to how long (seconds, math.inf = without limit) a reading of it holds (rule 2a);
@@ -90,6 +89,8 @@ def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], 
     output, bit for bit.
     """
     holds = holds or {}
+    if not isinstance(readings, Columns):
+        readings = Columns.from_arrow(readings)
     times = np.arange(window.start + rate, window.end + 1, rate, dtype=np.int64)
     n_rows, n_cols = len(times), len(sensors)
     values = np.full((n_rows, n_cols), np.nan)
@@ -121,7 +122,7 @@ def resample(readings: pa.Table, window: Window, rate: int, sensors: list[str], 
 _AGG_CODE = {"mean": 0, "last": 1, "min": 2, "max": 3}
 
 
-def _aggregate(readings: pa.Table, window: Window, rate: int, sensors: list[str], aggs: dict[str, str],
+def _aggregate(readings: Columns, window: Window, rate: int, sensors: list[str], aggs: dict[str, str],
                values: np.ndarray, latest: np.ndarray, latest_ts: np.ndarray) -> tuple[int, tuple]:
     """Fill ``values`` (the aggregate per cell), ``latest``/``latest_ts`` (the latest reading per cell).
 
@@ -130,9 +131,9 @@ def _aggregate(readings: pa.Table, window: Window, rate: int, sensors: list[str]
     with Kahan compensation in that order, as pandas' groupby mean does, so results are the same to the bit.
     """
     n_cols = values.shape[1]
-    col = arrow.to_i32(pc.index_in(readings["sensor"], value_set=arrow.strings(sensors))).astype(np.int64)
-    ts = arrow.to_f64(readings["ts"])
-    val = arrow.to_f64(readings["value"])
+    col = readings.codes_for(sensors)[readings.code]
+    ts = readings.ts
+    val = readings.value
     known = col >= 0
     unknown = int(len(col) - np.count_nonzero(known))
     nan = np.isnan(val)

@@ -1,22 +1,23 @@
-"""Durable raw readings: Arrow IPC stream segments on local disk, one or more per (window, agent run).
+"""Durable raw readings: segments of records on local disk, one or more per (window, agent run).
 
-Why Arrow IPC streams: appends are whole record batches (one per flush, not one write per reading), each
-message is length-prefixed so a torn last batch after a crash is detected and skipped while every earlier
-batch is kept, and a window's segments load straight into the resampler as columns with no parsing. A
-window's data lives in its own files, so acknowledging a written window is an unlink, not a compaction.
+Records (agent.columns): appends are whole records (one per flush and window, not one write per reading), each
+carries its length and a CRC so a torn last record after a crash is detected and skipped while every earlier
+one is kept, and a window's segments load straight into the resampler as numpy columns. A window's data lives
+in its own files, so acknowledging a written window is an unlink, not a compaction. Segments of the previous
+format (Arrow IPC streams, ``.arrows``) left by an older version are still read (pyarrow is imported then only).
 
 Contract:
 - ``append(batch)`` is the hot path: it only extends an in-memory list (O(1) per reading, no I/O).
 - ``flush()`` writes everything appended since the last flush and fsyncs it; the service calls it at least
   every ``fsync_interval_ms``. What was flushed survives kill -9 and power loss; what was not is at most one
   interval of readings.
-- ``read(end)`` returns every flushed reading of the window (start, end] as a pyarrow Table
-  (sensor: string, ts: float64 Unix seconds, value: float64), in append order.
+- ``read(end)`` returns every flushed reading of the window (start, end] as ``Columns`` (sensor names, ts
+  float64 Unix seconds, value float64), in append order.
 - ``ack(end)`` deletes the window's segments: call it only after the window's CSVs are durable in the outbox.
 - Readings of a window already acknowledged (``closed_upto``) are late: counted in ``late`` and dropped.
-- Segment names: ``<window end>-<run id>-<seq>.arrows``; a restart opens new segments, never appends to
-  old ones (an IPC stream cannot be resumed after a torn tail).
-- A failed write never destroys what is durable: the segment is cut back to its last good message and
+- Segment names: ``<window end>-<run id>-<seq>.l4es``; a restart opens new segments, never appends to
+  old ones (nothing may follow a torn tail).
+- A failed write never destroys what is durable: the segment is cut back to its last good record and
   never written again; the window's readings stay in memory ("held", counted against the disk budget, see
   ``held_bytes``) and the next flush writes them to a NEW segment. ``read`` concatenates all segments of a
   window, so nothing is lost and nothing is written twice. Disk errors go to a ``DiskHealth`` (one WARNING
@@ -38,20 +39,17 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from agent import arrow
+from agent.columns import Columns, decode, encode
 from agent.diskhealth import DiskHealth
 from agent.errors import StateError
 from agent.model import Reading
 
 log = logging.getLogger("l4e.spool")
 
-SCHEMA = pa.schema([("sensor", pa.string()), ("ts", pa.float64()), ("value", pa.float64())])
-SUFFIX = ".arrows"
+SUFFIX = ".l4es"
+LEGACY_SUFFIX = ".arrows"  # Arrow IPC streams written by earlier versions: read, never written
 ALIVE_FILE = "alive"
-SCHEMA_BYTES = SCHEMA.serialize().to_pybytes()  # the stream's first message, written once per segment file
 
 
 class _Segment:
@@ -73,7 +71,6 @@ class _Segment:
         if created:
             # O_EXCL: never reuse (let alone truncate) a file that is already there
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            payload = SCHEMA_BYTES + payload
         try:
             view = memoryview(payload)
             while view:
@@ -117,11 +114,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _messages(table: pa.Table) -> bytes:
-    """The table as IPC record batch messages (no schema, no end-of-stream marker)."""
-    return b"".join(batch.serialize().to_pybytes() for batch in table.combine_chunks().to_batches())
-
-
 class Spool:
     """See the module docstring. Not thread-safe: use from the event loop (flush may run in a thread alone)."""
 
@@ -131,7 +123,7 @@ class Spool:
         self.run_id = f"{time.time_ns():x}"
         self.disk = disk if disk is not None else DiskHealth(self.dir)
         self._buffer: list[Reading] = []
-        self._held: dict[int, list[pa.Table]] = {}  # window end → readings flushed but not yet written
+        self._held: dict[int, list[Columns]] = {}  # window end → readings flushed but not yet written
         self._open: dict[int, _Segment] = {}
         self._seq = 0
         self.closed_upto: int | None = None
@@ -164,26 +156,23 @@ class Spool:
         were written. Never raises for disk errors: a window whose write failed keeps its readings in memory
         (``held_bytes``, counted against the disk budget by the caller's policy) and is retried at the next
         flush in a new segment file; the failure is reported to ``self.disk`` (logged once per episode)."""
-        parts: dict[int, list[pa.Table]] = self._held
+        parts: dict[int, list[Columns]] = self._held
         self._held = {}
         if self._buffer:
             buf = self._buffer
             self._buffer = []
-            ts = np.fromiter((r.ts for r in buf), dtype=np.float64, count=len(buf))
-            ends = (np.ceil(ts / self.frequency) * self.frequency).astype(np.int64)
-            sensors = arrow.strings([r.sensor for r in buf])
-            values = arrow.f64(np.fromiter((r.value for r in buf), dtype=np.float64, count=len(buf)))
-            table = pa.Table.from_arrays([sensors, arrow.f64(ts), values], schema=SCHEMA)
+            cols = Columns.from_readings(buf)
+            ends = (np.ceil(cols.ts / self.frequency) * self.frequency).astype(np.int64)
             for end in np.unique(ends):
-                parts.setdefault(int(end), []).append(table.filter(arrow.mask(ends == end)))
+                parts.setdefault(int(end), []).append(cols.filter(ends == end))
         if not parts:
             return 0
         written = 0
         error: OSError | None = None
         for end in sorted(parts):
-            part = pa.concat_tables(parts[end])
+            part = Columns.concat(parts[end])
             if self.closed_upto is not None and end <= self.closed_upto:
-                n_late = part.num_rows - pc.sum(pc.is_nan(part["value"])).as_py()  # markers are not readings
+                n_late = part.num_rows - int(np.isnan(part.value).sum())  # markers are not readings
                 self.late += n_late
                 self.dropped_readings["late"] += n_late
                 log.debug("dropped %d late readings (their window is already written)", n_late)
@@ -193,7 +182,7 @@ class Spool:
                 if seg is None:
                     self._seq += 1
                     seg = self._open[end] = _Segment(self.dir / f"{end}-{self.run_id}-{self._seq:06d}{SUFFIX}")
-                seg.append(_messages(part))
+                seg.append(encode(part))
                 written += part.num_rows
             except OSError as exc:
                 error = error or exc
@@ -217,15 +206,15 @@ class Spool:
     def latest_ts(self, sensors: set[str]) -> float | None:
         """The latest timestamp of a reading (not a marker) of ``sensors`` the spool holds, or None."""
         best = max((r.ts for r in self._buffer if r.sensor in sensors and r.value == r.value), default=None)
-        wanted = arrow.strings(sorted(sensors))
-        tables = [self.read(end) for end in self.windows()] + [t for ts in self._held.values() for t in ts]
-        for table in tables:
-            if not table.num_rows:
+        parts = [self.read(end) for end in self.windows()] + [c for cs in self._held.values() for c in cs]
+        for cols in parts:
+            wanted = np.array([n in sensors for n in cols.names], dtype=bool)
+            if not cols.num_rows or not wanted.any():
                 continue
-            mask = pc.and_(pc.is_in(table["sensor"], wanted), pc.invert(pc.is_nan(table["value"])))
-            ts = pc.max(pc.filter(table["ts"], mask)).as_py()
-            if ts is not None and (best is None or ts > best):
-                best = ts
+            mask = wanted[cols.code] & ~np.isnan(cols.value)
+            if mask.any():
+                ts = float(cols.ts[mask].max())
+                best = ts if best is None or ts > best else best
         return best
 
     def _drop_segment_handle(self, end: int) -> None:
@@ -236,7 +225,7 @@ class Spool:
     # --- reading and acknowledging --------------------------------------------------------------------
     def _segments(self) -> dict[int, list[Path]]:
         out: dict[int, list[Path]] = {}
-        for path in self.dir.glob(f"*{SUFFIX}"):
+        for path in [*self.dir.glob(f"*{SUFFIX}"), *self.dir.glob(f"*{LEGACY_SUFFIX}")]:
             try:
                 end = int(path.name.split("-", 1)[0])
             except ValueError:
@@ -250,16 +239,31 @@ class Spool:
         """Window ends that have flushed readings on disk or held in memory, oldest first."""
         return sorted(set(self._segments()) | set(self._held))
 
-    def read(self, end: int) -> pa.Table:
+    def read(self, end: int) -> Columns:
         """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted)."""
-        tables = []
+        parts = []
         for path in self._segments().get(end, []):
-            tables.extend(self._read_segment(path))
-        if not tables:
-            return arrow.empty(SCHEMA)
-        return pa.concat_tables(tables)
+            parts.extend(self._read_segment(path))
+        return Columns.concat(parts)
 
-    def _read_segment(self, path: Path) -> list[pa.Table]:
+    def _read_segment(self, path: Path) -> list[Columns]:
+        if path.suffix == LEGACY_SUFFIX:
+            return self._read_legacy(path)
+        try:
+            out, torn = decode(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            out, torn = [], exc
+        if torn:
+            # a crash mid-write leaves a partial last record (or an empty file): keep what came before
+            self.torn_segments += 1
+            log.warning("spool: %s ends with a torn record; %d complete records recovered", path.name, len(out))
+        return out
+
+    def _read_legacy(self, path: Path) -> list[Columns]:
+        """An Arrow IPC stream segment from an earlier version (pyarrow is imported for it only)."""
+        import pyarrow as pa
+        import pyarrow.ipc
+
         out = []
         try:
             with pa.OSFile(str(path), "rb") as fh:
@@ -269,9 +273,8 @@ class Spool:
                         batch = reader.read_next_batch()
                     except StopIteration:
                         break
-                    out.append(pa.Table.from_batches([batch], schema=SCHEMA))
+                    out.append(Columns.from_arrow(pa.Table.from_batches([batch])))
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            # a crash mid-write leaves a partial last message (or an empty file): keep what came before
             self.torn_segments += 1
             log.warning("spool: %s ends with a torn record (%s); %d complete batches recovered",
                         path.name, exc, len(out))
@@ -298,7 +301,7 @@ class Spool:
 
     def bytes_on_disk(self) -> int:
         total = 0
-        for path in self.dir.glob(f"*{SUFFIX}"):
+        for path in [*self.dir.glob(f"*{SUFFIX}"), *self.dir.glob(f"*{LEGACY_SUFFIX}")]:
             with contextlib.suppress(FileNotFoundError):
                 total += path.stat().st_size
         return total

@@ -210,7 +210,7 @@ def test_a_failed_write_never_truncates_what_is_on_disk(small_tmpfs):
     spool = Spool(small_tmpfs / "spool", 300)
     spool.append([Reading("x", float(i), 10.0 + i) for i in range(50)])
     assert spool.flush() == 50
-    (first,) = (small_tmpfs / "spool").glob("300-*.arrows")
+    (first,) = (small_tmpfs / "spool").glob("300-*.l4es")
     size = first.stat().st_size
     filler = fill_up(small_tmpfs)
     spool.append([Reading("x", float(i), 100.0 + i / 100) for i in range(20_000)])
@@ -219,8 +219,8 @@ def test_a_failed_write_never_truncates_what_is_on_disk(small_tmpfs):
     assert spool.read(300).num_rows == 50
     filler.unlink()
     assert spool.flush() == 20_000
-    segments = sorted((small_tmpfs / "spool").glob("300-*.arrows"))
+    segments = sorted((small_tmpfs / "spool").glob("300-*.l4es"))
     assert len(segments) == 2 and segments[0] == first
-    values = spool.read(300).column("value").to_pylist()
+    values = spool.read(300).value.tolist()
     assert values == [float(i) for i in range(50)] + [float(i) for i in range(20_000)]  # once each, in order
     assert spool.torn_segments == 0

@@ -77,7 +77,7 @@ def test_kill_9_and_restart_lose_and_repeat_no_row_and_two_runs_are_byte_identic
             proc = run_cli(path, state, until)
             deadline = time.monotonic() + 30
             # kill in the middle of a window, once some windows are out and the spool holds readings
-            while len(list(store_dir.glob("*.csv"))) < 2 or not list((state / "spool").glob("*.arrows")):
+            while len(list(store_dir.glob("*.csv"))) < 2 or not list((state / "spool").glob("*.l4es")):
                 assert time.monotonic() < deadline and proc.poll() is None, "no progress before the kill"
                 time.sleep(0.02)
             time.sleep(0.15)
