@@ -49,6 +49,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.atomic import write_atomic
 from agent.clock import Clock, iso_utc
 from agent.diskhealth import DiskHealth, disk_error
 from agent.errors import ConfigError, L4EAgentError, StateError, TransitionLog
@@ -648,23 +649,8 @@ class EngineState:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): after a crash the file holds either the old or the new state."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # a full disk: drop the partial copy; the old state is intact
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """agent.atomic.write_atomic: after a crash the file holds either the old or the new state."""
+    write_atomic(path, data)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,9 +8,7 @@ state directory, a restarted agent continues the same timeline, as a plant's tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,17 +94,13 @@ class ScaledClock:
         except (OSError, ValueError, KeyError):
             pass
         clock = cls(start, speed)
-        tmp = state_file.with_suffix(".tmp")
+        from agent.atomic import write_json_atomic
+
         try:
             state_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as fh:  # tmp, fsync, rename: a failed write leaves the old anchor intact
-                fh.write(json.dumps({"start": clock.start, "speed": clock.speed, "anchor": clock.anchor}))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, state_file)
+            # a failed write leaves the old anchor intact
+            write_json_atomic(state_file, {"start": clock.start, "speed": clock.speed, "anchor": clock.anchor})
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             from agent.errors import StateError
 
             raise StateError(f"cannot keep the clock in {state_file}: {exc}") from exc
