@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require SigV4 signatures made with this key pair (repeatable)")
     parser.add_argument("--access-keys-file", default=None, metavar="PATH",
                         help="ID:SECRET pairs, one per line (keeps secrets out of the process list)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper)
     return parser
 
 
@@ -40,7 +41,9 @@ def serve_main(argv: list[str]) -> int:
     """Run until SIGTERM/SIGINT. Exit codes: 0 after a signal, 78 (EX_CONFIG) for bad options, 1 when the
     port cannot be bound."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.logs import configure_logging
+
+    configure_logging("keyvalue", args.log_level)  # one line per event, as every other command
     try:
         pairs = list(args.access_key)
         if args.access_keys_file:
@@ -74,6 +77,7 @@ def serve_main(argv: list[str]) -> int:
             log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
             return 1
         print(f"listening on {service.endpoint_url}", flush=True)
+        print(f"serving {service.store_description}", flush=True)
         stop.wait()
         return 0
     finally:

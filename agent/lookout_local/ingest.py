@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from agent.lookout_local.schema import Component
+from agent.lookout_local.stores import location
 from agent.lookout_local.timestamps import parse_column
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,11 @@ def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components:
                 frames.append(read_component_csv(data, comp, quality))
                 quality.ingested_files += 1
             except (ValueError, pd.errors.ParserError, UnicodeDecodeError, KeyError) as exc:
-                log.info("discarding s3://%s/%s: %s", bucket, key, exc)
+                log.info("discarding %s: %s", location(store, bucket, key), exc)
                 quality.discarded.append({"Bucket": bucket, "Key": key})
         if not frames:
             raise IngestionFailed(f"no usable data file for component {comp.name} under "
-                                  f"s3://{bucket}/{list_prefix}")
+                                  f"{location(store, bucket, list_prefix)}")
         frame = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
         dup = frame["timestamp"].duplicated(keep="last")
         quality.duplicate_timestamps += int(dup.sum())
