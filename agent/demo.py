@@ -46,7 +46,7 @@ class Plan:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="l4e-agent demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="l4e-agent demo", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (replaced)")
     p.add_argument("--speed", type=float, default=120.0, help="clock speed during live streaming")
     p.add_argument("--start", default="2026-03-02T08:00:00Z", help="clock time where live streaming begins")
