@@ -118,9 +118,9 @@ class WebhookHookConfig(_Model):
         0.5,
         gt=0,
         le=60,
-        description=("First delay between attempts, wall seconds; doubles (jittered) up to backoff_cap_secs."),
+        description=("First delay between attempts, wall seconds; doubles (jittered) up to backoff_max_secs."),
     )
-    backoff_cap_secs: float = Field(10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds.")
+    backoff_max_secs: float = Field(10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds.")
     use_env_proxy: bool = Field(True, description="Honour http_proxy/https_proxy/no_proxy from the environment.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. an API token).")
 
@@ -162,7 +162,9 @@ class WriteBackHookConfig(_Model):
     clear_value: bool | int | float = Field(0, description="Value written when the alarm is cleared.")
     timeout_secs: float = Field(5.0, gt=0, le=300, description="Seconds per write attempt.")
     retries: int = Field(2, ge=0, le=20, description="Further attempts after a failed write.")
-    backoff_initial_secs: float = Field(0.5, gt=0, le=60, description="First delay between attempts, wall seconds.")
+    backoff_initial_secs: float = Field(0.5, gt=0, le=60, description="First delay between attempts, wall seconds; "
+                                        "doubles (jittered) up to backoff_max_secs.")
+    backoff_max_secs: float = Field(10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds.")
 
     @model_validator(mode="after")
     def _one_address_form(self) -> WriteBackHookConfig:

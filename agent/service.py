@@ -39,6 +39,10 @@ from connectors.opcua import OpcUaConnector
 from connectors.replay import ReplayConnector
 
 log = logging.getLogger("l4e.service")
+# A connector that crashes (a bug, not a lost connection: connectors reconnect inside) is restarted after
+# this backoff; a minute at most keeps a crash loop from flooding the log and the CPU.
+CONNECTOR_RESTART_BACKOFF_INITIAL_SECS = 1.0
+CONNECTOR_RESTART_BACKOFF_MAX_SECS = 60.0
 
 CONNECTORS: dict[str, type] = {
     "replay": ReplayConnector,
@@ -178,7 +182,7 @@ class AssetRunner:
     async def _pump(self, connector: Connector) -> None:
         """Feed one connector into the spool; restart it with backoff if it crashes. When it stops, crashes
         or finishes, the values of its sensors stop holding (rule 2a)."""
-        backoff = Backoff(1.0, 60.0)
+        backoff = Backoff(CONNECTOR_RESTART_BACKOFF_INITIAL_SECS, CONNECTOR_RESTART_BACKOFF_MAX_SECS)
         sensors = self._source_sensors.get(connector.name, ())
         while True:
             try:

@@ -169,7 +169,7 @@ def webhook_config(url: str, secret_file: Path | None, **kw) -> dict:
         "timeout_secs": 2,
         "retries": 3,
         "backoff_initial_secs": 0.05,
-        "backoff_cap_secs": 0.2,
+        "backoff_max_secs": 0.2,
         "use_env_proxy": False,
         **kw,
     }
