@@ -872,7 +872,7 @@ class AlarmEngine:
                 # the mark is in memory and is saved with the next state write that succeeds
                 self.disk.failure("alarms", exc)
             else:
-                log.error("alarm delivery bookkeeping failed: %s", exc)
+                log.error("alarm delivery bookkeeping failed: %s", exc, exc_info=exc)
 
     async def _deliver(self, entry: OutboxEntry, hook_name: str, previous: asyncio.Task | None) -> None:
         if previous is not None:
@@ -881,7 +881,7 @@ class AlarmEngine:
         alarm = entry.alarm
         try:
             await asyncio.wait_for(hook.fire(alarm), timeout=hook.deadline_secs)
-        except Exception as exc:  # a hook's failure must never reach the data path; count, log transitions
+        except (HookError, TimeoutError) as exc:  # the delivery failed (after the hook's retries, or its deadline)
             hook.failures += 1
             self._hook_log.failure(
                 hook_name,
@@ -890,6 +890,17 @@ class AlarmEngine:
                 alarm.id,
                 alarm.state,
                 str(exc) or type(exc).__name__,
+            )
+        except Exception as exc:  # supervision boundary: a bug in a hook never reaches the data path
+            hook.failures += 1
+            self._hook_log.failure(
+                hook_name,
+                "alarm hook %s raised %s delivering %s %s (a bug in the hook)",
+                hook_name,
+                type(exc).__name__,
+                alarm.id,
+                alarm.state,
+                exc_info=exc,
             )
         else:
             hook.delivered += 1

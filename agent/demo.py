@@ -177,6 +177,8 @@ async def run_demo(plan: Plan, out: Path) -> int:
 
 async def show_progress(runner, client, out: Path, clock, fault) -> None:
     """Print windows uploaded, executions with their max score, and alarm transitions as they happen."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     seen_keys, seen_exec, seen_alarms = 0, set(), 0
     while True:
         await asyncio.sleep(0.5)
@@ -189,7 +191,7 @@ async def show_progress(runner, client, out: Path, clock, fault) -> None:
         try:
             page = await asyncio.to_thread(client.list_inference_executions,
                                            InferenceSchedulerName="pump-07-scheduler", MaxResults=50)
-        except Exception:  # progress display only
+        except (BotoCoreError, ClientError):  # progress display only: the next round asks again
             page = {"InferenceExecutionSummaries": []}
         for ex in sorted(page["InferenceExecutionSummaries"], key=lambda e: e["DataStartTime"]):
             key = (ex["DataStartTime"].timestamp(), ex["Status"])

@@ -47,7 +47,7 @@ from agent.alarms import (
     alarm_json,
 )
 from agent.clock import Backoff
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ConnectorError
 from agent.model import Alarm
 
 log = logging.getLogger("l4e.alarms")
@@ -282,9 +282,7 @@ class WriteBackHook(_Counters):
             try:
                 await asyncio.wait_for(self._writer(value), self.config.timeout_secs)
                 return
-            except (
-                Exception
-            ) as exc:  # the writer's errors are the connector's; any of them means "not written"
+            except (ConnectorError, OSError, TimeoutError) as exc:  # the connector's errors: "not written"
                 last = exc
         raise HookError(
             f"write_back via {self.config.source}: gave up after {self.config.retries + 1} attempts: {last!r}"

@@ -25,6 +25,7 @@ from agent.alarms import AlarmEngine
 from agent.clock import Backoff, Clock
 from agent.config import AssetConfig, base_dir_of
 from agent.diskhealth import DiskHealth
+from agent.errors import ConfigError, LookoutError, StateError
 from agent.hooks import build_hooks
 from agent.model import Event, validity_end
 from agent.outbox import Outbox
@@ -423,7 +424,7 @@ class Agent:
             self.notifier.reloading()
             try:
                 fresh = self._reload()
-            except Exception as exc:  # an invalid new file keeps the old configuration running
+            except (ConfigError, StateError, LookoutError) as exc:  # a bad new file keeps the old one running
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 self.notifier.ready(self.supervision.summary())
                 continue
