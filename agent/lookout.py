@@ -36,7 +36,7 @@ log = logging.getLogger("l4e.lookout")
 DISCOVERY_FILE = "discovery.json"
 DISCOVERY_VERSION = 1
 DEFAULT_REGION = "us-east-1"
-# The SDK's defaults (l4e-contract.md §2); the service's own defaults are unconfirmed.
+# The SDK's defaults (README, L4E contract §2); the service's own defaults are unconfirmed.
 DEFAULT_NAMING = {"delimiter": "_", "timestamp_format": "yyyyMMddHHmmss", "timezone_offset": "+00:00"}
 
 

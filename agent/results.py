@@ -1,6 +1,6 @@
 """Inference results back to the gateway: executions / results.jsonl → Result rows, with a persisted cursor.
 
-Two ways to find results (l4e-contract.md §5, l4e-decisions.md rule 6):
+Two ways to find results (README: L4E contract §5, Decisions rule 6):
 
 - API: with a scheduler name and a client, ListInferenceExecutions (all pages) with DataStartTimeAfter = the
   cursor, handled oldest DataStartTime first. SUCCESS → the CustomerResultObject is fetched through the

@@ -1,8 +1,8 @@
 """One inference execution: a scheduler's window (start, end] → results.jsonl or a FailedReason.
 
-Per l4e-decisions.md: for each schema component, input files are found by name (<Prefix><component>
+Per the README's Decisions: for each schema component, input files are found by name (<Prefix><component>
 <delimiter><timestamp>.csv directly under the prefix) with a name timestamp in [start − F, end + F] (the
-range the real service lists, l4e-contract.md §1); only rows with timestamps in (start, end] are used,
+range the real service lists, README, L4E contract §1); only rows with timestamps in (start, end] are used,
 resampled to the model's rate (label right, closed right), missing grid points filled from the nearest
 earlier (else later) point of the same window. Results go to ``results_key(OutputPrefix, window)``.
 """

@@ -1,6 +1,6 @@
 """Data ingestion: CSVs under an S3-style prefix → one Parquet file per component + quality summary.
 
-Files per component are found by the job's KeyPattern (l4e-contract.md §4): ``{prefix}/{component_name}/*``
+Files per component are found by the job's KeyPattern (README, L4E contract §4): ``{prefix}/{component_name}/*``
 (the default), ``{prefix}/{component_name}_*`` or ``{prefix}/{component_name}[D]*`` with D one of
 space, dot, underscore, hyphen. A file whose header lacks a schema column, or that cannot be read as
 CSV, is discarded (listed in DiscardedFiles). Kept rows: parseable timestamp; duplicates keep the last

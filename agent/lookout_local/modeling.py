@@ -1,7 +1,7 @@
 """Model training, evaluation and scoring around the Detector: the data side of CreateModel and inference.
 
 Data are resampled to the model's TargetSamplingRate on a grid aligned to the UTC hour, label right and
-closed right (grid point t holds the mean of the readings in (t − rate, t], l4e-decisions.md rule 2), then
+closed right (grid point t holds the mean of the readings in (t − rate, t], README, Decisions rule 2), then
 the components are joined on the grid. A fitted model is a folder: ``detector.npz`` + ``model.json``
 (sensor names, rate in seconds, the off condition).
 """
