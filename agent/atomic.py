@@ -58,6 +58,27 @@ def write_atomic(path: Path | str, data: bytes, *, tmp_dir: Path | None = None,
     fsync_dir(path.parent)
 
 
+def replace_with(path: Path | str, write: Callable[[Path], None]) -> None:
+    """Like :func:`write_atomic`, for a library that writes files itself (``frame.to_parquet(tmp)``):
+    ``write(tmp)`` fills the temporary file, which is then fsynced, renamed over ``path`` and the folder
+    fsynced. Raises what ``write`` raises or OSError; the old file stays and the temporary is removed."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
 def write_json_atomic(path: Path | str, doc: Any, **dumps: Any) -> None:
     """:func:`write_atomic` of ``json.dumps(doc, **dumps)`` (UTF-8). Raises OSError, TypeError (not JSON)."""
     write_atomic(path, json.dumps(doc, **dumps).encode())

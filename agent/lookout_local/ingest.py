@@ -11,9 +11,9 @@ invalid values; both become NaN. The result is stored as ``<dir>/<component>.par
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agent.atomic import replace_with
 from agent.lookout_local.schema import Component
 from agent.lookout_local.stores import location
 from agent.lookout_local.timestamps import parse_column
@@ -163,10 +164,8 @@ def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components:
                 quality.all_missing_sensors += 1
             elif (present.iloc[-1] - present.iloc[0]).total_seconds() < SHORT_RANGE_SECS:
                 quality.short_range_sensors += 1
-        # tmp + rename: a reader (training) never sees a half-written file
-        tmp = out_dir / f".{comp.name}.parquet.tmp"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out_dir / f"{comp.name}.parquet")
+        # agent.atomic: a reader (training) never sees a half-written file, a crash never a torn one
+        replace_with(out_dir / f"{comp.name}.parquet", functools.partial(frame.to_parquet, index=False))
         first = frame["timestamp"].iloc[0].timestamp()
         last = frame["timestamp"].iloc[-1].timestamp()
         start = first if start is None else min(start, first)

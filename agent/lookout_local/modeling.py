@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agent.atomic import write_json_atomic
 from agent.lookout_local.detector import Detector, rounded_shares
 from agent.lookout_local.schema import Component
 from agent.lookout_local.timestamps import parse_column
@@ -165,8 +166,7 @@ def train(data_dir: Path, components: list[Component], rate: int, train_range: t
         raise TrainingFailed(f"training failed: {exc}") from None
     model_dir.mkdir(parents=True, exist_ok=True)
     detector.save(model_dir / "detector.npz")
-    (model_dir / "model.json").write_text(json.dumps({"names": names, "rate": rate,
-                                                      "off": off.text() if off else None}))
+    write_json_atomic(model_dir / "model.json", {"names": names, "rate": rate, "off": off.text() if off else None})
     has_eval = eval_range != (None, None)
     eval_rows = _between(frame, *eval_range) if has_eval else train_rows
     return metrics(detector, eval_rows, labels, off, rate)
