@@ -1,4 +1,4 @@
-"""Command line of l4e-agent, the edge data bridge to Amazon Lookout for Equipment (and its local stand-in).
+"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|...``.
 
 Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 
@@ -82,7 +82,7 @@ SUB_PROGRAMS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l4e-agent", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="l4e-agent", description=__doc__.splitlines()[0].replace("``", ""),
                                      epilog="l4e-agent COMMAND --help describes each command.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

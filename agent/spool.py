@@ -41,7 +41,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent.atomic import fsync_dir
 from agent.diskhealth import DiskHealth
 from agent.errors import StateError
 from agent.model import Reading
@@ -83,7 +82,7 @@ class _Segment:
                 view = view[n:]
             os.fsync(self.fd)
             if created:
-                fsync_dir(self.path.parent)
+                _fsync_dir(self.path.parent)
         except OSError:
             self.abandon()
             raise
@@ -107,6 +106,14 @@ class _Segment:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _messages(table: pa.Table) -> bytes:
