@@ -79,6 +79,9 @@ SUB_PROGRAMS = {
     "simulate": "run the simulated plant (OPC-UA and Modbus servers fed by a pump model)",
     "demo": "the whole loop on one machine on a scaled clock: plant, agent, local L4E service, alarms",
 }
+LOOKOUT_PROGRAMS = {  # l4e-agent lookout SUBCOMMAND, each with its own parser
+    "serve": "serve the L4E API on HTTP until SIGTERM",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lookout", help="the local L4E-compatible service: lookout serve",
                        description="The local Amazon Lookout for Equipment compatible service.")
     lookout = p.add_subparsers(dest="lookout_command", required=True, metavar="SUBCOMMAND")
-    lookout.add_parser("serve", add_help=False, help="serve the L4E API on HTTP until SIGTERM "
-                       "(options: l4e-agent lookout serve --help)").add_argument(
-        "rest", nargs=argparse.REMAINDER)
+    for name, text in LOOKOUT_PROGRAMS.items():
+        lookout.add_parser(name, add_help=False, help=f"{text} (options: l4e-agent lookout {name} --help)"
+                           ).add_argument("rest", nargs=argparse.REMAINDER)
     for name, text in SUB_PROGRAMS.items():
         sub.add_parser(name, add_help=False, help=f"{text} (options: l4e-agent {name} --help)").add_argument(
             "rest", nargs=argparse.REMAINDER)
