@@ -47,6 +47,8 @@ async def test_a_hung_folder_store_is_bounded_and_logged_once(tmp_path, caplog) 
     while put_threads() and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert put_threads() == 0
+    # the thread handed its outcome to the loop with call_soon_threadsafe before it ended: one loop turn runs it
+    await asyncio.sleep(0)
     assert await uploader.run_once(force=True) == 2
     assert (root / "pump_1.csv").read_bytes() == b"Timestamp,x\n1,2\n"
     assert (root / "pump_2.csv").read_bytes() == b"Timestamp,x\n3,4\n"
