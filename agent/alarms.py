@@ -49,6 +49,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.atomic import write_atomic
 from agent.clock import Clock, iso_utc
 from agent.diskhealth import DiskHealth, disk_error
 from agent.errors import ConfigError, L4EAgentError, StateError, TransitionLog
@@ -117,9 +118,9 @@ class WebhookHookConfig(_Model):
         0.5,
         gt=0,
         le=60,
-        description=("First delay between attempts, wall seconds; doubles (jittered) up to backoff_cap_secs."),
+        description=("First delay between attempts, wall seconds; doubles (jittered) up to backoff_max_secs."),
     )
-    backoff_cap_secs: float = Field(10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds.")
+    backoff_max_secs: float = Field(10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds.")
     use_env_proxy: bool = Field(True, description="Honour http_proxy/https_proxy/no_proxy from the environment.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. an API token).")
 
@@ -161,7 +162,9 @@ class WriteBackHookConfig(_Model):
     clear_value: bool | int | float = Field(0, description="Value written when the alarm is cleared.")
     timeout_secs: float = Field(5.0, gt=0, le=300, description="Seconds per write attempt.")
     retries: int = Field(2, ge=0, le=20, description="Further attempts after a failed write.")
-    backoff_initial_secs: float = Field(0.5, gt=0, le=60, description="First delay between attempts, wall seconds.")
+    backoff_initial_secs: float = Field(0.5, gt=0, le=60, description="First delay between attempts, wall seconds; "
+                                        "doubles (jittered) up to backoff_max_secs.")
+    backoff_max_secs: float = Field(10.0, gt=0, le=600, description="Longest delay between attempts, wall seconds.")
 
     @model_validator(mode="after")
     def _one_address_form(self) -> WriteBackHookConfig:
@@ -648,23 +651,8 @@ class EngineState:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): after a crash the file holds either the old or the new state."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # a full disk: drop the partial copy; the old state is intact
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """agent.atomic.write_atomic: after a crash the file holds either the old or the new state."""
+    write_atomic(path, data)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -884,7 +872,7 @@ class AlarmEngine:
                 # the mark is in memory and is saved with the next state write that succeeds
                 self.disk.failure("alarms", exc)
             else:
-                log.error("alarm delivery bookkeeping failed: %s", exc)
+                log.error("alarm delivery bookkeeping failed: %s", exc, exc_info=exc)
 
     async def _deliver(self, entry: OutboxEntry, hook_name: str, previous: asyncio.Task | None) -> None:
         if previous is not None:
@@ -893,7 +881,7 @@ class AlarmEngine:
         alarm = entry.alarm
         try:
             await asyncio.wait_for(hook.fire(alarm), timeout=hook.deadline_secs)
-        except Exception as exc:  # a hook's failure must never reach the data path; count, log transitions
+        except (HookError, TimeoutError) as exc:  # the delivery failed (after the hook's retries, or its deadline)
             hook.failures += 1
             self._hook_log.failure(
                 hook_name,
@@ -902,6 +890,17 @@ class AlarmEngine:
                 alarm.id,
                 alarm.state,
                 str(exc) or type(exc).__name__,
+            )
+        except Exception as exc:  # supervision boundary: a bug in a hook never reaches the data path
+            hook.failures += 1
+            self._hook_log.failure(
+                hook_name,
+                "alarm hook %s raised %s delivering %s %s (a bug in the hook)",
+                hook_name,
+                type(exc).__name__,
+                alarm.id,
+                alarm.state,
+                exc_info=exc,
             )
         else:
             hook.delivered += 1

@@ -41,16 +41,18 @@ def read_scores(asset_root: Path) -> list[tuple[float, float]]:
     return sorted(out)
 
 
-def alarm_spans(alarms: list[dict], end: float) -> list[tuple[float, float]]:
+def alarm_spans(alarms: list[dict], end: float, rule: str = "anomaly") -> list[tuple[float, float]]:
+    """(raised, cleared) spans of ``rule``'s alarms, in epoch seconds: from the result row that raised the alarm
+    to the row that cleared it (an alarm's ``ts``), not the bounds of the windows those rows sat in. An alarm
+    still raised at the end runs to ``end``."""
     spans, open_at = [], {}
     for a in alarms:
-        if a["rule"] != "anomaly":
+        if a["rule"] != rule:
             continue
-        start = a.get("window_start") or a["ts"]
         if a["state"] == "raised":
-            open_at[a["id"]] = start
+            open_at[a["id"]] = a["ts"]
         elif a["id"] in open_at:
-            spans.append((open_at.pop(a["id"]), a.get("window_end") or a["ts"]))
+            spans.append((open_at.pop(a["id"]), a["ts"]))
     spans += [(s, end) for s in open_at.values()]
     return spans
 
@@ -86,7 +88,9 @@ def _panel(name: str, points: list[tuple[float, float]], t0: float, t1: float, y
 
 
 def write_chart(path: Path, asset_root: Path, alarms: list[dict], fault: tuple[float, float],
-                sensors: list[str]) -> None:
+                sensors: list[str], score_threshold: float | None = None) -> None:
+    """Write the chart. ``score_threshold`` is the anomaly rule's (drawn dashed on the score panel; none when
+    the rule raises on consecutive predictions only)."""
     series = read_series(asset_root, sensors)
     scores = read_scores(asset_root)
     times = [t for pts in series.values() for t, _ in pts] + [t for t, _ in scores]
@@ -100,10 +104,11 @@ def write_chart(path: Path, asset_root: Path, alarms: list[dict], fault: tuple[f
     for i, name in enumerate(sensors):
         panels.append(_panel(name, series[name], t0, t1, y, shades, colours[i % len(colours)]))
         y += PANEL_H + 15
-    panels.append(_panel("anomaly_score", scores, t0, t1, y, shades, "#d62728", 0.0, 1.0, threshold=0.5))
+    panels.append(_panel("anomaly_score", scores, t0, t1, y, shades, "#d62728", 0.0, 1.0, threshold=score_threshold))
     y += PANEL_H + 30
+    dashed = f", dashed: the rule's score threshold {score_threshold:g}" if score_threshold is not None else ""
     legend = (f'<text x="{PAD}" y="{y - 8}" font-size="12">{iso_utc(t0)} … {iso_utc(t1)} — orange: injected fault, '
-              'red: anomaly alarm raised → cleared, dashed: score threshold 0.5</text>')
+              f'red: anomaly alarm, from the row that raised it to the row that cleared it{dashed}</text>')
     svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{y}" font-family="sans-serif">' \
           f'<text x="{PAD}" y="18" font-size="14">l4e-agent demo: pump-07</text>{"".join(panels)}{legend}</svg>'
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>l4e-agent demo</title></head>"

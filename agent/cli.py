@@ -31,10 +31,10 @@ DEFAULT_STATE_ROOT = Path("/var/lib/l4e-agent")
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s", stream=sys.stderr)
-    for noisy in ("apscheduler", "botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)  # a line per job run / request is noise
+    """One handler, one line per event (agent.logs); ``run`` replaces it with the asset file's [log] format."""
+    from agent.logs import configure_logging
+
+    configure_logging("keyvalue", level)
     for library in ("asyncua", "pymodbus"):  # log every lost connection / timeout at ERROR; we log transitions
         logging.getLogger(library).setLevel(logging.CRITICAL)
 
@@ -73,10 +73,22 @@ def make_clock(args, state_root: Path | None) -> Clock:
     return ScaledClock.persistent(args.clock_start, args.speed, state_root / "clock.json")
 
 
+# Sub-programs with their own parsers: main() hands them the rest of the command line. They are declared in
+# build_parser() too, so that --help lists them.
+SUB_PROGRAMS = {
+    "simulate": "run the simulated plant (OPC-UA and Modbus servers fed by a pump model)",
+    "demo": "the whole loop on one machine on a scaled clock: plant, agent, local L4E service, alarms",
+}
+LOOKOUT_PROGRAMS = {  # l4e-agent lookout SUBCOMMAND, each with its own parser
+    "serve": "serve the L4E API on HTTP until SIGTERM",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l4e-agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="l4e-agent", description=__doc__.splitlines()[0].replace("``", ""),
+                                     epilog="l4e-agent COMMAND --help describes each command.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the agent for one or more asset files")
     p.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
@@ -123,12 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, required=True, help="private key file to write (PEM, mode 0600)")
     p.add_argument("--application-uri", help="default urn:l4e-agent:<hostname>")
     p.add_argument("--hostname")
+
+    p = sub.add_parser("lookout", help="the local L4E-compatible service: lookout serve",
+                       description="The local Amazon Lookout for Equipment compatible service.")
+    lookout = p.add_subparsers(dest="lookout_command", required=True, metavar="SUBCOMMAND")
+    for name, text in LOOKOUT_PROGRAMS.items():
+        lookout.add_parser(name, add_help=False, help=f"{text} (options: l4e-agent lookout {name} --help)"
+                           ).add_argument("rest", nargs=argparse.REMAINDER)
+    for name, text in SUB_PROGRAMS.items():
+        sub.add_parser(name, add_help=False, help=f"{text} (options: l4e-agent {name} --help)").add_argument(
+            "rest", nargs=argparse.REMAINDER)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # sub-programs with their own parsers
+def _sub_program(argv: list[str]) -> int | None:
+    """Run a sub-program with its own parser (``lookout serve``, ``simulate``, ``demo``), or None."""
     if argv[:2] == ["lookout", "serve"]:
         from agent.lookout_local import serve_main
 
@@ -140,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["simulate"]:
         from connectors.simulator import simulate_main
 
+        _setup_logging("INFO")
         return simulate_main(argv[1:])
     if argv[:1] == ["demo"]:
         from agent.demo import demo_main
@@ -147,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging("WARNING")
         logging.getLogger("l4e.alarms").setLevel(logging.ERROR)  # the demo prints alarm lines itself
         return demo_main(argv[1:])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = 0  # a sub-program after the global option: l4e-agent --log-level DEBUG simulate --help
+    while first < len(argv) and argv[first].startswith("--log-level"):
+        first += 1 if "=" in argv[first] else 2
+    code = _sub_program(argv[first:])
+    if code is not None:
+        return code
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "probe" and args.accept_certificate and not args.source:

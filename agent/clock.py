@@ -8,9 +8,7 @@ state directory, a restarted agent continues the same timeline, as a plant's tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,17 +94,13 @@ class ScaledClock:
         except (OSError, ValueError, KeyError):
             pass
         clock = cls(start, speed)
-        tmp = state_file.with_suffix(".tmp")
+        from agent.atomic import write_json_atomic
+
         try:
             state_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as fh:  # tmp, fsync, rename: a failed write leaves the old anchor intact
-                fh.write(json.dumps({"start": clock.start, "speed": clock.speed, "anchor": clock.anchor}))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, state_file)
+            # a failed write leaves the old anchor intact
+            write_json_atomic(state_file, {"start": clock.start, "speed": clock.speed, "anchor": clock.anchor})
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             from agent.errors import StateError
 
             raise StateError(f"cannot keep the clock in {state_file}: {exc}") from exc
@@ -127,22 +121,24 @@ def iso_utc(ts: float) -> str:
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter, in seconds.
+    """Capped exponential backoff with full jitter, in seconds: the one retry helper (uploads, connectors,
+    hooks, the connector supervisor). Settings that configure it are named ``backoff_initial_secs`` and
+    ``backoff_max_secs`` everywhere.
 
-    ``next()`` returns the delay before the next attempt: uniform in [initial·2ⁿ/2, min(cap, initial·2ⁿ)],
+    ``next()`` returns the delay before the next attempt: uniform in [initial·2ⁿ/2, min(max, initial·2ⁿ)],
     so a fleet of gateways does not retry in lock-step; ``reset()`` after a success.
     """
 
-    def __init__(self, initial: float = 0.5, cap: float = 30.0, rng=None) -> None:
+    def __init__(self, initial_secs: float = 0.5, max_secs: float = 30.0, rng=None) -> None:
         import random
 
-        self.initial = initial
-        self.cap = cap
+        self.initial_secs = initial_secs
+        self.max_secs = max_secs
         self.attempt = 0
         self._rng = rng or random.Random()
 
     def next(self) -> float:
-        ceiling = min(self.cap, self.initial * (2**self.attempt))
+        ceiling = min(self.max_secs, self.initial_secs * (2**self.attempt))
         self.attempt = min(self.attempt + 1, 62)
         return self._rng.uniform(ceiling / 2, ceiling)
 

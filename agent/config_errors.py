@@ -45,6 +45,10 @@ def user_loc(loc: tuple[Any, ...], root: type[BaseModel], data: Any) -> tuple[An
     return tuple(out)
 
 
+# Keys renamed in a release: a file still using the old name is told the new one.
+RENAMED_KEYS = {"backoff_cap_secs": "backoff_max_secs"}
+
+
 def format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -55,6 +59,9 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 def _message(err: dict, root: type[BaseModel], data: Any) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
+        new = RENAMED_KEYS.get(str(err["loc"][-1])) if err["loc"] else None
+        if new is not None:
+            return f"unknown key: renamed to {new} (same meaning, same unit)"
         return "unknown key (not allowed here; check the spelling against config/example.toml)"
     if kind == "missing":
         key = field_at(root, _untagged(err["loc"]), data)

@@ -30,20 +30,23 @@ EXAMPLE: dict[str, Any] = {
         "input": "s3://plant-l4e/pump-07/input/", "timestamp_format": "yyyyMMddHHmmss", "delimiter": "_",
         "timezone_offset": "+00:00",
     },
-    "components": {"pump": ["flow", "discharge_pressure", "bearing_temp"]},
+    "components": {"pump": ["flow", "discharge_pressure", "bearing_temp", "motor_current"]},
     "sensors": {"flow": {"agg": "mean"}},
     "window": {"agg": "mean", "fill_limit": 2, "grace_secs": 20},
 }
 
 SOURCE_EXAMPLES: dict[str, dict[str, Any]] = {
-    "replay": {"name": "history", "kind": "replay", "path": "history.csv"},
+    # relative to the asset file: config/example.toml replays the shipped config/replay/history.csv
+    # each sensor comes from exactly one source: the replay gives flow, OPC-UA bearing_temp, Modbus the rest
+    "replay": {"name": "history", "kind": "replay", "path": "replay/history.csv", "columns": ["flow"]},
     "opcua": {"name": "line", "kind": "opcua", "endpoint": "opc.tcp://10.0.0.9:4840", "mode": "subscribe",
               "timestamp": "source",
               "nodes": [{"sensor": "bearing_temp", "node_id": "ns=2;s=Pump07.BearingTemp"}]},
     "modbus": {"name": "plc1", "kind": "modbus", "transport": "tcp", "host": "10.0.0.5", "port": 502,
                "poll_interval_ms": 1000,
                "devices": [{"device_id": 1, "points": [
-                   {"sensor": "flow", "table": "holding", "address": 0, "type": "float32", "order": "CDAB"},
+                   {"sensor": "motor_current", "table": "holding", "address": 0, "type": "float32",
+                    "order": "CDAB"},
                    {"sensor": "discharge_pressure", "table": "input", "address": 3, "type": "int16",
                     "scale": 0.01}]}]},
 }

@@ -1,4 +1,4 @@
-"""The CSV bytes of one component's window file (l4e-decisions.md rule 4).
+"""The CSV bytes of one component's window file (README, Decisions rule 4).
 
 Header: the timestamp column, then the component's sensors in schema order. One row per grid point in
 (start, end]; the timestamp as ``%Y-%m-%dT%H:%M:%S.%f`` in UTC without a zone; values as the shortest text

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ class Plan:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="l4e-agent demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="l4e-agent demo", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (replaced)")
     p.add_argument("--speed", type=float, default=120.0, help="clock speed during live streaming")
     p.add_argument("--start", default="2026-03-02T08:00:00Z", help="clock time where live streaming begins")
@@ -172,8 +173,10 @@ async def run_demo(plan: Plan, out: Path) -> int:
     say("[demo] 4/4 results")
     alarms = read_alarms(out / "alarms.jsonl")
     summary = summarize(out, alarms, fault, runner, time.monotonic() - t_begin)
+    rule = next((r for r in config.alarms.rules if r.kind == "anomaly" and r.name == "anomaly"), None)
     write_chart(out / "demo-chart.html", out / "store" / "plant-l4e" / "pump-07", alarms, fault,
-                sensors=["suction_pressure", "discharge_pressure", "flow", "vibration"])
+                sensors=["suction_pressure", "discharge_pressure", "flow", "vibration"],
+                score_threshold=rule.score_threshold if rule is not None else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for line in summary["lines"]:
         say("       " + line)
@@ -191,6 +194,8 @@ async def announce_status_page(agent) -> None:
 
 async def show_progress(runner, client, out: Path, clock, fault) -> None:
     """Print windows uploaded, executions with their max score, and alarm transitions as they happen."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     seen_keys, seen_exec, seen_alarms = 0, set(), 0
     while True:
         await asyncio.sleep(0.5)
@@ -203,7 +208,7 @@ async def show_progress(runner, client, out: Path, clock, fault) -> None:
         try:
             page = await asyncio.to_thread(client.list_inference_executions,
                                            InferenceSchedulerName="pump-07-scheduler", MaxResults=50)
-        except Exception:  # progress display only
+        except (BotoCoreError, ClientError):  # progress display only: the next round asks again
             page = {"InferenceExecutionSummaries": []}
         for ex in sorted(page["InferenceExecutionSummaries"], key=lambda e: e["DataStartTime"]):
             key = (ex["DataStartTime"].timestamp(), ex["Status"])
@@ -211,14 +216,15 @@ async def show_progress(runner, client, out: Path, clock, fault) -> None:
                 continue
             seen_exec.add(key)
             score = max_score(out, ex) if ex["Status"] == "SUCCESS" else None
-            text = f"max score {score:.2f}" if score is not None else ex.get("FailedReason", "")[:80]
+            text = f"max score {score:.2f}" if score is not None else \
+                textwrap.shorten(ex.get("FailedReason", ""), 100, placeholder=" …")  # cut between words
             flag = "  << fault" if fault[0] < ex["DataEndTime"].timestamp() <= fault[1] + 300 else ""
             say(f"   {iso_utc(clock.now())}  execution {iso_utc(ex['DataStartTime'].timestamp())} {ex['Status']}: "
                 f"{text}{flag}")
         alarms = read_alarms(out / "alarms.jsonl")
         for alarm in alarms[seen_alarms:]:
             say(f"   {iso_utc(clock.now())}  ALARM {alarm['state'].upper()} {alarm['rule']} "
-                f"score={alarm.get('score')} {alarm.get('message', '')[:80]}")
+                f"score={alarm.get('score')} {alarm.get('message', '')}")  # whole: sensor names are not cut
         seen_alarms = len(alarms)
 
 

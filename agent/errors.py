@@ -84,14 +84,15 @@ class TransitionLog:
         self._logger = logger
         self._failing: dict[str, int] = {}
 
-    def failure(self, key: str, message: str, *args) -> bool:
-        """Record a failure; returns True when this is the transition into failure (it was logged)."""
+    def failure(self, key: str, message: str, *args, exc_info: BaseException | None = None) -> bool:
+        """Record a failure; returns True when this is the transition into failure (it was logged).
+        ``exc_info``: an exception whose traceback goes with the line (a bug, not an expected failure)."""
         count = self._failing.get(key, 0)
         self._failing[key] = count + 1
         if count == 0:
-            self._logger.warning(message, *args)
+            self._logger.warning(message, *args, exc_info=exc_info)
             return True
-        self._logger.debug(message, *args)
+        self._logger.debug(message, *args, exc_info=exc_info)
         return False
 
     def success(self, key: str, message: str, *args) -> bool:

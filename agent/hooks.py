@@ -47,7 +47,7 @@ from agent.alarms import (
     alarm_json,
 )
 from agent.clock import Backoff
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ConnectorError
 from agent.model import Alarm
 
 log = logging.getLogger("l4e.alarms")
@@ -158,7 +158,7 @@ class WebhookHook(_Counters):
         self.secret_path = None if config.secret_file is None else _resolve(config.secret_file, base_dir)
         attempts = config.retries + 1
         self.deadline_secs = (
-            attempts * (config.timeout_secs * 2 + 1) + config.retries * config.backoff_cap_secs
+            attempts * (config.timeout_secs * 2 + 1) + config.retries * config.backoff_max_secs
         )
         handlers: list[Any] = [_NoRedirect()]
         if not config.use_env_proxy:
@@ -168,7 +168,7 @@ class WebhookHook(_Counters):
     async def fire(self, alarm: Alarm) -> None:
         body = alarm_json(alarm)
         headers = await asyncio.to_thread(self._headers, alarm, body)  # reads the secret: may block
-        backoff = Backoff(self.config.backoff_initial_secs, self.config.backoff_cap_secs)
+        backoff = Backoff(self.config.backoff_initial_secs, self.config.backoff_max_secs)
         last: Exception | None = None
         for attempt in range(self.config.retries + 1):
             if attempt:
@@ -268,14 +268,13 @@ class WriteBackHook(_Counters):
         super().__init__(name)
         self.config = config
         self._writer = writer
-        self._backoff_cap = 10.0
         self.deadline_secs = (
-            (config.retries + 1) * config.timeout_secs + config.retries * self._backoff_cap + 5
+            (config.retries + 1) * config.timeout_secs + config.retries * config.backoff_max_secs + 5
         )
 
     async def fire(self, alarm: Alarm) -> None:
         value = self.config.raise_value if alarm.state == "raised" else self.config.clear_value
-        backoff = Backoff(self.config.backoff_initial_secs, self._backoff_cap)
+        backoff = Backoff(self.config.backoff_initial_secs, self.config.backoff_max_secs)
         last: BaseException | None = None
         for attempt in range(self.config.retries + 1):
             if attempt:
@@ -283,9 +282,7 @@ class WriteBackHook(_Counters):
             try:
                 await asyncio.wait_for(self._writer(value), self.config.timeout_secs)
                 return
-            except (
-                Exception
-            ) as exc:  # the writer's errors are the connector's; any of them means "not written"
+            except (ConnectorError, OSError, TimeoutError) as exc:  # the connector's errors: "not written"
                 last = exc
         raise HookError(
             f"write_back via {self.config.source}: gave up after {self.config.retries + 1} attempts: {last!r}"

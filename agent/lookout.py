@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
 
+from agent.atomic import write_json_atomic
 from agent.config import AssetConfig, LookoutConfig, base_dir_of
 from agent.errors import ConfigError, LookoutError
 from agent.store import BUCKET_PATTERN, FileStore, ObjectStore, S3Store, parse_location, s3_client
@@ -35,7 +36,7 @@ log = logging.getLogger("l4e.lookout")
 DISCOVERY_FILE = "discovery.json"
 DISCOVERY_VERSION = 1
 DEFAULT_REGION = "us-east-1"
-# The SDK's defaults (l4e-contract.md §2); the service's own defaults are unconfirmed.
+# The SDK's defaults (README, L4E contract §2); the service's own defaults are unconfirmed.
 DEFAULT_NAMING = {"delimiter": "_", "timestamp_format": "yyyyMMddHHmmss", "timezone_offset": "+00:00"}
 
 
@@ -222,14 +223,9 @@ def fetch_discovery(client, scheduler: str) -> dict:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    """Atomic replace (tmp, fsync, rename): a crash leaves the old file or the new one, never half."""
+    """Atomic replace (agent.atomic): a crash leaves the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, doc, indent=1, sort_keys=True)
 
 
 def load_cached_discovery(state_dir: Path, scheduler: str) -> dict | None:

@@ -604,7 +604,8 @@ class MetricsServer:
     def _check_health(self) -> tuple[bool, str]:
         try:
             ok, reason = self.health()
-        except Exception as exc:  # a broken check is itself a reason to report unhealthy
+        except Exception as exc:  # supervision boundary: a broken check is itself a reason to report unhealthy
+            log.debug("health check raised", exc_info=True)  # the watchdog gate logs the transition with it
             return False, f"health check raised {type(exc).__name__}: {exc}"
         return bool(ok), reason or "unhealthy"
 

@@ -9,10 +9,10 @@ in numeric order gives oldest first.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.atomic import write_atomic
 from agent.errors import StateError
 
 
@@ -21,14 +21,6 @@ class OutboxEntry:
     window_end: int
     name: str
     path: Path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -44,20 +36,9 @@ class Outbox:
         """Durably add (or replace with the same bytes) one window file. Raises OSError on disk errors."""
         folder = self.dir / str(window_end)
         folder.mkdir(exist_ok=True)
-        tmp = self.tmp / f"{window_end}-{name}"
         final = folder / name
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except OSError:
-            # a full disk: the partial copy goes (a file already in the outbox is untouched until the rename)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        _fsync_dir(folder)
+        # a full disk: the partial copy goes (a file already in the outbox is untouched until the rename)
+        write_atomic(final, data, tmp_dir=self.tmp)
         return OutboxEntry(window_end, name, final)
 
     def entries(self) -> list[OutboxEntry]:

@@ -15,13 +15,12 @@ wake, a restart or an accelerated clock are handled by the same code.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.atomic import write_json_atomic
 from agent.csvfile import component_csv, time_column
 from agent.diskhealth import disk_error
 from agent.errors import TransitionLog
@@ -110,19 +109,9 @@ class WindowCloser:
         self.carry = Carry.from_json(data.get("carry"))
 
     def _save_state(self, last_written: int, carry: Carry) -> None:
-        """Persist (last_written, carry), then adopt them: on a failed write neither the file (tmp, fsync,
-        rename) nor the in-memory progress changes, so the same window is simply written again later."""
-        tmp = self.state_file.with_suffix(".tmp")
-        try:
-            with open(tmp, "w") as fh:
-                json.dump({"last_written": last_written, "carry": carry.to_json()}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.state_file)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        """Persist (last_written, carry), then adopt them: on a failed write neither the file (agent.atomic)
+        nor the in-memory progress changes, so the same window is simply written again later."""
+        write_json_atomic(self.state_file, {"last_written": last_written, "carry": carry.to_json()})
         self.last_written = last_written
         self.carry = carry
 

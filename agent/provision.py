@@ -7,7 +7,7 @@ Steps, each reported through ``progress`` as it goes:
    schema order. The training prefix is the input prefix's sibling ``training-data/`` (``.../pump/input/``
    → ``.../pump/training-data/``; an input at the bucket root → ``training-data/``); labels go to the sibling
    ``label-data/labels.csv``; when ``[lookout] output`` is unset the scheduler writes to the sibling
-   ``output/``. The layout is the one AWS's samples and SDK use (l4e-contract.md §4).
+   ``output/``. The layout is the one AWS's samples and SDK use (README, L4E contract §4).
 2. CreateDataset with the schema built from ``[components]`` (all DOUBLE, timestamp DATETIME);
    StartDataIngestionJob (default KeyPattern ``{prefix}/{component_name}/*``) and wait;
 3. CreateModel (the sampling rate, training/evaluation ranges, optional labels) and wait;
@@ -46,7 +46,7 @@ def default_names(asset: str, scheduler: str | None = None) -> dict[str, str]:
 
 
 def build_schema(components: dict[str, list[str]], timestamp_column: str = "Timestamp") -> str:
-    """InlineDataSchema JSON string (the L4E SDK's exact layout, l4e-contract.md §4)."""
+    """InlineDataSchema JSON string (the L4E SDK's exact layout, README, L4E contract §4)."""
     return json.dumps({"Components": [
         {"ComponentName": comp, "Columns": [{"Name": timestamp_column, "Type": "DATETIME"}]
          + [{"Name": s, "Type": "DOUBLE"} for s in sensors]} for comp, sensors in components.items()]})

@@ -1,6 +1,6 @@
 """Inference results back to the gateway: executions / results.jsonl → Result rows, with a persisted cursor.
 
-Two ways to find results (l4e-contract.md §5, l4e-decisions.md rule 6):
+Two ways to find results (README: L4E contract §5, Decisions rule 6):
 
 - API: with a scheduler name and a client, ListInferenceExecutions (all pages) with DataStartTimeAfter = the
   cursor, handled oldest DataStartTime first. SUCCESS → the CustomerResultObject is fetched through the
@@ -22,17 +22,16 @@ and leaves the cursor where it was: the next poll tries the same execution again
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.atomic import write_json_atomic
 from agent.clock import Clock, iso_utc, parse_instant
 from agent.config import LookoutConfig
 from agent.errors import ConfigError, LookoutError, StoreError, StoreUnavailable, TransitionLog
@@ -204,19 +203,9 @@ class ResultsPoller:
 
     def _save_cursor(self, start: int) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._cursor_path.with_name(f".{CURSOR_FILE}.tmp")
-        try:
-            with open(tmp, "w") as fh:
-                json.dump({"last_start": start, "last_start_iso": iso_utc(start),
-                           "scheduler": self.lookout.scheduler}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._cursor_path)
-        except OSError:
-            # a full disk: the old cursor stays as it was (the execution is handled again, rows de-duplicated)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        # on a full disk the old cursor stays as it was (the execution is handled again, rows de-duplicated)
+        write_json_atomic(self._cursor_path, {"last_start": start, "last_start_iso": iso_utc(start),
+                                              "scheduler": self.lookout.scheduler})
         self._cursor = start
 
     def _after(self) -> float:

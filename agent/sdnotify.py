@@ -261,11 +261,12 @@ class WatchdogGate:
 
     def tick(self) -> bool:
         """Check health once and ping if healthy; returns whether a ping was sent."""
+        error: BaseException | None = None
         try:
             ok, reason = _split_health(self.health())
-        except Exception as exc:  # a broken check must withhold pings, not kill the gate
-            ok, reason = False, f"health check raised {type(exc).__name__}: {exc}"
-        self._note_transition(ok, reason)
+        except Exception as exc:  # supervision boundary: a broken check withholds pings, never kills the gate
+            ok, reason, error = False, f"health check raised {type(exc).__name__}: {exc}", exc
+        self._note_transition(ok, reason, error)
         if not ok:
             return False
         sent = self.notifier.watchdog()
@@ -282,7 +283,7 @@ class WatchdogGate:
             self.tick()
             await asyncio.sleep(self.interval_secs)
 
-    def _note_transition(self, ok: bool, reason: str) -> None:
+    def _note_transition(self, ok: bool, reason: str, error: BaseException | None = None) -> None:
         if ok == self._healthy:
             return
         first = self._healthy is None
@@ -292,5 +293,5 @@ class WatchdogGate:
                 log.info("healthy again; watchdog pings resumed")
                 self.notifier.status("healthy")
         else:
-            log.warning("unhealthy (%s); withholding watchdog pings", reason)
+            log.warning("unhealthy (%s); withholding watchdog pings", reason, exc_info=error)  # a bug: traceback
             self.notifier.status(f"unhealthy: {reason}")

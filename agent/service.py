@@ -25,6 +25,7 @@ from agent.alarms import AlarmEngine
 from agent.clock import Backoff, Clock
 from agent.config import AssetConfig, base_dir_of
 from agent.diskhealth import DiskHealth
+from agent.errors import ConfigError, LookoutError, StateError
 from agent.hooks import build_hooks
 from agent.model import Event, validity_end
 from agent.outbox import Outbox
@@ -38,6 +39,10 @@ from agent.upload import Uploader
 from connectors.base import Connector
 
 log = logging.getLogger("l4e.service")
+# A connector that crashes (a bug, not a lost connection: connectors reconnect inside) is restarted after
+# this backoff; a minute at most keeps a crash loop from flooding the log and the CPU.
+CONNECTOR_RESTART_BACKOFF_INITIAL_SECS = 1.0
+CONNECTOR_RESTART_BACKOFF_MAX_SECS = 60.0
 
 def connector_class(kind: str) -> type:
     """The connector class of a [[sources]] kind. Imported here, not at module load, so that an asset without
@@ -193,7 +198,7 @@ class AssetRunner:
     async def _pump(self, connector: Connector) -> None:
         """Feed one connector into the spool; restart it with backoff if it crashes. When it stops, crashes
         or finishes, the values of its sensors stop holding (rule 2a)."""
-        backoff = Backoff(1.0, 60.0)
+        backoff = Backoff(CONNECTOR_RESTART_BACKOFF_INITIAL_SECS, CONNECTOR_RESTART_BACKOFF_MAX_SECS)
         sensors = self._source_sensors.get(connector.name, ())
         while True:
             try:
@@ -440,7 +445,7 @@ class Agent:
             self.notifier.reloading()
             try:
                 fresh = self._reload()
-            except Exception as exc:  # an invalid new file keeps the old configuration running
+            except (ConfigError, StateError, LookoutError) as exc:  # a bad new file keeps the old one running
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 self.notifier.ready(self.supervision.summary())
                 continue

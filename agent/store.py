@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
+from agent.atomic import write_atomic
 from agent.errors import ConfigError, StoreError, StoreUnavailable
 
 # botocore's S3Bucket pattern for the L4E S3InputConfiguration
@@ -60,15 +61,9 @@ class FileStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            write_atomic(path, data)
         except PermissionError as exc:
             raise StoreError(f"cannot write {path}: {exc}") from exc
         except OSError as exc:
@@ -157,15 +152,6 @@ class S3Store:
         return f"s3://{self.bucket}/"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def parse_location(url: str) -> tuple[str, str, str]:

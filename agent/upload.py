@@ -29,6 +29,9 @@ from agent.outbox import Outbox
 from agent.store import ObjectStore
 
 log = logging.getLogger("l4e.upload")
+# Without an explicit Backoff (tests, tools): the [upload] defaults (backoff_initial_secs, backoff_max_secs).
+DEFAULT_BACKOFF_INITIAL_SECS = 1.0
+DEFAULT_BACKOFF_MAX_SECS = 60.0
 
 
 @dataclass
@@ -64,7 +67,7 @@ class Uploader:
         self.prefix = prefix
         self.clock = clock
         self.delay_offset_secs = delay_offset_secs
-        self.backoff = backoff or Backoff(1.0, 60.0)
+        self.backoff = backoff or Backoff(DEFAULT_BACKOFF_INITIAL_SECS, DEFAULT_BACKOFF_MAX_SECS)
         self.timeout_secs = timeout_secs
         self.stats = UploadStats()
         self._retry_at = 0.0  # monotonic wall time before which no attempt is made
@@ -156,7 +159,7 @@ class Uploader:
         log.warning("uploads to %s failing: %s%s; windows stay in the outbox and are retried with backoff "
                     "(up to %gs); further failures are logged at DEBUG until uploads work again",
                     self.store.describe(), exc, " (not retriable by itself: check permissions)" if permanent else "",
-                    self.backoff.cap)
+                    self.backoff.max_secs)
 
     def _recovered(self) -> None:
         """The first confirmed put after an outage: one INFO line for the whole outage."""

@@ -1,4 +1,4 @@
-"""Window math and object names, per l4e-decisions.md rules 1–3. Pure functions, no I/O, no clock.
+"""Window math and object names, per README, Decisions rules 1–3. Pure functions, no I/O, no clock.
 
 All instants are Unix seconds (UTC). Grids are aligned to the top of the UTC hour: every allowed upload
 frequency and sampling rate divides one hour or is one hour, and Unix time 0 is on

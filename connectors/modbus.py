@@ -71,6 +71,13 @@ BUSY = 6
 ILLEGAL_ADDRESS = 2
 BUSY_DELAY_MIN_S = 0.05  # a busy device needs a moment; never hammer it faster than this
 SHARED_LINE_MAX_NO_RESPONSES = 1_000_000  # a dead device must not make pymodbus close a shared line
+# Reconnecting a lost or refused link (wall seconds): quick first retry, then at most every 30 s.
+LINK_BACKOFF_INITIAL_SECS = 0.5
+LINK_BACKOFF_MAX_SECS = 30.0
+# A device that stops answering on a live link: its polls are spaced from its poll interval (at least this)
+# up to this (or the poll interval, when longer), so a dead device costs little bus time.
+DEVICE_BACKOFF_MIN_SECS = 0.1
+DEVICE_BACKOFF_MAX_SECS = 30.0
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -368,7 +375,7 @@ class _Link:
         self._transitions = transitions
         self._client: Any = None
         self._lock = asyncio.Lock()
-        self._backoff = Backoff(initial=0.5, cap=30.0)
+        self._backoff = Backoff(LINK_BACKOFF_INITIAL_SECS, LINK_BACKOFF_MAX_SECS)
         self._retry_at = 0.0  # time.monotonic() before which no connect is tried
         self._ever_connected = False
 
@@ -527,7 +534,7 @@ class ModbusConnector:
         states = []
         for device in cfg.devices:
             link = shared or _Link(cfg, device.timeout_secs, False, self.stats, self._transitions)
-            backoff = Backoff(initial=max(interval_s, 0.1), cap=max(30.0, interval_s))
+            backoff = Backoff(max(interval_s, DEVICE_BACKOFF_MIN_SECS), max(DEVICE_BACKOFF_MAX_SECS, interval_s))
             states.append(_DeviceState(device, link, plan_device(device), backoff))
         self._links = list({id(s.link): s.link for s in states}.values())
         return states

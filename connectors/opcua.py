@@ -169,7 +169,7 @@ class NodeConfig(BaseModel):
         if text is not None:
             try:
                 ua.NodeId.from_string(text)
-            except Exception as exc:  # asyncua raises several types for malformed text
+            except (ua.UaError, ValueError, TypeError) as exc:  # UaStringParsingError; ValueError from uuid, int
                 raise ValueError(f"not a valid NodeId: {text!r} ({exc})") from None
         return text
 
@@ -460,7 +460,7 @@ async def _close(client: Client, timeout: float) -> None:
     try:
         async with asyncio.timeout(timeout):
             await client.disconnect()
-    except Exception as exc:  # teardown of a dead peer: nothing more to learn from it
+    except Exception as exc:  # teardown boundary: a dead peer fails in many ways, nothing more to learn from it
         _logger.debug("disconnect: %r", exc)
     finally:
         client.disconnect_socket()

@@ -40,6 +40,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from agent.atomic import write_atomic
 from agent.errors import ConnectionLost, ConnectorError
 
 _logger = logging.getLogger("connectors.opcua")
@@ -127,22 +128,15 @@ def write_atomically(path: Path, data: bytes) -> None:
     to the owner of the state folder, so that the service's own user can still replace them later.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    if os.geteuid() == 0:
-        owner = path.parent.parent.stat()
-        for item in (path.parent, tmp):
-            os.chown(item, owner.st_uid, owner.st_gid)
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+
+    def prepare(tmp: Path) -> None:
+        os.chmod(tmp, 0o644)
+        if os.geteuid() == 0:
+            owner = path.parent.parent.stat()
+            for item in (path.parent, tmp):
+                os.chown(item, owner.st_uid, owner.st_gid)
+
+    write_atomic(path, data, prepare=prepare)
 
 
 # --------------------------------------------------------------------------------------------- trust

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import textwrap
 from pathlib import Path
 
@@ -69,3 +70,21 @@ def reference_windows(frame: pd.DataFrame, rate_secs: int, freq_secs: int) -> di
 def parse_csv(data: bytes) -> tuple[list[str], list[list[str]]]:
     rows = list(csv.reader(io.StringIO(data.decode())))
     return rows[0], rows[1:]
+
+
+LOGFMT = re.compile(r'^ts=\S+ level=(debug|info|warning|error|critical) logger=\S+ msg=("(\\.|[^"\\])*"|\S*)( |$)')
+
+
+def logfmt_events(stderr: str) -> list[str]:
+    """The stderr lines, each checked to be one logfmt event; returns the msg fields in order."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        assert LOGFMT.match(line), f"not one logfmt event: {line!r}\n{stderr}"
+    return [LOGFMT.match(line).group(2).strip('"') for line in lines]
+
+
+def assert_once(events: list[str], *texts: str) -> None:
+    """Each text is in exactly one event: an event printed by two handlers would appear twice."""
+    for text in texts:
+        hits = [e for e in events if text in e]
+        assert len(hits) == 1, (text, events)

@@ -131,7 +131,9 @@ def serve_main(argv: list[str]) -> int:
     """Run until SIGTERM/SIGINT. Exit codes: 0 after a signal, 78 (EX_CONFIG) for bad options, 1 when the
     port cannot be bound."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.logs import configure_logging
+
+    configure_logging("keyvalue", args.log_level)  # one line per event, as every other command
     try:
         pairs = list(args.access_key)
         if args.access_keys_file:
@@ -164,6 +166,7 @@ def serve_main(argv: list[str]) -> int:
             log.error("cannot prepare the database: %s: %s", type(exc).__name__, exc)
             return 1
         print(f"listening on {service.endpoint_url}", flush=True)
+        print(f"serving {service.store_description}", flush=True)
         stop.wait()
         return 0
     finally:

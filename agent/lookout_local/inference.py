@@ -1,8 +1,8 @@
 """One inference execution: a scheduler's window (start, end] → results.jsonl or a FailedReason.
 
-Per l4e-decisions.md: for each schema component, input files are found by name (<Prefix><component>
+Per the README's Decisions: for each schema component, input files are found by name (<Prefix><component>
 <delimiter><timestamp>.csv directly under the prefix) with a name timestamp in [start − F, end + F] (the
-range the real service lists, l4e-contract.md §1); only rows with timestamps in (start, end] are used,
+range the real service lists, README, L4E contract §1); only rows with timestamps in (start, end] are used,
 resampled to the model's rate (label right, closed right), missing grid points filled from the nearest
 earlier (else later) point of the same window. Results go to ``results_key(OutputPrefix, window)``.
 """
@@ -22,6 +22,7 @@ import pandas as pd
 from agent.lookout_local.ingest import read_component_csv
 from agent.lookout_local.modeling import TrainedModel, join, resample
 from agent.lookout_local.schema import Component
+from agent.lookout_local.stores import location
 from agent.model import Window
 from agent.windows import format_name_timestamp, grid_points, parse_object_name, results_key
 
@@ -96,12 +97,13 @@ def find_files(store, cfg: InputConfig, component: str, window: Window, frequenc
     return [key for _start, key in found]
 
 
-def missing_file_reason(cfg: InputConfig, component: str, window: Window, frequency: int) -> str:
-    """The FailedReason of a window without a file for ``component`` (l4e-contract.md §5 wording; the
-    searched range names the bucket once, where the real service's text doubled the prefix)."""
+def missing_file_reason(cfg: InputConfig, component: str, window: Window, frequency: int, store=None) -> str:
+    """The FailedReason of a window without a file for ``component`` (the L4E service's wording; the
+    searched range names the bucket once, where the real service's text doubled the prefix). With a folder
+    ``store`` the range names the real folder, not ``s3://``."""
     def name(ts: int) -> str:
-        return f"s3://{cfg.bucket}/{cfg.prefix}{component}{cfg.delimiter}" \
-               f"{format_name_timestamp(ts, cfg.timestamp_format, cfg.offset_secs)}"
+        return location(store, cfg.bucket, f"{cfg.prefix}{component}{cfg.delimiter}"
+                        f"{format_name_timestamp(ts, cfg.timestamp_format, cfg.offset_secs)}")
     return (f"Could not find data file for sensor {component} within expected range of ({_z(window.start)}, "
             f"{_z(window.end)}]. Please ensure data is present for all sensors of the machine under prefix "
             f"'{name(window.start - frequency)}' ~ '{name(window.end + frequency)}'")
@@ -124,14 +126,14 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
     for comp in components:
         keys = find_files(store, cfg, comp.name, window, frequency)
         if not keys:
-            raise InferenceFailed(missing_file_reason(cfg, comp.name, window, frequency))
+            raise InferenceFailed(missing_file_reason(cfg, comp.name, window, frequency, store))
         frames, problems = [], []
         for key in keys:
             try:
                 frames.append(_PARSED.parse(store.get(key), comp))
             except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-                log.info("skipping unreadable input s3://%s/%s: %s", cfg.bucket, key, exc)
-                problems.append(f"s3://{cfg.bucket}/{key}: {exc}")
+                log.info("skipping unreadable input %s: %s", location(store, cfg.bucket, key), exc)
+                problems.append(f"{location(store, cfg.bucket, key)}: {exc}")
         if not frames:
             # local wording (the real service's text for this case is not documented)
             raise InferenceFailed(f"Could not read any data file for sensor {comp.name} within expected range of "

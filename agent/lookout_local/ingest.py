@@ -1,6 +1,6 @@
 """Data ingestion: CSVs under an S3-style prefix → one Parquet file per component + quality summary.
 
-Files per component are found by the job's KeyPattern (l4e-contract.md §4): ``{prefix}/{component_name}/*``
+Files per component are found by the job's KeyPattern (README, L4E contract §4): ``{prefix}/{component_name}/*``
 (the default), ``{prefix}/{component_name}_*`` or ``{prefix}/{component_name}[D]*`` with D one of
 space, dot, underscore, hyphen. A file whose header lacks a schema column, or that cannot be read as
 CSV, is discarded (listed in DiscardedFiles). Kept rows: parseable timestamp; duplicates keep the last
@@ -11,9 +11,9 @@ invalid values; both become NaN. The result is stored as ``<dir>/<component>.par
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agent.atomic import replace_with
 from agent.lookout_local.schema import Component
+from agent.lookout_local.stores import location
 from agent.lookout_local.timestamps import parse_column
 
 log = logging.getLogger(__name__)
@@ -145,11 +147,11 @@ def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components:
                 frames.append(read_component_csv(data, comp, quality))
                 quality.ingested_files += 1
             except (ValueError, pd.errors.ParserError, UnicodeDecodeError, KeyError) as exc:
-                log.info("discarding s3://%s/%s: %s", bucket, key, exc)
+                log.info("discarding %s: %s", location(store, bucket, key), exc)
                 quality.discarded.append({"Bucket": bucket, "Key": key})
         if not frames:
             raise IngestionFailed(f"no usable data file for component {comp.name} under "
-                                  f"s3://{bucket}/{list_prefix}")
+                                  f"{location(store, bucket, list_prefix)}")
         frame = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
         dup = frame["timestamp"].duplicated(keep="last")
         quality.duplicate_timestamps += int(dup.sum())
@@ -162,10 +164,8 @@ def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components:
                 quality.all_missing_sensors += 1
             elif (present.iloc[-1] - present.iloc[0]).total_seconds() < SHORT_RANGE_SECS:
                 quality.short_range_sensors += 1
-        # tmp + rename: a reader (training) never sees a half-written file
-        tmp = out_dir / f".{comp.name}.parquet.tmp"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out_dir / f"{comp.name}.parquet")
+        # agent.atomic: a reader (training) never sees a half-written file, a crash never a torn one
+        replace_with(out_dir / f"{comp.name}.parquet", functools.partial(frame.to_parquet, index=False))
         first = frame["timestamp"].iloc[0].timestamp()
         last = frame["timestamp"].iloc[-1].timestamp()
         start = first if start is None else min(start, first)

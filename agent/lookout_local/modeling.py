@@ -1,7 +1,7 @@
 """Model training, evaluation and scoring around the Detector: the data side of CreateModel and inference.
 
 Data are resampled to the model's TargetSamplingRate on a grid aligned to the UTC hour, label right and
-closed right (grid point t holds the mean of the readings in (t − rate, t], l4e-decisions.md rule 2), then
+closed right (grid point t holds the mean of the readings in (t − rate, t], README, Decisions rule 2), then
 the components are joined on the grid. A fitted model is a folder: ``detector.npz`` + ``model.json``
 (sensor names, rate in seconds, the off condition).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agent.atomic import write_json_atomic
 from agent.lookout_local.detector import Detector, rounded_shares
 from agent.lookout_local.schema import Component
 from agent.lookout_local.timestamps import parse_column
@@ -165,8 +166,7 @@ def train(data_dir: Path, components: list[Component], rate: int, train_range: t
         raise TrainingFailed(f"training failed: {exc}") from None
     model_dir.mkdir(parents=True, exist_ok=True)
     detector.save(model_dir / "detector.npz")
-    (model_dir / "model.json").write_text(json.dumps({"names": names, "rate": rate,
-                                                      "off": off.text() if off else None}))
+    write_json_atomic(model_dir / "model.json", {"names": names, "rate": rate, "off": off.text() if off else None})
     has_eval = eval_range != (None, None)
     eval_rows = _between(frame, *eval_range) if has_eval else train_rows
     return metrics(detector, eval_rows, labels, off, rate)

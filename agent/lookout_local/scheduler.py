@@ -35,7 +35,7 @@ MAX_PER_TICK = 24        # windows per scheduler per tick, so stop requests and 
 
 def input_config(doc: dict) -> InputConfig:
     """The scheduler's DataInputConfiguration with the SDK's defaults (delimiter ``_``, ``yyyyMMddHHmmss``,
-    ``+00:00``): the service's own defaults are unconfirmed (l4e-contract.md §2)."""
+    ``+00:00``): the service's own defaults are unconfirmed (README, L4E contract §2)."""
     inp = doc["DataInputConfiguration"]
     s3 = inp["S3InputConfiguration"]
     names = inp.get("InferenceInputNameConfiguration") or {}

@@ -1,4 +1,4 @@
-"""The dataset schema (``InlineDataSchema`` JSON string, l4e-contract.md §4).
+"""The dataset schema (``InlineDataSchema`` JSON string, README, L4E contract §4).
 
 ``{"Components": [{"ComponentName": c, "Columns": [{"Name": "Timestamp", "Type": "DATETIME"},
 {"Name": s, "Type": "DOUBLE"}, ...]}]}``: exactly one DATETIME column per component (the timestamp column),

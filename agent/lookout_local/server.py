@@ -128,6 +128,11 @@ class LocalLookoutService:
         self.operations: Operations | None = None
 
     @property
+    def store_description(self) -> str:
+        """Which store the service reads input from and writes results to, in words (start-up, logs)."""
+        return self._stores.description
+
+    @property
     def endpoint_url(self) -> str:
         if self._httpd is None:
             raise RuntimeError("service not started")
@@ -151,7 +156,7 @@ class LocalLookoutService:
                                              name="l4e-local-http", daemon=True)
         self._http_thread.start()
         log.info("local Lookout for Equipment service on %s (state %s, store %s)", self.endpoint_url,
-                 self.state_dir, self.store_url)
+                 self.state_dir, self.store_description)
         return self
 
     def _start_fleet(self) -> None:

@@ -16,6 +16,15 @@ from agent.errors import ConfigError
 from agent.store import BUCKET_PATTERN, FileStore, ObjectStore, S3Store
 
 
+def location(store: ObjectStore | None, bucket: str, key: str = "") -> str:
+    """Where ``key`` of ``bucket`` really is, for messages an operator acts on: the path below the folder for a
+    folder store (``/var/lib/l4e-lookout/store/b/in/pump_``), ``s3://bucket/key`` otherwise (and when the store
+    is not known)."""
+    if isinstance(store, FileStore):
+        return f"{store.root}/{key}"
+    return f"s3://{bucket}/{key}"
+
+
 class Stores:
     """Resolve buckets to stores; S3 clients are made once, lazily (no I/O at construction)."""
 
@@ -28,6 +37,9 @@ class Stores:
         else:
             raise ConfigError(f"unsupported store {url!r}; allowed: file:///absolute/folder/ or s3")
         self.url = url
+        # what start-up says it serves: the folder itself, or S3 through the standard credential chain
+        self.description = f"folder {self.root}/ (bucket b = {self.root}/b/)" if self.kind == "file" else \
+            "Amazon S3 (standard credential chain, AWS_ENDPOINT_URL_S3 honoured)"
         self._factory = s3_client_factory
         self._client = None
         self._lock = threading.Lock()

@@ -1,6 +1,6 @@
 """Timestamp columns of sensor CSVs → UTC instants.
 
-Accepted: the formats listed in the L4E user guide (l4e-contract.md §3), what AWS's own samples write
+Accepted: the formats listed in the L4E user guide (README, L4E contract §3), what AWS's own samples write
 (``%Y-%m-%dT%H:%M:%S.%f``), the guide's own ``1/1/2020 0:00`` example, and ISO 8601 with a zone suffix
 (converted to UTC). A column is parsed with the single format that reads most of its first values, as the
 service does per file; cells that do not parse are counted as unsupported timestamps, never guessed.

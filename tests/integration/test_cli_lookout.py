@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from agent.lookout_local import LocalLookoutService
+from tests.helpers import logfmt_events
 from tests.lookout_local import synth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,15 +53,19 @@ def test_provision_check_status_and_run_from_the_scheduler_name(tmp_path):
     try:
         dry = cli("provision", str(full), "--dry-run", env=env)
         assert dry.returncode == 0, dry.stderr[-2000:]
+        logfmt_events(dry.stderr)  # one line per event, in the one format
         assert not (store / "plant").exists()  # the plan changed nothing
 
         done = cli("provision", str(full), env=env)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "scheduler pump-07-scheduler:" in done.stdout
+        events = logfmt_events(done.stderr)
+        assert len(events) == len(set(events)), events  # nothing logged twice
         assert (store / "plant" / "pump-07" / "training-data" / "pump" / "pump.csv").exists()
 
         check = cli("check", str(full), "--online", env=env)
         assert check.returncode == 0, check.stderr[-2000:]
+        logfmt_events(check.stderr)
         assert "scheduler pump-07-scheduler:" in check.stdout
 
         # a minimal file: everything else comes from the scheduler and its model
@@ -81,6 +86,7 @@ def test_provision_check_status_and_run_from_the_scheduler_name(tmp_path):
         ran = cli("run", str(minimal), "--state-dir", str(state), "--clock-start", start.isoformat(),
                   "--speed", "120", "--until", (start + pd.Timedelta(minutes=12)).isoformat(), env=env)
         assert ran.returncode == 0, ran.stderr[-3000:]
+        assert logfmt_events(ran.stderr).count("agent started: 1 asset(s): pump-07") == 1
         written = sorted(p.name for p in (store / "plant" / "pump-07" / "input").glob("*.csv"))
         assert written and all(name.startswith(("pump_", "motor_")) for name in written)
         assert (state / "discovery.json").exists()  # cached for outages

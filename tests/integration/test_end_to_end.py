@@ -1,5 +1,5 @@
 """End to end with the replay connector at an accelerated clock into a folder store and into moto's S3
-server over HTTP: every object name and every row checked against l4e-decisions.md."""
+server over HTTP: every object name and every row checked against the README's Decisions."""
 
 from __future__ import annotations
 

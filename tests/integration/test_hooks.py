@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import pytest
 
 from agent.alarms import AlarmEngine, AlarmsConfig, HookError
 from agent.clock import SystemClock
-from agent.hooks import ExecHook, WebhookHook, build_hooks
+from agent.hooks import WebhookHook, build_hooks
 from agent.model import Alarm, Diagnostic
 from tests.integration.hook_peers import (
     ROOT,
@@ -142,21 +143,56 @@ async def test_exec_hook_that_hangs_is_killed_with_its_children(tmp_path: Path) 
 
 
 async def test_exec_hook_runs_at_most_max_concurrency_at_once(tmp_path: Path) -> None:
-    # Each run takes an exclusive lock file and fails if it is already held: with one slot none fails.
+    # Each run reads the alarm from stdin, takes an exclusive lock file (exit 1 if already held) and records
+    # its stdin and its time span: with one slot the three runs all happen, one after the other.
     body = """
-import os, sys, time
-lock = sys.argv[1]
+import json, os, sys, time
+alarm = json.load(sys.stdin)
+lock, log = sys.argv[1], sys.argv[2]
 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+start = time.monotonic()
 time.sleep(0.2)
+end = time.monotonic()
 os.close(fd)
 os.unlink(lock)
+with open(log, "a") as fh:
+    fh.write(json.dumps({"alarm": alarm, "start": start, "end": end}) + "\\n")
 """
     one = script(tmp_path / "one.py", body)
+    runs = tmp_path / "runs.jsonl"
     exec_hook = hook(
-        "horn", {"kind": "exec", "argv": [str(one), str(tmp_path / "lock")], "max_concurrency": 1}, tmp_path
+        "horn", {"kind": "exec", "argv": [str(one), str(tmp_path / "lock"), str(runs)], "max_concurrency": 1},
+        tmp_path,
     )
-    assert isinstance(exec_hook, ExecHook)
-    await asyncio.gather(*(exec_hook.fire(ALARM) for _ in range(3)))
+    await asyncio.gather(*(exec_hook.fire(replace(ALARM, id=f"alarm-{i}")) for i in range(3)))
+    records = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert sorted(r["alarm"]["id"] for r in records) == ["alarm-0", "alarm-1", "alarm-2"]
+    assert all(r["alarm"]["rule"] == "anomaly" and r["alarm"]["score"] == 0.93 for r in records)
+    spans = sorted((r["start"], r["end"]) for r in records)
+    assert all(prev_end <= start for (_, prev_end), (start, _) in itertools.pairwise(spans))  # never two at once
+
+
+async def test_a_bug_in_a_hook_is_counted_and_logged_with_its_traceback(tmp_path: Path, caplog) -> None:
+    class Broken:
+        """A hook whose code is wrong (not a failed delivery): its exception must not reach the data path."""
+
+        name, failures, delivered, deadline_secs = "broken", 0, 0, 5.0
+
+        async def fire(self, alarm: Alarm) -> None:
+            {}["missing"]  # the bug
+
+    cfg = AlarmsConfig.model_validate({"rules": [{**RULE, "hooks": ["broken"]}],
+                                       "hooks": {"broken": {"kind": "log"}}})
+    broken = Broken()
+    engine = AlarmEngine("pump", cfg, tmp_path / "state", {"broken": broken}, SystemClock())
+    with caplog.at_level("WARNING", logger="l4e.alarms"):
+        assert [a.state for a in await engine.on_results(result_rows([1, 1, 1]))] == ["raised"]
+        assert await engine.drain(20)
+    await engine.close()
+    assert broken.failures == 1
+    bug = [r for r in caplog.records if "a bug in the hook" in r.getMessage()]
+    assert len(bug) == 1 and bug[0].exc_info is not None and bug[0].exc_info[0] is KeyError
+    assert "KeyError" in bug[0].getMessage()
 
 
 # ---------------------------------------------------------------------------------------------- webhook
@@ -169,7 +205,7 @@ def webhook_config(url: str, secret_file: Path | None, **kw) -> dict:
         "timeout_secs": 2,
         "retries": 3,
         "backoff_initial_secs": 0.05,
-        "backoff_cap_secs": 0.2,
+        "backoff_max_secs": 0.2,
         "use_env_proxy": False,
         **kw,
     }

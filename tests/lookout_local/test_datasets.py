@@ -149,10 +149,13 @@ def test_key_patterns(client, store, history, layout, pattern):
     assert job["IngestedFilesSummary"]["IngestedNumberOfFiles"] == 2
 
 
-def test_ingestion_without_files_fails_and_dataset_stays_created(client):
+def test_ingestion_without_files_fails_and_dataset_stays_created(client, store):
     job = ingest(client, "empty", prefix="nothing-here/")
     assert job["Status"] == "FAILED"
     assert "no usable data file for component pump" in job["FailedReason"]
+    # a folder store: the reason names the folder where the files were looked for, not s3://bucket/prefix/
+    assert f"under {store.root}/nothing-here/" in job["FailedReason"]
+    assert "s3://" not in job["FailedReason"]
     assert client.describe_dataset(DatasetName="empty")["Status"] == "CREATED"
 
 

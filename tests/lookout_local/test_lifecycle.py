@@ -157,12 +157,13 @@ def test_missing_component_file_fails_the_window(world):
     w = world["windows"][MISSING - 1]
     z = lambda ts: pd.Timestamp(ts, unit="s").strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
     name = lambda ts: pd.Timestamp(ts, unit="s").strftime("%Y%m%d%H%M%S")  # noqa: E731
+    where = world["root"] / "store" / BUCKET  # a folder store: the reason names the real folder, not s3://
     assert e["Status"] == "FAILED"
     assert "CustomerResultObject" not in e
     assert e["FailedReason"] == (
         f"Could not find data file for sensor motor within expected range of ({z(w.start)}, {z(w.end)}]. "
         f"Please ensure data is present for all sensors of the machine under prefix "
-        f"'s3://{BUCKET}/{IN_PREFIX}motor_{name(w.start - F)}' ~ 's3://{BUCKET}/{IN_PREFIX}motor_{name(w.end + F)}'")
+        f"'{where}/{IN_PREFIX}motor_{name(w.start - F)}' ~ '{where}/{IN_PREFIX}motor_{name(w.end + F)}'")
 
 
 def test_window_without_rows_fails_the_window(world):

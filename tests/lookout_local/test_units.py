@@ -137,6 +137,9 @@ def test_python_dash_m_serves_until_sigterm(tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("listening on http://127.0.0.1:"), line + proc.stderr.read()
+        # no --store: the start-up names the folder it serves (below the state dir)
+        store = (tmp_path / "state" / "store").resolve()
+        assert proc.stdout.readline() == f"serving folder {store}/ (bucket b = {store}/b/)\n"
         client = make_client(line.split()[-1])
         assert client.list_datasets()["DatasetSummaries"] == []
         assert json.loads((tmp_path / "state" / "clock.json").read_text())["speed"] == 60.0

@@ -149,7 +149,16 @@ def test_example_is_a_valid_asset_file(tmp_path, monkeypatch):
     example = tmp_path / "example.toml"
     example.write_text(render_example())
     cfg = load(example, check_sources=False)
-    assert cfg.asset == "pump-07" and cfg.components["pump"] == ["flow", "discharge_pressure", "bearing_temp"]
+    assert cfg.asset == "pump-07" and cfg.components["pump"] == ["flow", "discharge_pressure", "bearing_temp",
+                                                             "motor_current"]
+
+
+def test_committed_example_passes_the_full_check_with_its_sources():
+    """The documented example, as shipped, with its replay file found relative to it (what `check` does)."""
+    cfg = load(ROOT / "config" / "example.toml")
+    replay = next(s for s in cfg.sources if s.kind == "replay")
+    assert (ROOT / "config" / replay.path).is_file()
+    assert (ROOT / "config" / replay.path).read_text().startswith("Timestamp,")
 
 
 def test_shipped_replay_example_validates():

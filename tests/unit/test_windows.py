@@ -1,4 +1,4 @@
-"""Window math and object names (l4e-decisions.md rules 1–3, 6, 7) as properties over every setting."""
+"""Window math and object names (README, Decisions rules 1–3, 6, 7) as properties over every setting."""
 
 from __future__ import annotations
 
