@@ -81,6 +81,7 @@ SUB_PROGRAMS = {
 }
 LOOKOUT_PROGRAMS = {  # l4e-agent lookout SUBCOMMAND, each with its own parser
     "serve": "serve the L4E API on HTTP until SIGTERM",
+    "worker": "run fleet-mode workers on a PostgreSQL state (--db) until SIGTERM",
 }
 
 
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--application-uri", help="default urn:l4e-agent:<hostname>")
     p.add_argument("--hostname")
 
-    p = sub.add_parser("lookout", help="the local L4E-compatible service: lookout serve",
+    p = sub.add_parser("lookout", help="the local L4E-compatible service: lookout serve | lookout worker",
                        description="The local Amazon Lookout for Equipment compatible service.")
     lookout = p.add_subparsers(dest="lookout_command", required=True, metavar="SUBCOMMAND")
     for name, text in LOOKOUT_PROGRAMS.items():

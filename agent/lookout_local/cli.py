@@ -91,7 +91,9 @@ def worker_main(argv: list[str]) -> int:
     """Run a FleetWorker until SIGTERM/SIGINT (the running task finishes first). Exit 0 after a signal, 78
     for bad options (--db is required)."""
     args = build_worker_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.logs import configure_logging
+
+    configure_logging("keyvalue", args.log_level)  # one line per event, as every other command
     from agent.lookout_local import fleet, migrate
     from agent.lookout_local.context import Context
     from agent.lookout_local.pgstate import PgState
