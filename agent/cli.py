@@ -47,7 +47,7 @@ def _instant(text: str) -> float:
 
 
 def _fingerprint(text: str) -> str:
-    from connectors.opcua_trust import parse_fingerprint
+    from connectors.opcua.trust import parse_fingerprint
 
     try:
         return parse_fingerprint(text)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return cmd_status(args)
         if args.command == "opcua-cert":
-            from connectors.opcua import make_client_certificate
+            from connectors.opcua.certs import make_client_certificate
 
             make_client_certificate(args.cert, args.key, args.application_uri, args.hostname)
             print(f"wrote {args.cert} and {args.key}; make the server trust the certificate")
@@ -322,7 +322,7 @@ def cmd_check(args) -> int:
 
 def _probe(config, path: Path, source: str | None, state_dir: Path | None = None, accept: str | None = None) -> int:
     from agent.config import base_dir_of
-    from agent.service import connector_class
+    from connectors.registry import connector_class
 
     selected = [s for s in config.sources if source is None or s.name == source]
     if not selected:

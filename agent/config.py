@@ -25,7 +25,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -39,9 +39,7 @@ from agent.logs import LogConfig
 from agent.metrics import MetricsConfig
 from agent.store import parse_location
 from agent.windows import SAMPLING_RATES, UPLOAD_FREQUENCIES, parse_offset
-from connectors.modbus import ModbusSourceConfig
-from connectors.opcua import OpcUaSourceConfig
-from connectors.replay import ReplaySourceConfig
+from connectors.registry import SourceEntry  # the [[sources]] kinds: no protocol library is imported
 
 NAME_PATTERN = re.compile(r"^[0-9a-zA-Z._\-]{1,200}$")  # botocore ComponentName; also L4E column names
 Agg = Literal["mean", "last", "min", "max"]
@@ -180,15 +178,6 @@ class UploadConfig(_Section):
     timeout_secs: float = Field(default=60.0, gt=0, le=3600, description="Seconds one upload may take in "
                                 "total (S3 or folder store); a store that does not answer in time counts as "
                                 "down and is retried with backoff.")
-
-
-# kind → model; one line per connector (no plugin loader, no dynamic import)
-SOURCE_MODELS: dict[str, type] = {
-    "replay": ReplaySourceConfig,
-    "opcua": OpcUaSourceConfig,
-    "modbus": ModbusSourceConfig,
-}
-SourceEntry = Annotated[ReplaySourceConfig | OpcUaSourceConfig | ModbusSourceConfig, Field(discriminator="kind")]
 
 
 class HealthConfig(_Section):

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from agent.config import SOURCE_MODELS, AssetConfig
+from agent.config import AssetConfig
+from connectors.registry import SOURCE_MODELS
 
 HEADER = """\
 # l4e-agent asset file: one per asset (e.g. /etc/l4e-agent/pump-07.toml).

@@ -36,43 +36,28 @@ from agent.status_history import StatusHistory
 from agent.store import ObjectStore, open_location
 from agent.upload import Uploader
 from connectors.base import Connector
+from connectors.registry import connector_class
 
 log = logging.getLogger("l4e.service")
 
-def connector_class(kind: str) -> type:
-    """The connector class of a [[sources]] kind. Imported here, not at module load, so that an asset without
-    OPC-UA (or Modbus) never loads asyncua (or pymodbus): each costs start-up time and resident memory."""
-    if kind == "replay":
-        from connectors.replay import ReplayConnector
-
-        return ReplayConnector
-    if kind == "opcua":
-        from connectors.opcua import OpcUaConnector
-
-        return OpcUaConnector
-    if kind == "modbus":
-        from connectors.modbus import ModbusConnector
-
-        return ModbusConnector
-    raise KeyError(kind)
-
 
 def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Path | None = None):
-    """The write_back hooks' writers, through the connectors of the named [[sources]] entry (and its trust)."""
-    from connectors.modbus import write_modbus
-    from connectors.opcua import write_opcua
-
+    """The write_back hooks' writers, through the connectors of the named [[sources]] entry (and its trust).
+    Each protocol's write-back is imported when a hook needs it (an asset without one never loads its library)."""
     sources = {s.name: s for s in config.sources}
 
     def factory(hook):
         source = sources[hook.source]
         if hook.protocol == "modbus":
+            from connectors.modbus.write_back import write_modbus
+
             device_id = 1 if hook.device_id is None else hook.device_id
 
             async def write(value) -> None:
                 await write_modbus(source, device_id, hook.table, hook.address, value, type=hook.type,
                                    order=hook.order)
         else:
+            from connectors.opcua.write_back import write_opcua
 
             async def write(value) -> None:
                 await write_opcua(source, hook.node_id, value, base_dir, state_dir)

@@ -40,7 +40,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
-from connectors.modbus_codec import encode
+from connectors.modbus.codec import encode
 from connectors.pump_model import BEARING_WEAR_RAMP_SECS, FAULT_KINDS, PumpModel
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ OPCUA_NODES: dict[str, str] = {
 }
 
 # sensor → Modbus point of device 1. table: "coil" | "discrete" | "holding" | "input"; address: 0-based
-# (as in requests); type and order as in connectors.modbus_codec; engineering value = raw * scale.
+# (as in requests); type and order as in connectors.modbus.codec; engineering value = raw * scale.
 MODBUS_DEVICE_ID = 1
 MODBUS_MAP: dict[str, dict[str, object]] = {
     "motor_current": {"table": "holding", "address": 0, "type": "float32", "order": "CDAB", "scale": 1.0},

@@ -103,7 +103,8 @@ class Meter:
 
 async def run_connector(port: int, nodes: int, seconds: float) -> dict:
     from agent.clock import SystemClock
-    from connectors.opcua import OpcUaConnector, OpcUaSourceConfig
+    from connectors.opcua.config import OpcUaSourceConfig
+    from connectors.opcua.connector import OpcUaConnector
 
     config = OpcUaSourceConfig(
         name="bench",

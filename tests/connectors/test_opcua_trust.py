@@ -1,4 +1,4 @@
-"""OPC-UA server identity (connectors.opcua_trust) against real asyncua servers on 127.0.0.1.
+"""OPC-UA server identity (connectors.opcua.trust) against real asyncua servers on 127.0.0.1.
 
 Two servers with different certificates answer, one after the other, on the same port with Basic256Sha256
 SignAndEncrypt and a UserName token. A user manager on each server records every login attempt, which is how
@@ -31,8 +31,10 @@ from agent.clock import ScaledClock, SystemClock
 from agent.config import load
 from agent.errors import ConnectorError
 from agent.model import Reading
-from connectors.opcua import OpcUaConnector, OpcUaSourceConfig, make_client_certificate
-from connectors.opcua_trust import fingerprint, first_certificate, parse_fingerprint
+from connectors.opcua.certs import make_client_certificate
+from connectors.opcua.config import OpcUaSourceConfig
+from connectors.opcua.connector import OpcUaConnector
+from connectors.opcua.trust import fingerprint, first_certificate, parse_fingerprint
 from tests.connectors.opcua_peer import OpcUaPeer, Secure, free_port
 
 pytestmark = pytest.mark.timeout(90)

@@ -20,8 +20,8 @@ from asyncua import Client
 from pymodbus.client import AsyncModbusTcpClient
 
 from agent.clock import ScaledClock, parse_instant
-from connectors.modbus import ModbusSourceConfig
-from connectors.opcua import OpcUaSourceConfig
+from connectors.modbus.config import ModbusSourceConfig
+from connectors.opcua.config import OpcUaSourceConfig
 from connectors.pump_model import SENSORS, PumpModel, history_frame
 from connectors.simulator import (
     MODBUS_ALARM_COIL,

@@ -200,8 +200,8 @@ async def opcua_peer() -> AsyncIterator[OpcUaPeer]:
 
 def connector_writer_factory(sources: dict, base_dir: Path):
     """What agent.service supplies to build_hooks: a write_back hook's writer from its named source."""
-    from connectors.modbus import write_modbus
-    from connectors.opcua import write_opcua
+    from connectors.modbus.write_back import write_modbus
+    from connectors.opcua.write_back import write_opcua
 
     def factory(hook):
         source = sources[hook.source]

@@ -248,7 +248,7 @@ async def run_raise_and_clear(engine: AlarmEngine, check_raised, check_cleared) 
 
 
 async def test_write_back_to_modbus_coil_and_register(tmp_path: Path) -> None:
-    from connectors.modbus import ModbusSourceConfig
+    from connectors.modbus.config import ModbusSourceConfig
 
     async with modbus_peer() as plc:
         source = ModbusSourceConfig.model_validate(
@@ -294,7 +294,7 @@ async def test_write_back_to_modbus_coil_and_register(tmp_path: Path) -> None:
 
 
 async def test_write_back_to_opcua_node(tmp_path: Path) -> None:
-    from connectors.opcua import OpcUaSourceConfig
+    from connectors.opcua.config import OpcUaSourceConfig
 
     async with opcua_peer() as plc:
         source = OpcUaSourceConfig.model_validate(
