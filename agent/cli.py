@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
-from agent.errors import ConfigError, L4EAgentError, StateError
+from agent.core.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
+from agent.core.errors import ConfigError, L4EAgentError, StateError
 
 log = logging.getLogger("l4e.cli")
 EX_CONFIG = ConfigError.exit_code  # 78
@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[2:])
     if argv[:1] == ["simulate"]:
-        from connectors.simulator import simulate_main
+        from agent.demo.simulator import simulate_main
 
         return simulate_main(argv[1:])
     if argv[:1] == ["demo"]:
-        from agent.demo import demo_main
+        from agent.demo.run import demo_main
 
         _setup_logging("WARNING")
         logging.getLogger("l4e.alarms").setLevel(logging.ERROR)  # the demo prints alarm lines itself
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.cert} and {args.key}; make the server trust the certificate")
             return 0
         if args.command == "config-example":
-            from agent.config_example import render_example
+            from agent.config.example import render_example
 
             sys.stdout.write(render_example())
             return 0
@@ -197,7 +197,7 @@ def _discovered(config, path: Path, state_dir: Path):
     """Fill the [lookout] settings from the scheduler when the file names one (cached for outages)."""
     if config.lookout.scheduler is None:
         return config
-    from agent.lookout import discover, make_client
+    from agent.lookout.client import discover, make_client
 
     return discover(config, path, state_dir, make_client(config.lookout.endpoint_url, config.lookout.region))
 
@@ -223,13 +223,13 @@ def _state_dirs(args, configs) -> list[Path]:
 
 
 def make_runner(config, path: Path, state_dir: Path, clock):
-    from agent.service import AssetRunner
+    from agent.runtime.service import AssetRunner
 
     runner = AssetRunner(config, path, state_dir, clock)
     lk = config.lookout
     if lk.scheduler or lk.output:
-        from agent.lookout import make_client
-        from agent.results import ResultsPoller
+        from agent.lookout.client import make_client
+        from agent.lookout.results import ResultsPoller
 
         client = make_client(lk.endpoint_url, lk.region) if lk.scheduler else None
         runner.results_poller = ResultsPoller(config.asset, lk, state_dir, clock, client=client)
@@ -237,7 +237,7 @@ def make_runner(config, path: Path, state_dir: Path, clock):
 
 
 def cmd_run(args) -> int:
-    from agent.service import Agent, AssetRunner
+    from agent.runtime.service import Agent, AssetRunner
 
     plain = _load_all(args.configs)
     dirs = _state_dirs(args, plain)
@@ -246,7 +246,7 @@ def cmd_run(args) -> int:
     clock = make_clock(args, state_root)
     runners = [make_runner(c, p, d, clock) for p, c, d in zip(args.configs, configs, dirs, strict=True)]
 
-    from agent.logs import configure_logging
+    from agent.runtime.logs import configure_logging
 
     configure_logging(configs[0].log.format, configs[0].log.level)
     # asyncua logs every lost connection at ERROR with a traceback and pymodbus every timeout at ERROR; the
@@ -266,15 +266,15 @@ def cmd_run(args) -> int:
 
 def cmd_check(args) -> int:
     from agent.config import base_dir_of
-    from agent.service import plan_from_config
-    from agent.store import parse_location
-    from agent.windows import iso_window, object_key, window_containing, windows_between
+    from agent.pipeline.store import parse_location
+    from agent.pipeline.windows import iso_window, object_key, window_containing, windows_between
+    from agent.runtime.service import plan_from_config
 
     configs = _load_all(args.configs)
     now = args.at if args.at is not None else time.time()
     for path, config in zip(args.configs, configs, strict=True):
         if config.lookout.scheduler and args.online:
-            from agent.lookout import make_client, scheduler_status
+            from agent.lookout.client import make_client, scheduler_status
 
             client = make_client(config.lookout.endpoint_url, config.lookout.region)
             config = _discovered(config, path, DEFAULT_STATE_ROOT / config.asset)
@@ -352,8 +352,8 @@ def _probe(config, path: Path, source: str | None, state_dir: Path | None = None
 
 def cmd_provision(args) -> int:
     from agent.config import load
-    from agent.lookout import make_client
-    from agent.provision import provision
+    from agent.lookout.client import make_client
+    from agent.lookout.provision import provision
 
     config = load(args.config)
     client = make_client(config.lookout.endpoint_url, config.lookout.region)
@@ -368,8 +368,8 @@ def cmd_provision(args) -> int:
 
 def cmd_status(args) -> int:
     from agent.config import load
-    from agent.lookout import make_client
-    from agent.status import status
+    from agent.lookout.client import make_client
+    from agent.lookout.status import status
 
     config = load(args.config)
     state_dir = args.state_dir or config.state_dir or DEFAULT_STATE_ROOT / config.asset

@@ -1,1 +1,1 @@
-"""Sources of Readings. Each connector imports only agent.model, agent.errors and agent.clock."""
+"""Sources of Readings. Each connector imports only agent.core.model, agent.core.errors and agent.core.clock."""

@@ -2,7 +2,7 @@
 
 A connector is built from its validated config model (no I/O in ``__init__``), then ``readings()`` is iterated
 until cancelled. A new connector = a config model with ``kind: Literal[...]`` deriving from SourceConfig, one
-class, one line in agent.config's union and agent.service's registry, a test against a real server on
+class, one line in agent.config's union and agent.runtime.service's registry, a test against a real server on
 127.0.0.1, and a ``tests/cases/`` folder.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.model import Reading
+from agent.core.model import Reading
 
 
 class SourceConfig(BaseModel):

@@ -9,8 +9,8 @@ import signal
 import threading
 from pathlib import Path
 
-from agent.clock import ScaledClock, SystemClock, parse_instant
-from agent.errors import ConfigError
+from agent.core.clock import ScaledClock, SystemClock, parse_instant
+from agent.core.errors import ConfigError
 from agent.lookout_local.server import LocalLookoutService
 from agent.lookout_local.sigv4 import parse_access_keys
 

@@ -12,10 +12,10 @@ connection (pymodbus serialises requests per client), so a device that stops ans
 delays another one. RTU and RTU over TCP share one client per line because the line itself is shared: there
 a dead device still costs bus time, so after it fails to answer its polls are spaced out with capped backoff.
 
-Failures. A lost or refused connection is retried with capped backoff (agent.clock.Backoff) without blocking
+Failures. A lost or refused connection is retried with capped backoff (agent.core.clock.Backoff) without blocking
 the tick; "device busy" (exception 6) is repeated up to ``retries`` times; any other exception answer or a
 timeout marks the affected points missing for that poll, counts them in ``stats.read_errors``, and is logged
-once per transition (agent.errors.TransitionLog). An "illegal data address" (exception 2) answer to a merged
+once per transition (agent.core.errors.TransitionLog). An "illegal data address" (exception 2) answer to a merged
 request splits it into one request per point for the rest of the run, so one unreadable hole does not
 blind its neighbours.
 
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.clock import Backoff, Clock
-from agent.errors import ConnectionLost, TransitionLog
-from agent.model import Quality, Reading, validity_end
+from agent.core.clock import Backoff, Clock
+from agent.core.errors import ConnectionLost, TransitionLog
+from agent.core.model import Quality, Reading, validity_end
 from connectors.base import ProbeLine, ProbeReport, SourceStats
 from connectors.modbus.config import ModbusDevice, ModbusSourceConfig
 from connectors.modbus.io import ILLEGAL_ADDRESS, _ExceptionAnswer, _Link, _NoAnswer, _point_value, _read

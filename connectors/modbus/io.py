@@ -13,8 +13,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
-from agent.clock import Backoff
-from agent.errors import ConnectionLost, TransitionLog
+from agent.core.clock import Backoff
+from agent.core.errors import ConnectionLost, TransitionLog
 from connectors.base import SourceStats
 from connectors.modbus import codec
 from connectors.modbus.config import BIT_TABLES, ModbusDevice, ModbusPoint, ModbusSourceConfig

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, Literal
 
-from agent.errors import ConnectionLost, ConnectorError, TransitionLog
+from agent.core.errors import ConnectionLost, ConnectorError, TransitionLog
 from connectors.base import SourceStats
 from connectors.modbus import codec
 from connectors.modbus.config import ModbusDevice, ModbusSourceConfig

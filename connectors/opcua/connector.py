@@ -72,9 +72,9 @@ from pathlib import Path
 
 from asyncua import Client, ua
 
-from agent.clock import Backoff, Clock
-from agent.errors import ConnectionLost, ConnectorError, TransitionLog
-from agent.model import Reading, validity_end
+from agent.core.clock import Backoff, Clock
+from agent.core.errors import ConnectionLost, ConnectorError, TransitionLog
+from agent.core.model import Reading, validity_end
 from connectors.base import ProbeLine, ProbeReport, SourceStats
 from connectors.opcua.config import NodeConfig, OpcUaSourceConfig
 from connectors.opcua.session import (
@@ -201,7 +201,7 @@ class OpcUaConnector:
             await asyncio.sleep(backoff.next())
 
     def use_state_dir(self, state_dir: Path) -> None:
-        """Keep the pinned server certificate in ``state_dir`` (agent.service calls this when building)."""
+        """Keep the pinned server certificate in ``state_dir`` (agent.runtime.service calls this when building)."""
         self._trust.state_dir = Path(state_dir)
 
     async def accept_certificate(self, fingerprint: str) -> str:

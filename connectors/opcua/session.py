@@ -23,7 +23,7 @@ from asyncua.ua.uaerrors import (
     BadUserAccessDenied,
 )
 
-from agent.errors import ConnectionLost, ConnectorError
+from agent.core.errors import ConnectionLost, ConnectorError
 from connectors.base import SourceStats
 from connectors.opcua.config import NodeConfig, OpcUaSourceConfig, browse_elements
 from connectors.opcua.trust import ServerTrust

@@ -40,7 +40,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent.errors import ConnectionLost, ConnectorError
+from agent.core.errors import ConnectionLost, ConnectorError
 
 _logger = logging.getLogger("connectors.opcua")
 _TRUST_SUFFIXES = (".der", ".cer", ".crt", ".pem")

@@ -9,7 +9,7 @@ from typing import Any
 
 from asyncua import Client, ua
 
-from agent.errors import ConnectionLost, ConnectorError
+from agent.core.errors import ConnectionLost, ConnectorError
 from connectors.opcua.config import OpcUaSourceConfig
 from connectors.opcua.session import (
     _ADDRESS_ERRORS,

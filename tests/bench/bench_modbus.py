@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "connectors")]
 
 from modbus_peer import Gate, sim_device, tcp_peer  # noqa: E402
 
-from agent.clock import SystemClock  # noqa: E402
+from agent.core.clock import SystemClock  # noqa: E402
 from connectors.modbus.config import ModbusSourceConfig  # noqa: E402
 from connectors.modbus.connector import ModbusConnector  # noqa: E402
 

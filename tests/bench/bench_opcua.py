@@ -102,7 +102,7 @@ class Meter:
 
 
 async def run_connector(port: int, nodes: int, seconds: float) -> dict:
-    from agent.clock import SystemClock
+    from agent.core.clock import SystemClock
     from connectors.opcua.config import OpcUaSourceConfig
     from connectors.opcua.connector import OpcUaConnector
 

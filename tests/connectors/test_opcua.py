@@ -19,9 +19,9 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 
-from agent.clock import ScaledClock, SystemClock
-from agent.errors import ConnectionLost, ConnectorError
-from agent.model import Reading
+from agent.core.clock import ScaledClock, SystemClock
+from agent.core.errors import ConnectionLost, ConnectorError
+from agent.core.model import Reading
 from connectors.opcua.certs import make_client_certificate
 from connectors.opcua.config import OpcUaSourceConfig
 from connectors.opcua.connector import OpcUaConnector

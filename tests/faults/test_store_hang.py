@@ -22,10 +22,10 @@ import boto3
 import pandas as pd
 import pytest
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.service import Agent, AssetRunner
-from agent.store import S3Store
+from agent.core.clock import ScaledClock
+from agent.pipeline.store import S3Store
+from agent.runtime.service import Agent, AssetRunner
 from tests.conftest import free_port
 from tests.helpers import T0, asset_file, write_history
 
@@ -155,4 +155,4 @@ async def test_frozen_s3_is_one_warning_one_info_and_every_window_once_in_order(
     assert warnings == [f"l4e.upload: {upload_lines[0].getMessage()}"], warnings  # no scheduler warning at all
     assert not [r for r in caplog.records if r.exc_info]
     # the upload job was still waiting for the frozen store at many wake-ups: skipped quietly
-    assert agent.scheduler.overlaps["pump-07.upload"] > 0
+    assert agent.runtime.scheduler.overlaps["pump-07.upload"] > 0

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.alarms import AlarmEngine, AlarmsConfig, HookError
-from agent.clock import SystemClock
-from agent.hooks import ExecHook, WebhookHook, build_hooks
-from agent.model import Alarm, Diagnostic
+from agent.alarms.engine import AlarmEngine, AlarmsConfig, HookError
+from agent.alarms.hooks import ExecHook, WebhookHook, build_hooks
+from agent.core.clock import SystemClock
+from agent.core.model import Alarm, Diagnostic
 from tests.integration.hook_peers import (
     ROOT,
     connector_writer_factory,

@@ -9,10 +9,10 @@ import os
 import threading
 import time
 
-from agent.clock import Backoff, ScaledClock
-from agent.outbox import Outbox
-from agent.store import FileStore
-from agent.upload import Uploader
+from agent.core.clock import Backoff, ScaledClock
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.store import FileStore
+from agent.pipeline.upload import Uploader
 
 
 def put_threads() -> int:
