@@ -1,4 +1,4 @@
-"""Modbus source: TCP, RTU (serial) and RTU over TCP. The only module that uses pymodbus's client API.
+"""Modbus source: TCP, RTU (serial) and RTU over TCP. Only this package uses pymodbus's client API (in io).
 
 Shape of one poll cycle:
 
