@@ -453,7 +453,7 @@ class Agent:
                 loop.add_signal_handler(sig, handler)
         for runner in self.runners:
             runner.start(self.scheduler)
-        self.scheduler.every("agent.lookout.status", 10.0, self._status_job, 10.0)
+        self.scheduler.every("agent.status", 10.0, self._status_job, 10.0)
         self.scheduler.start()
         helpers = [asyncio.create_task(self._reload_loop(), name="reload")]
         gate = WatchdogGate(self.notifier, self.supervision.liveness)

@@ -155,4 +155,4 @@ async def test_frozen_s3_is_one_warning_one_info_and_every_window_once_in_order(
     assert warnings == [f"l4e.upload: {upload_lines[0].getMessage()}"], warnings  # no scheduler warning at all
     assert not [r for r in caplog.records if r.exc_info]
     # the upload job was still waiting for the frozen store at many wake-ups: skipped quietly
-    assert agent.runtime.scheduler.overlaps["pump-07.upload"] > 0
+    assert agent.scheduler.overlaps["pump-07.upload"] > 0
