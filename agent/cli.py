@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
-from agent.errors import ConfigError, L4EAgentError, StateError
+from agent.core.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
+from agent.core.errors import ConfigError, L4EAgentError, StateError
 
 log = logging.getLogger("l4e.cli")
 EX_CONFIG = ConfigError.exit_code  # 78
@@ -32,8 +32,7 @@ DEFAULT_STATE_ROOT = Path("/var/lib/l4e-agent")
 
 def _setup_logging(level: str = "INFO") -> None:
     """One handler, one line per event (agent.logs); ``run`` replaces it with the asset file's [log] format."""
-    from agent.logs import configure_logging
-
+    from agent.runtime.logs import configure_logging
     configure_logging("keyvalue", level)
     for library in ("asyncua", "pymodbus"):  # log every lost connection / timeout at ERROR; we log transitions
         logging.getLogger(library).setLevel(logging.CRITICAL)
@@ -47,7 +46,7 @@ def _instant(text: str) -> float:
 
 
 def _fingerprint(text: str) -> str:
-    from connectors.opcua_trust import parse_fingerprint
+    from connectors.opcua.trust import parse_fingerprint
 
     try:
         return parse_fingerprint(text)
@@ -160,12 +159,12 @@ def _sub_program(argv: list[str]) -> int | None:
 
         return worker_main(argv[2:])
     if argv[:1] == ["simulate"]:
-        from connectors.simulator import simulate_main
+        from agent.demo.simulator import simulate_main
 
         _setup_logging("INFO")
         return simulate_main(argv[1:])
     if argv[:1] == ["demo"]:
-        from agent.demo import demo_main
+        from agent.demo.run import demo_main
 
         _setup_logging("WARNING")
         logging.getLogger("l4e.alarms").setLevel(logging.ERROR)  # the demo prints alarm lines itself
@@ -198,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return cmd_status(args)
         if args.command == "opcua-cert":
-            from connectors.opcua import make_client_certificate
+            from connectors.opcua.certs import make_client_certificate
 
             make_client_certificate(args.cert, args.key, args.application_uri, args.hostname)
             print(f"wrote {args.cert} and {args.key}; make the server trust the certificate")
             return 0
         if args.command == "config-example":
-            from agent.config_example import render_example
+            from agent.config.example import render_example
 
             sys.stdout.write(render_example())
             return 0
@@ -231,7 +230,7 @@ def _discovered(config, path: Path, state_dir: Path):
     """Fill the [lookout] settings from the scheduler when the file names one (cached for outages)."""
     if config.lookout.scheduler is None:
         return config
-    from agent.lookout import discover, make_client
+    from agent.lookout.client import discover, make_client
 
     return discover(config, path, state_dir, make_client(config.lookout.endpoint_url, config.lookout.region))
 
@@ -257,13 +256,13 @@ def _state_dirs(args, configs) -> list[Path]:
 
 
 def make_runner(config, path: Path, state_dir: Path, clock):
-    from agent.service import AssetRunner
+    from agent.runtime.service import AssetRunner
 
     runner = AssetRunner(config, path, state_dir, clock)
     lk = config.lookout
     if lk.scheduler or lk.output:
-        from agent.lookout import make_client
-        from agent.results import ResultsPoller
+        from agent.lookout.client import make_client
+        from agent.lookout.results import ResultsPoller
 
         client = make_client(lk.endpoint_url, lk.region) if lk.scheduler else None
         runner.results_poller = ResultsPoller(config.asset, lk, state_dir, clock, client=client)
@@ -271,7 +270,7 @@ def make_runner(config, path: Path, state_dir: Path, clock):
 
 
 def cmd_run(args) -> int:
-    from agent.service import Agent, AssetRunner
+    from agent.runtime.service import Agent, AssetRunner
 
     plain = _load_all(args.configs)
     dirs = _state_dirs(args, plain)
@@ -280,7 +279,7 @@ def cmd_run(args) -> int:
     clock = make_clock(args, state_root)
     runners = [make_runner(c, p, d, clock) for p, c, d in zip(args.configs, configs, dirs, strict=True)]
 
-    from agent.logs import configure_logging
+    from agent.runtime.logs import configure_logging
 
     configure_logging(configs[0].log.format, configs[0].log.level)
     # asyncua logs every lost connection at ERROR with a traceback and pymodbus every timeout at ERROR; the
@@ -300,15 +299,15 @@ def cmd_run(args) -> int:
 
 def cmd_check(args) -> int:
     from agent.config import base_dir_of
-    from agent.service import plan_from_config
-    from agent.store import parse_location
-    from agent.windows import iso_window, object_key, window_containing, windows_between
+    from agent.pipeline.store import parse_location
+    from agent.pipeline.windows import iso_window, object_key, window_containing, windows_between
+    from agent.runtime.service import plan_from_config
 
     configs = _load_all(args.configs)
     now = args.at if args.at is not None else time.time()
     for path, config in zip(args.configs, configs, strict=True):
         if config.lookout.scheduler and args.online:
-            from agent.lookout import make_client, scheduler_status
+            from agent.lookout.client import make_client, scheduler_status
 
             client = make_client(config.lookout.endpoint_url, config.lookout.region)
             config = _discovered(config, path, DEFAULT_STATE_ROOT / config.asset)
@@ -356,7 +355,7 @@ def cmd_check(args) -> int:
 
 def _probe(config, path: Path, source: str | None, state_dir: Path | None = None, accept: str | None = None) -> int:
     from agent.config import base_dir_of
-    from agent.service import connector_class
+    from connectors.registry import connector_class
 
     selected = [s for s in config.sources if source is None or s.name == source]
     if not selected:
@@ -386,8 +385,8 @@ def _probe(config, path: Path, source: str | None, state_dir: Path | None = None
 
 def cmd_provision(args) -> int:
     from agent.config import load
-    from agent.lookout import make_client
-    from agent.provision import provision
+    from agent.lookout.client import make_client
+    from agent.lookout.provision import provision
 
     config = load(args.config)
     client = make_client(config.lookout.endpoint_url, config.lookout.region)
@@ -402,8 +401,8 @@ def cmd_provision(args) -> int:
 
 def cmd_status(args) -> int:
     from agent.config import load
-    from agent.lookout import make_client
-    from agent.status import status
+    from agent.lookout.client import make_client
+    from agent.lookout.status import status
 
     config = load(args.config)
     state_dir = args.state_dir or config.state_dir or DEFAULT_STATE_ROOT / config.asset

@@ -2,8 +2,8 @@
 
 A connector is built from its validated config model (no I/O in ``__init__``), then ``readings()`` is iterated
 until cancelled. A new connector = a config model with ``kind: Literal[...]`` deriving from SourceConfig, one
-class, one line in agent.config's union and agent.service's registry, a test against a real server on
-127.0.0.1, and a ``tests/cases/`` folder.
+class, one line in each table of connectors.registry (the model in ``connectors/<kind>/config.py``, free of the
+protocol library), a test against a real server on 127.0.0.1, and a ``tests/cases/`` folder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.model import Reading
+from agent.core.model import Reading
 
 
 class SourceConfig(BaseModel):

@@ -26,8 +26,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from agent.clock import Clock, parse_instant
-from agent.model import Reading
+from agent.core.clock import Clock, parse_instant
+from agent.core.model import Reading
 from connectors.base import ProbeLine, ProbeReport, SourceConfig, SourceStats
 
 log = logging.getLogger("l4e.connectors.replay")

@@ -7,7 +7,7 @@ writes, trains a multivariate detector and runs inference schedulers that write 
 Modules, one job each:
     protocol    wire format (X-Amz-Target, JSON bodies, errors)      validation  botocore-model request checks
     sigv4       optional signature verification                       state       SQLite persistence
-    stores      bucket → agent.store ObjectStore                       operations  the 22 API operations
+    stores      bucket → agent.pipeline.store ObjectStore                       operations  the 22 API operations
     pagination  NextToken/MaxResults                                  schema      InlineDataSchema parsing
     timestamps  CSV timestamp formats                                 ingest      CSVs → Parquet + data quality
     detector    the anomaly detector (numpy)                          modeling    resampling, training, metrics, scoring

@@ -9,8 +9,8 @@ import signal
 import threading
 from pathlib import Path
 
-from agent.clock import ScaledClock, SystemClock, parse_instant
-from agent.errors import ConfigError
+from agent.core.clock import ScaledClock, SystemClock, parse_instant
+from agent.core.errors import ConfigError
 from agent.lookout_local.server import LocalLookoutService
 from agent.lookout_local.sigv4 import parse_access_keys
 
@@ -91,8 +91,7 @@ def worker_main(argv: list[str]) -> int:
     """Run a FleetWorker until SIGTERM/SIGINT (the running task finishes first). Exit 0 after a signal, 78
     for bad options (--db is required)."""
     args = build_worker_parser().parse_args(argv)
-    from agent.logs import configure_logging
-
+    from agent.runtime.logs import configure_logging
     configure_logging("keyvalue", args.log_level)  # one line per event, as every other command
     from agent.lookout_local import fleet, migrate
     from agent.lookout_local.context import Context
@@ -133,8 +132,7 @@ def serve_main(argv: list[str]) -> int:
     """Run until SIGTERM/SIGINT. Exit codes: 0 after a signal, 78 (EX_CONFIG) for bad options, 1 when the
     port cannot be bound."""
     args = build_parser().parse_args(argv)
-    from agent.logs import configure_logging
-
+    from agent.runtime.logs import configure_logging
     configure_logging("keyvalue", args.log_level)  # one line per event, as every other command
     try:
         pairs = list(args.access_key)

@@ -26,11 +26,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from agent.core.model import Window
 from agent.lookout_local.context import Context
 from agent.lookout_local.dispatch import QUEUE, Dispatcher
 from agent.lookout_local.scheduler import ModelCache, perform
 from agent.lookout_local.worker import Worker
-from agent.model import Window
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from agent.core.model import Window
 from agent.lookout_local.ingest import read_component_csv
 from agent.lookout_local.modeling import TrainedModel, join, resample
 from agent.lookout_local.schema import Component
 from agent.lookout_local.stores import location
-from agent.model import Window
-from agent.windows import format_name_timestamp, grid_points, parse_object_name, results_key
+from agent.pipeline.windows import format_name_timestamp, grid_points, parse_object_name, results_key
 
 log = logging.getLogger(__name__)
 

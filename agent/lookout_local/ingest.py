@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agent.atomic import replace_with
+from agent.core.atomic import replace_with
 from agent.lookout_local.schema import Component
 from agent.lookout_local.stores import location
 from agent.lookout_local.timestamps import parse_column
@@ -164,7 +164,7 @@ def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components:
                 quality.all_missing_sensors += 1
             elif (present.iloc[-1] - present.iloc[0]).total_seconds() < SHORT_RANGE_SECS:
                 quality.short_range_sensors += 1
-        # agent.atomic: a reader (training) never sees a half-written file, a crash never a torn one
+        # agent.core.atomic: a reader (training) never sees a half-written file, a crash never a torn one
         replace_with(out_dir / f"{comp.name}.parquet", functools.partial(frame.to_parquet, index=False))
         first = frame["timestamp"].iloc[0].timestamp()
         last = frame["timestamp"].iloc[-1].timestamp()

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agent.atomic import write_json_atomic
+from agent.core.atomic import write_json_atomic
 from agent.lookout_local.detector import Detector, rounded_shares
 from agent.lookout_local.schema import Component
 from agent.lookout_local.timestamps import parse_column
-from agent.windows import format_csv_time
+from agent.pipeline.windows import format_csv_time
 
 _OFF = re.compile(r"^\s*([0-9a-zA-Z._\-]+)\\([^<>=]+?)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 

@@ -13,7 +13,7 @@ Semantics follow the botocore documentation:
   SUCCESS | FAILED (run by the worker); scheduler PENDING → RUNNING, STOPPING → STOPPED (moved by the
   scheduler's next tick). CreateInferenceScheduler creates and starts.
 - ListInferenceExecutions is newest DataStartTime first: a choice, the API documents no order (clients that
-  need one sort, as agent.results does). Filters are inclusive: DataStartTime ≥ DataStartTimeAfter,
+  need one sort, as agent.lookout.results does). Filters are inclusive: DataStartTime ≥ DataStartTimeAfter,
   DataEndTime ≤ DataEndTimeBefore. An unknown scheduler gives an empty list, as the API documentation says.
   Other lists: datasets, models, schedulers by name; ingestion jobs newest first.
 - local rules where AWS's are unpublished: at most 50 tags per resource (ServiceQuotaExceededException on
@@ -39,7 +39,7 @@ from agent.lookout_local.errors import (
 from agent.lookout_local.modeling import OffCondition
 from agent.lookout_local.pagination import paginate
 from agent.lookout_local.schema import dump_schema, parse_schema, subset
-from agent.windows import UPLOAD_FREQUENCIES, parse_offset
+from agent.pipeline.windows import UPLOAD_FREQUENCIES, parse_offset
 
 MAX_TAGS = 50
 DATASET, MODEL, SCHEDULER = "dataset", "model", "inference-scheduler"
@@ -288,7 +288,7 @@ class Operations:
                 "Status": "PENDING", "ModelQuality": model.get("ModelQuality")}
 
     def _check_rate(self, model: dict, frequency: str) -> None:
-        from agent.windows import SAMPLING_RATES
+        from agent.pipeline.windows import SAMPLING_RATES
 
         rate = (model.get("DataPreProcessingConfiguration") or {}).get("TargetSamplingRate") or model.get("_rate")
         if rate and UPLOAD_FREQUENCIES[frequency] % SAMPLING_RATES[rate]:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from agent.windows import UPLOAD_FREQUENCIES
+from agent.pipeline.windows import UPLOAD_FREQUENCIES
 
 SCHEDULER = "inference-scheduler"
 

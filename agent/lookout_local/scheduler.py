@@ -18,14 +18,14 @@ import threading
 import time
 from collections import OrderedDict
 
-from agent.errors import L4EAgentError
+from agent.core.errors import L4EAgentError
+from agent.core.model import Window
 from agent.lookout_local.context import Context
 from agent.lookout_local.errors import ApiError
 from agent.lookout_local.inference import InferenceFailed, InputConfig, run_window
 from agent.lookout_local.modeling import TrainedModel
 from agent.lookout_local.schema import parse_schema
-from agent.model import Window
-from agent.windows import UPLOAD_FREQUENCIES, parse_offset, windows_between
+from agent.pipeline.windows import UPLOAD_FREQUENCIES, parse_offset, windows_between
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from agent.clock import SystemClock
+from agent.core.clock import SystemClock
 from agent.lookout_local import protocol
 from agent.lookout_local.context import Context
 from agent.lookout_local.errors import ApiError, InternalServerException, UnknownOperationException

@@ -1,4 +1,4 @@
-"""Where the service reads input and writes results: a bucket name → an agent.store ObjectStore.
+"""Where the service reads input and writes results: a bucket name → an agent.pipeline.store ObjectStore.
 
 ``file:///root/`` maps bucket ``b`` to the folder ``/root/b`` (FileStore), so an agent writing to
 ``file:///root/b/prefix/`` and this service reading bucket ``b`` under ``prefix/`` see the same files.
@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from agent.errors import ConfigError
-from agent.store import BUCKET_PATTERN, FileStore, ObjectStore, S3Store
+from agent.core.errors import ConfigError
+from agent.pipeline.store import BUCKET_PATTERN, FileStore, ObjectStore, S3Store
 
 
 def location(store: ObjectStore | None, bucket: str, key: str = "") -> str:

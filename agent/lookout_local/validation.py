@@ -18,7 +18,7 @@ import math
 import re
 from typing import Any
 
-from agent.clock import parse_instant
+from agent.core.clock import parse_instant
 from agent.lookout_local.errors import ValidationException
 
 _JAVA_FIXES = (

@@ -20,7 +20,7 @@ from agent.lookout_local.context import Context
 from agent.lookout_local.ingest import IngestionFailed, ingest
 from agent.lookout_local.modeling import OffCondition, TrainingFailed, infer_rate, read_labels, train
 from agent.lookout_local.schema import Component, dump_schema, parse_schema
-from agent.windows import SAMPLING_RATES
+from agent.pipeline.windows import SAMPLING_RATES
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agent.clock import ScaledClock  # noqa: E402
+from agent.core.clock import ScaledClock  # noqa: E402
 from agent.lookout_local import LocalLookoutService  # noqa: E402
-from agent.store import FileStore, S3Store  # noqa: E402
-from agent.windows import format_name_timestamp  # noqa: E402
+from agent.pipeline.store import FileStore, S3Store  # noqa: E402
+from agent.pipeline.windows import format_name_timestamp  # noqa: E402
 from tests.lookout_local.conftest import ingest, make_client, train  # noqa: E402
 from tests.lookout_local.pg import PgServer  # noqa: E402
 from tests.lookout_local.procs import Fleet  # noqa: E402

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agent.core.model import Window
 from agent.lookout_local.inference import InputConfig, run_window
 from agent.lookout_local.ingest import ingest
 from agent.lookout_local.modeling import TrainedModel, train
 from agent.lookout_local.schema import Component
-from agent.model import Window
-from agent.store import FileStore
-from agent.windows import object_key
+from agent.pipeline.store import FileStore
+from agent.pipeline.windows import object_key
 
 START = pd.Timestamp("2026-01-01T00:00:00")
 

@@ -22,8 +22,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "connectors")]
 
 from modbus_peer import Gate, sim_device, tcp_peer  # noqa: E402
 
-from agent.clock import SystemClock  # noqa: E402
-from connectors.modbus import ModbusConnector, ModbusSourceConfig  # noqa: E402
+from agent.core.clock import SystemClock  # noqa: E402
+from connectors.modbus.config import ModbusSourceConfig  # noqa: E402
+from connectors.modbus.connector import ModbusConnector  # noqa: E402
 
 BLOCK_STARTS = (0, 1_000, 5_000, 20_000, 40_000)
 LAYOUT = (("uint16", 1, 40), ("float32", 2, 40), ("int64", 4, 20))  # (type, registers, count) = 200 regs

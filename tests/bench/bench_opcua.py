@@ -102,8 +102,9 @@ class Meter:
 
 
 async def run_connector(port: int, nodes: int, seconds: float) -> dict:
-    from agent.clock import SystemClock
-    from connectors.opcua import OpcUaConnector, OpcUaSourceConfig
+    from agent.core.clock import SystemClock
+    from connectors.opcua.config import OpcUaSourceConfig
+    from connectors.opcua.connector import OpcUaConnector
 
     config = OpcUaSourceConfig(
         name="bench",

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.model import Reading
-from agent.spool import Spool
+from agent.core.model import Reading
+from agent.pipeline.spool import Spool
 
 
 def main() -> None:

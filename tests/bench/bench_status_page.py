@@ -6,8 +6,8 @@ A real AssetRunner (22 components × 100 sensors, PT5M windows on a PT1M grid) i
 through its spool and window closer, so the status history holds 12 closed windows (60 grid rows per
 sensor, the sparkline's last hour). Then it prints, best of ``--repeat``:
 
-- ms to collect the status document (agent.status_data.collect_status) and to render the page from it
-  (agent.status_page.render_page; the budget is 50 ms), each with its ratio to ``json.dumps`` of the same
+- ms to collect the status document (agent.runtime.status_data.collect_status) and to render the page from it
+  (agent.runtime.status_page.render_page; the budget is 50 ms), each with its ratio to ``json.dumps`` of the same
   document (the baseline, measured in the same process);
 - ms per window close spent by the history parsing the window's CSV files;
 - ns per reading of the last-value store in AssetRunner._pump, next to the per-reading cost of building the
@@ -23,12 +23,12 @@ import time
 import timeit
 from pathlib import Path
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.model import Reading
-from agent.service import AssetRunner
-from agent.status_data import collect_status
-from agent.status_page import render_page
+from agent.core.clock import ScaledClock
+from agent.core.model import Reading
+from agent.runtime.service import AssetRunner
+from agent.runtime.status_data import collect_status
+from agent.runtime.status_page import render_page
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -109,7 +109,7 @@ def main() -> None:
     t_last = min(timeit.repeat(store_last, number=50, repeat=5)) / 50 * per
     t_make = min(timeit.repeat(construct, number=50, repeat=5)) / 50 * per
     with tempfile.TemporaryDirectory() as tmp:
-        from agent.spool import Spool
+        from agent.pipeline.spool import Spool
 
         spool = Spool(Path(tmp), 300)
 

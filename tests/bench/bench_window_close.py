@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from agent.model import Reading, Window
-from agent.outbox import Outbox
-from agent.pipeline import WindowCloser, WindowPlan
-from agent.resample import frame
-from agent.spool import Spool
-from agent.store import FileStore
+from agent.core.model import Reading, Window
+from agent.pipeline.closer import WindowCloser, WindowPlan
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.resample import frame
+from agent.pipeline.spool import Spool
+from agent.pipeline.store import FileStore
 
 
 def main() -> None:
@@ -56,7 +56,7 @@ def main() -> None:
             close_times.append(time.perf_counter() - t0)
             csv_bytes = sum((tmp / "store" / k).stat().st_size for k in store.list())
             # baseline: the same grid as a DataFrame, written by pandas (one file per component)
-            from agent.resample import Carry, resample
+            from agent.pipeline.resample import Carry, resample
 
             table = pa.table({"sensor": names, "ts": ts, "value": values})
             grid, _ = resample(table, Window(0, freq), rate, sensors, {}, 2, Carry({}))

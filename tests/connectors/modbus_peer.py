@@ -21,7 +21,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.clock import SystemClock
+from agent.core.clock import SystemClock
 
 Blocks = dict[int, Sequence[int]] | dict[int, Sequence[bool]]
 

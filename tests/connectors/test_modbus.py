@@ -18,15 +18,12 @@ from pydantic import ValidationError
 from pymodbus.framer import FramerType
 from test_modbus_codec import VECTORS
 
-from agent.clock import ScaledClock, SystemClock
-from agent.errors import ConnectionLost, ConnectorError
-from connectors.modbus import (
-    ModbusConnector,
-    ModbusSourceConfig,
-    Span,
-    plan_requests,
-    write_modbus,
-)
+from agent.core.clock import ScaledClock, SystemClock
+from agent.core.errors import ConnectionLost, ConnectorError
+from connectors.modbus.config import ModbusSourceConfig
+from connectors.modbus.connector import ModbusConnector
+from connectors.modbus.planner import Span, plan_requests
+from connectors.modbus.write_back import write_modbus
 
 pytestmark = pytest.mark.timeout(60)
 

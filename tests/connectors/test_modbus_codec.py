@@ -1,4 +1,4 @@
-"""connectors.modbus_codec: known vectors for every type × order, round trips, and refusals."""
+"""connectors.modbus.codec: known vectors for every type × order, round trips, and refusals."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors import modbus_codec as codec
+from connectors.modbus import codec
 
 # (type, value, {order: registers}) with all-distinct bytes, written out by hand from the byte layout in the
 # codec's docstring, so the codec is checked against the definition and not against itself.

@@ -19,10 +19,13 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 
-from agent.clock import ScaledClock, SystemClock
-from agent.errors import ConnectionLost, ConnectorError
-from agent.model import Reading
-from connectors.opcua import OpcUaConnector, OpcUaSourceConfig, make_client_certificate, write_opcua
+from agent.core.clock import ScaledClock, SystemClock
+from agent.core.errors import ConnectionLost, ConnectorError
+from agent.core.model import Reading
+from connectors.opcua.certs import make_client_certificate
+from connectors.opcua.config import OpcUaSourceConfig
+from connectors.opcua.connector import OpcUaConnector
+from connectors.opcua.write_back import write_opcua
 from tests.connectors.opcua_peer import CuttableLink, OpcUaPeer, Secure
 
 pytestmark = pytest.mark.timeout(60)
@@ -327,7 +330,7 @@ async def test_cancellation_stops_the_connector_at_any_point_of_a_reconnect(peer
 async def test_teardown_does_not_swallow_a_cancellation(peer: OpcUaPeer) -> None:
     """asyncua's disconnect() swallows CancelledError while it awaits its own tasks (9 of 30 here before
     the fix); the connector's teardown must give the cancellation back, at every point of the teardown."""
-    from connectors.opcua import _close, _open_client
+    from connectors.opcua.session import _close, _open_client
 
     cfg = config(peer)
     for spins in range(30):
@@ -548,7 +551,7 @@ def test_config_errors(change: dict, message: str) -> None:
 
 
 def test_every_config_field_is_documented() -> None:
-    from connectors.opcua import DeadbandConfig, NodeConfig, SecurityConfig
+    from connectors.opcua.config import DeadbandConfig, NodeConfig, SecurityConfig
 
     for model in (OpcUaSourceConfig, NodeConfig, SecurityConfig, DeadbandConfig):
         undocumented = [name for name, f in model.model_fields.items() if not f.description]

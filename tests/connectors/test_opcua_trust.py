@@ -1,4 +1,4 @@
-"""OPC-UA server identity (connectors.opcua_trust) against real asyncua servers on 127.0.0.1.
+"""OPC-UA server identity (connectors.opcua.trust) against real asyncua servers on 127.0.0.1.
 
 Two servers with different certificates answer, one after the other, on the same port with Basic256Sha256
 SignAndEncrypt and a UserName token. A user manager on each server records every login attempt, which is how
@@ -27,12 +27,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 
-from agent.clock import ScaledClock, SystemClock
 from agent.config import load
-from agent.errors import ConnectorError
-from agent.model import Reading
-from connectors.opcua import OpcUaConnector, OpcUaSourceConfig, make_client_certificate
-from connectors.opcua_trust import fingerprint, first_certificate, parse_fingerprint
+from agent.core.clock import ScaledClock, SystemClock
+from agent.core.errors import ConnectorError
+from agent.core.model import Reading
+from connectors.opcua.certs import make_client_certificate
+from connectors.opcua.config import OpcUaSourceConfig
+from connectors.opcua.connector import OpcUaConnector
+from connectors.opcua.trust import fingerprint, first_certificate, parse_fingerprint
 from tests.connectors.opcua_peer import OpcUaPeer, Secure, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -329,8 +331,8 @@ async def cli(*args: str) -> tuple[int, str]:
 async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_restores_the_data(
     pki: Path, tmp_path: Path
 ) -> None:
-    from agent.service import Agent, AssetRunner
-    from agent.supervision import Supervision
+    from agent.runtime.service import Agent, AssetRunner
+    from agent.runtime.supervision import Supervision
 
     port = free_port()
     state, journal = tmp_path / "state", tmp_path / "alarms.jsonl"

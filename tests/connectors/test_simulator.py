@@ -19,11 +19,9 @@ import pytest
 from asyncua import Client
 from pymodbus.client import AsyncModbusTcpClient
 
-from agent.clock import ScaledClock, parse_instant
-from connectors.modbus import ModbusSourceConfig
-from connectors.opcua import OpcUaSourceConfig
-from connectors.pump_model import SENSORS, PumpModel, history_frame
-from connectors.simulator import (
+from agent.core.clock import ScaledClock, parse_instant
+from agent.demo.pump_model import SENSORS, PumpModel, history_frame
+from agent.demo.simulator import (
     MODBUS_ALARM_COIL,
     MODBUS_FAULT_COILS,
     MODBUS_MAP,
@@ -33,6 +31,8 @@ from connectors.simulator import (
     _parse_fault,
     simulate_main,
 )
+from connectors.modbus.config import ModbusSourceConfig
+from connectors.opcua.config import OpcUaSourceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = parse_instant("2026-03-02T00:00:00Z")
@@ -268,7 +268,7 @@ def test_parse_fault():
 
 @pytest.mark.timeout(30)
 async def test_simulate_command_serves_until_sigterm():
-    code = "import sys; from connectors.simulator import simulate_main; sys.exit(simulate_main(sys.argv[1:]))"
+    code = "import sys; from agent.demo.simulator import simulate_main; sys.exit(simulate_main(sys.argv[1:]))"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, "--opcua-port", "0", "--modbus-port", "0", "--seed", "3",
         "--clock-start", "2026-03-02T00:00:00Z", "--speed", "60",

@@ -19,10 +19,10 @@ import time
 import urllib.error
 from pathlib import Path
 
-from agent.clock import ScaledClock, iso_utc, parse_instant
 from agent.config import load
-from agent.service import Agent, AssetRunner
-from agent.store import FileStore
+from agent.core.clock import ScaledClock, iso_utc, parse_instant
+from agent.pipeline.store import FileStore
+from agent.runtime.service import Agent, AssetRunner
 from tests.conftest import free_port
 from tests.connectors.node_opcua_peer import NodeOpcUaPeer
 from tests.integration.test_service_ops import NotifySocket, get, metric

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agent.spool import Spool
-from agent.store import FileStore
+from agent.pipeline.spool import Spool
+from agent.pipeline.store import FileStore
 from tests.helpers import T0, asset_file, parse_csv, write_history
 
 ROOT = Path(__file__).resolve().parents[2]

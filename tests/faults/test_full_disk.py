@@ -21,15 +21,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.diskhealth import DiskHealth
-from agent.model import Reading
-from agent.outbox import Outbox
-from agent.pipeline import WindowCloser, WindowPlan
-from agent.service import Agent, AssetRunner
-from agent.spool import Spool
-from agent.store import FileStore
+from agent.core.clock import ScaledClock
+from agent.core.model import Reading
+from agent.pipeline.closer import WindowCloser, WindowPlan
+from agent.pipeline.diskhealth import DiskHealth
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.spool import Spool
+from agent.pipeline.store import FileStore
+from agent.runtime.service import Agent, AssetRunner
 from tests.helpers import T0, asset_file, parse_csv, write_history
 
 SPEED = 40.0  # a PT5M window takes 7.5 s of wall time

@@ -22,10 +22,10 @@ import boto3
 import pandas as pd
 import pytest
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.service import Agent, AssetRunner
-from agent.store import S3Store
+from agent.core.clock import ScaledClock
+from agent.pipeline.store import S3Store
+from agent.runtime.service import Agent, AssetRunner
 from tests.conftest import free_port
 from tests.helpers import T0, asset_file, write_history
 

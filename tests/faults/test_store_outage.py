@@ -8,10 +8,10 @@ import time
 
 import pandas as pd
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.service import Agent, AssetRunner
-from agent.store import S3Store
+from agent.core.clock import ScaledClock
+from agent.pipeline.store import S3Store
+from agent.runtime.service import Agent, AssetRunner
 from tests.helpers import T0, asset_file, write_history
 
 SPEED = 120.0

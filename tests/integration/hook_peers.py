@@ -1,5 +1,5 @@
 """Real peers for the alarm hook tests: an HTTP webhook receiver, Modbus and OPC-UA servers, the writer factory
-agent.service is expected to supply, and a child process that runs an AlarmEngine until it is killed.
+agent.runtime.service is expected to supply, and a child process that runs an AlarmEngine until it is killed.
 
 Run as a script (``python hook_peers.py raise-then-hang CONFIG_JSON STATE_DIR BASE_DIR``) it is that child: it
 feeds anomalous rows, prints the raised alarm ids once the state is saved, then blocks its event loop so no
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # when run as the child script
     sys.path.insert(0, str(ROOT))
 
-from agent.model import Diagnostic, Result  # noqa: E402
+from agent.core.model import Diagnostic, Result  # noqa: E402
 
 T0 = 1_700_000_000
 
@@ -199,9 +199,9 @@ async def opcua_peer() -> AsyncIterator[OpcUaPeer]:
 
 
 def connector_writer_factory(sources: dict, base_dir: Path):
-    """What agent.service supplies to build_hooks: a write_back hook's writer from its named source."""
-    from connectors.modbus import write_modbus
-    from connectors.opcua import write_opcua
+    """What agent.runtime.service supplies to build_hooks: a write_back hook's writer from its named source."""
+    from connectors.modbus.write_back import write_modbus
+    from connectors.opcua.write_back import write_opcua
 
     def factory(hook):
         source = sources[hook.source]
@@ -224,9 +224,9 @@ def connector_writer_factory(sources: dict, base_dir: Path):
 
 
 async def _raise_then_hang(config_json: str, state_dir: str, base_dir: str) -> None:
-    from agent.alarms import AlarmEngine, AlarmsConfig
-    from agent.clock import SystemClock
-    from agent.hooks import build_hooks
+    from agent.alarms.engine import AlarmEngine, AlarmsConfig
+    from agent.alarms.hooks import build_hooks
+    from agent.core.clock import SystemClock
 
     config = AlarmsConfig.model_validate_json(config_json)
     engine = AlarmEngine("pump", config, Path(state_dir), build_hooks(config, Path(base_dir)), SystemClock())

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import textwrap
 
-from agent.clock import ScaledClock, parse_instant
 from agent.config import load
-from agent.service import Agent, AssetRunner
+from agent.core.clock import ScaledClock, parse_instant
+from agent.runtime.service import Agent, AssetRunner
 from tests.connectors.modbus_peer import sim_device, tcp_peer
 
 T0 = parse_instant("2026-01-01T00:00:00Z")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.service import Agent, AssetRunner
-from agent.store import FileStore, S3Store
+from agent.core.clock import ScaledClock
+from agent.pipeline.store import FileStore, S3Store
+from agent.runtime.service import Agent, AssetRunner
 from tests.helpers import T0, asset_file, parse_csv, reference_windows, write_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ async def test_replay_into_folder_store_at_120x(tmp_path):
     assert runner.outbox.entries() == []
     assert [e for e in events if e.kind != "window_written"] == []  # every window had data
     # the uploaded windows are a training history of their own (provision --from-windows)
-    from agent.provision import history_from_windows
+    from agent.lookout.provision import history_from_windows
 
     history = history_from_windows(config)
     assert list(history.columns) == ["flow", "pressure", "temp"]

@@ -9,10 +9,10 @@ import textwrap
 
 from asyncua import ua
 
-from agent.clock import ScaledClock, parse_instant
 from agent.config import load
-from agent.service import Agent, AssetRunner
-from agent.store import FileStore
+from agent.core.clock import ScaledClock, parse_instant
+from agent.pipeline.store import FileStore
+from agent.runtime.service import Agent, AssetRunner
 from tests.connectors.opcua_peer import OpcUaPeer
 
 T0 = parse_instant("2026-01-01T00:00:00Z")

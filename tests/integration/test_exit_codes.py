@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, StateError
+from agent.core.errors import ConfigError, StateError
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "l4e-agent@.service"

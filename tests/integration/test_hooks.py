@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.alarms import AlarmEngine, AlarmsConfig, HookError
-from agent.clock import SystemClock
-from agent.hooks import WebhookHook, build_hooks
-from agent.model import Alarm, Diagnostic
+from agent.alarms.engine import AlarmEngine, AlarmsConfig, HookError
+from agent.alarms.hooks import WebhookHook, build_hooks
+from agent.core.clock import SystemClock
+from agent.core.model import Alarm, Diagnostic
 from tests.integration.hook_peers import (
     ROOT,
     connector_writer_factory,
@@ -284,7 +284,7 @@ async def run_raise_and_clear(engine: AlarmEngine, check_raised, check_cleared) 
 
 
 async def test_write_back_to_modbus_coil_and_register(tmp_path: Path) -> None:
-    from connectors.modbus import ModbusSourceConfig
+    from connectors.modbus.config import ModbusSourceConfig
 
     async with modbus_peer() as plc:
         source = ModbusSourceConfig.model_validate(
@@ -330,7 +330,7 @@ async def test_write_back_to_modbus_coil_and_register(tmp_path: Path) -> None:
 
 
 async def test_write_back_to_opcua_node(tmp_path: Path) -> None:
-    from connectors.opcua import OpcUaSourceConfig
+    from connectors.opcua.config import OpcUaSourceConfig
 
     async with opcua_peer() as plc:
         source = OpcUaSourceConfig.model_validate(

@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 from botocore.config import Config
 
-from agent.alarms import AlarmEngine, AlarmsConfig, AnomalyRuleConfig, EventRuleConfig, FileHookConfig
-from agent.clock import ScaledClock
+from agent.alarms.engine import AlarmEngine, AlarmsConfig, AnomalyRuleConfig, EventRuleConfig, FileHookConfig
+from agent.alarms.hooks import build_hooks
 from agent.config import load
-from agent.errors import ConfigError, LookoutError
-from agent.hooks import build_hooks
-from agent.lookout import (
+from agent.core.clock import ScaledClock
+from agent.core.errors import ConfigError, LookoutError
+from agent.lookout.client import (
     DISCOVERY_FILE,
     bucket_prefix,
     discover,
@@ -36,13 +36,13 @@ from agent.lookout import (
     scheduler_status,
     store_of,
 )
+from agent.lookout.provision import provision, sibling_prefix
+from agent.lookout.results import ResultsPoller
+from agent.lookout.status import status
 from agent.lookout_local import LocalLookoutService
-from agent.provision import provision, sibling_prefix
-from agent.results import ResultsPoller
-from agent.service import Agent, AssetRunner
-from agent.status import status
-from agent.store import FileStore
-from agent.windows import results_key
+from agent.pipeline.store import FileStore
+from agent.pipeline.windows import results_key
+from agent.runtime.service import Agent, AssetRunner
 from tests.conftest import free_port
 from tests.lookout_local import synth
 
@@ -453,7 +453,7 @@ async def test_provision_run_alarms_every_result_once(tmp_path, history):
 
 
 def _window(start: float):
-    from agent.model import Window
+    from agent.core.model import Window
 
     return Window(int(start), int(start) + 300)
 
@@ -470,8 +470,8 @@ def ordered_and_unique(events) -> bool:
 
 async def test_results_from_s3_listing(tmp_path, moto_s3):
     from agent.config import LookoutConfig
-    from agent.model import Window
-    from agent.windows import format_csv_time
+    from agent.core.model import Window
+    from agent.pipeline.windows import format_csv_time
 
     s3 = moto_s3.client()
     s3.create_bucket(Bucket="results-bkt")
@@ -507,8 +507,8 @@ async def test_results_from_s3_listing(tmp_path, moto_s3):
 async def test_provision_discover_and_results_over_s3(tmp_path, moto_s3, history, monkeypatch):
     """The whole API path with the buckets in S3 (moto over HTTP): provision exports to S3, the service ingests
     from it, discovery gives s3:// locations, the poller reads the results object from S3."""
-    from agent.model import Window
-    from agent.windows import object_key
+    from agent.core.model import Window
+    from agent.pipeline.windows import object_key
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_s3.url)  # for the service's own S3 client
     s3 = moto_s3.client()

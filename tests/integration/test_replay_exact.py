@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.service import Agent, AssetRunner
-from agent.store import FileStore
+from agent.core.clock import ScaledClock
+from agent.pipeline.store import FileStore
+from agent.runtime.service import Agent, AssetRunner
 from tests.helpers import T0, asset_file, parse_csv, reference_windows, write_history
 
 ROOT = Path(__file__).resolve().parents[2]

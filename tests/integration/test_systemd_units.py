@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -212,7 +212,7 @@ frame = pandas.DataFrame({{"v": numpy.arange(600.0)}}, index=pandas.date_range("
 assert len(frame.resample("1min").mean()) == 10 and pyarrow.table(frame).num_rows == 600
 ec.generate_private_key(ec.SECP256R1())
 assert ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)() == 7  # libffi closures
-import agent.logs, agent.metrics, agent.sdnotify
+import agent.runtime.logs, agent.runtime.metrics, agent.runtime.sdnotify
 print("ok")
 """
 

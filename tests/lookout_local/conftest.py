@@ -15,7 +15,7 @@ import pytest
 from botocore.config import Config
 
 from agent.lookout_local import LocalLookoutService
-from agent.store import FileStore
+from agent.pipeline.store import FileStore
 
 from . import synth
 from .pg import PgServer

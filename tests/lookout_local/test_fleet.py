@@ -13,15 +13,15 @@ import botocore.exceptions
 import psycopg
 import pytest
 
-from agent.clock import ScaledClock, parse_instant
+from agent.core.clock import ScaledClock, parse_instant
+from agent.core.model import Window
 from agent.lookout_local import LocalLookoutService
 from agent.lookout_local.inference import run_window
 from agent.lookout_local.modeling import TrainedModel
 from agent.lookout_local.scheduler import input_config
 from agent.lookout_local.schema import parse_schema
-from agent.model import Window
-from agent.store import FileStore
-from agent.windows import object_key
+from agent.pipeline.store import FileStore
+from agent.pipeline.windows import object_key
 
 from . import synth
 from .conftest import BUCKET, ingest, make_client, train, wait_for, write_history

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.clock import ScaledClock
-from agent.model import Window
-from agent.store import FileStore
-from agent.windows import format_csv_time, object_key, results_key
+from agent.core.clock import ScaledClock
+from agent.core.model import Window
+from agent.pipeline.store import FileStore
+from agent.pipeline.windows import format_csv_time, object_key, results_key
 
 from . import synth
 from .conftest import BUCKET, ingest, make_client, start_service, train, wait_for, write_history

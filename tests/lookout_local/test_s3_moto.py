@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from moto.server import ThreadedMotoServer
 
-from agent.clock import ScaledClock
+from agent.core.clock import ScaledClock
+from agent.core.model import Window
 from agent.lookout_local import LocalLookoutService
-from agent.model import Window
-from agent.store import S3Store
-from agent.windows import object_key, results_key
+from agent.pipeline.store import S3Store
+from agent.pipeline.windows import object_key, results_key
 
 from . import synth
 from .conftest import BUCKET, ingest, make_client, train, wait_for, write_history

@@ -151,7 +151,7 @@ def test_python_dash_m_serves_until_sigterm(tmp_path):
 
 
 def _window_input(tmp_path, cfg, names: dict[str, bytes]):
-    from agent.store import FileStore
+    from agent.pipeline.store import FileStore
 
     store = FileStore(tmp_path / cfg.bucket)
     for key, data in names.items():
@@ -160,8 +160,8 @@ def _window_input(tmp_path, cfg, names: dict[str, bytes]):
 
 
 def test_input_naming_with_offset_delimiter_and_epoch(tmp_path):
+    from agent.core.model import Window
     from agent.lookout_local.inference import InputConfig, find_files, missing_file_reason
-    from agent.model import Window
 
     window = Window(1767485100, 1767485400)  # (2026-01-04T00:05Z, 00:10Z]
     ist = InputConfig("b1b", "in/", "-", "yyyyMMddHHmmss", 19800)  # +05:30: names carry local time
@@ -176,9 +176,9 @@ def test_input_naming_with_offset_delimiter_and_epoch(tmp_path):
 
 
 def test_unreadable_input_fails_with_a_reason(tmp_path):
+    from agent.core.model import Window
     from agent.lookout_local.inference import InferenceFailed, InputConfig, window_frame
     from agent.lookout_local.schema import Component
-    from agent.model import Window
 
     window = Window(1767485100, 1767485400)
     cfg = InputConfig("b3b", "in/", "_", "yyyyMMddHHmmss", 0)

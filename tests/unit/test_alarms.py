@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from agent import alarms as alarms_module
-from agent.alarms import (
+from agent.alarms import engine as alarms_module
+from agent.alarms.engine import (
     STATE_FILE,
     AlarmEngine,
     AlarmsConfig,
@@ -28,9 +28,9 @@ from agent.alarms import (
     alarm_json,
     alarm_to_dict,
 )
-from agent.errors import ConfigError
-from agent.hooks import build_hooks
-from agent.model import Alarm, Diagnostic, Event, Result
+from agent.alarms.hooks import build_hooks
+from agent.core.errors import ConfigError
+from agent.core.model import Alarm, Diagnostic, Event, Result
 
 T0 = 1_700_000_000  # a whole minute, on a 5-minute grid
 EXAMPLE = """

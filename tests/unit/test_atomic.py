@@ -1,4 +1,4 @@
-"""agent.atomic: the one atomic-replace helper every state file goes through."""
+"""agent.core.atomic: the one atomic-replace helper every state file goes through."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from agent.atomic import write_atomic, write_json_atomic
+from agent.core.atomic import write_atomic, write_json_atomic
 
 
 def test_replaces_content_and_leaves_no_temporary(tmp_path):

@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.clock import ScaledClock
 from agent.config import load
-from agent.model import Reading
-from agent.outbox import Outbox
-from agent.pipeline import WindowCloser, WindowPlan
-from agent.service import AssetRunner
-from agent.spool import Spool
+from agent.core.clock import ScaledClock
+from agent.core.model import Reading
+from agent.pipeline.closer import WindowCloser, WindowPlan
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.spool import Spool
+from agent.runtime.service import AssetRunner
 from tests.helpers import asset_file, write_history
 
 ROOT = Path(__file__).resolve().parents[2]

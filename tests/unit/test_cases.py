@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.clock import parse_instant
 from agent.config import load
-from agent.errors import ConfigError
-from agent.model import Reading
-from agent.outbox import Outbox
-from agent.pipeline import WindowCloser
-from agent.service import plan_from_config
-from agent.spool import Spool
-from agent.store import FileStore
-from agent.upload import Uploader
+from agent.core.clock import parse_instant
+from agent.core.errors import ConfigError
+from agent.core.model import Reading
+from agent.pipeline.closer import WindowCloser
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.spool import Spool
+from agent.pipeline.store import FileStore
+from agent.pipeline.upload import Uploader
+from agent.runtime.service import plan_from_config
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
 NAMES = sorted(p.name for p in CASES.iterdir() if (p / "asset.toml").exists())

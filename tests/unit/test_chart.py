@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import re
 
-from agent.chart import PANEL_H, alarm_spans, write_chart
-from agent.clock import iso_utc
+from agent.core.clock import iso_utc
+from agent.demo.chart import PANEL_H, alarm_spans, write_chart
 
 T = 1772438400  # 2026-03-02T08:00:00Z
 

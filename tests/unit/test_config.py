@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import load
-from agent.config_example import render_example
-from agent.errors import ConfigError
+from agent.config.example import render_example
+from agent.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ import pytest
 
 from agent.cli import main
 from agent.config import AssetConfig
-from agent.config_schema import is_model, union_members, unwrap
+from agent.config.schema import is_model, union_members, unwrap
 
 CORPUS = Path(__file__).resolve().parents[1] / "cases" / "config_errors"
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from agent.alarms import Decider, EventRuleConfig
-from agent.diskhealth import DiskHealth, disk_error
-from agent.errors import StateError
+from agent.alarms.engine import Decider, EventRuleConfig
+from agent.core.errors import StateError
+from agent.pipeline.diskhealth import DiskHealth, disk_error
 
 
 def enospc() -> OSError:
@@ -68,7 +68,7 @@ def test_guard_swallows_disk_errors_only() -> None:
 
 
 def test_disk_rule_raises_on_failure_and_clears_on_recovery() -> None:
-    from agent.model import Event
+    from agent.core.model import Event
 
     rule, state = EventRuleConfig(name="disk", kind="disk"), {}
     decider = Decider("pump-07")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.logs import NOISY_LIBRARIES, LogConfig, LogFormat, LogLevel, configure_logging
+from agent.runtime.logs import NOISY_LIBRARIES, LogConfig, LogFormat, LogLevel, configure_logging
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 

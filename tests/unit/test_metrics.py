@@ -10,8 +10,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-import agent.metrics as metrics_module
-from agent.metrics import (
+import agent.runtime.metrics as metrics_module
+from agent.runtime.metrics import (
     CONTENT_TYPE,
     METRIC_SPECS,
     AgentMetrics,

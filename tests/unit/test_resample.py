@@ -9,9 +9,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.csvfile import component_csv
-from agent.model import Window
-from agent.resample import Carry, resample
+from agent.core.model import Window
+from agent.pipeline.csvfile import component_csv
+from agent.pipeline.resample import Carry, resample
 
 
 def table(rows):

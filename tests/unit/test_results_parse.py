@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.clock import ScaledClock
 from agent.config import LookoutConfig
-from agent.model import Diagnostic, Window
-from agent.results import CURSOR_FILE, ResultsPoller, parse_results_jsonl
-from agent.store import FileStore
-from agent.windows import format_csv_time, results_key
+from agent.core.clock import ScaledClock
+from agent.core.model import Diagnostic, Window
+from agent.lookout.results import CURSOR_FILE, ResultsPoller, parse_results_jsonl
+from agent.pipeline.store import FileStore
+from agent.pipeline.windows import format_csv_time, results_key
 
 W0 = int(datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp())
 
@@ -234,7 +234,7 @@ async def test_api_unreachable_falls_back_to_listing(world):
 
 
 async def test_store_outage_stops_the_poll_without_advancing(world):
-    from agent.errors import StoreUnavailable
+    from agent.core.errors import StoreUnavailable
 
     bucket, lookout, clock, state = world
     fake = FakeLookout()
@@ -266,7 +266,7 @@ async def test_store_outage_stops_the_poll_without_advancing(world):
 
 
 async def test_api_refusal_is_counted_not_raised(world):
-    from agent.errors import ConfigError
+    from agent.core.errors import ConfigError
 
     _bucket, lookout, clock, state = world
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from agent.scheduler import JobScheduler
+from agent.runtime.scheduler import JobScheduler
 
 
 async def test_a_job_still_running_at_its_next_wake_up_is_skipped_quietly(caplog) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import Notifier, ProgressCheck, WatchdogGate, all_healthy, watchdog_interval_secs
+from agent.runtime.sdnotify import Notifier, ProgressCheck, WatchdogGate, all_healthy, watchdog_interval_secs
 
 
 class Manager:

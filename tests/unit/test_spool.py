@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import StateError
-from agent.model import Reading
-from agent.spool import Spool
+from agent.core.errors import StateError
+from agent.core.model import Reading
+from agent.pipeline.spool import Spool
 
 
 def test_flush_read_ack_round_trip(tmp_path):

@@ -7,12 +7,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agent.model import Alarm, Diagnostic, Event, Reading, Result
-from agent.outbox import Outbox
-from agent.pipeline import WindowCloser, WindowPlan
-from agent.spool import Spool
-from agent.status_history import StatusHistory, source_state
-from agent.status_page import SPARK_H, SPARK_W, render_page, sparklines
+from agent.core.model import Alarm, Diagnostic, Event, Reading, Result
+from agent.pipeline.closer import WindowCloser, WindowPlan
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.spool import Spool
+from agent.runtime.status_history import StatusHistory, source_state
+from agent.runtime.status_page import SPARK_H, SPARK_W, render_page, sparklines
 from connectors.base import SourceStats
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -158,9 +158,9 @@ def test_every_text_is_escaped():
 
 
 def runner_with(tmp_path, stats):
-    from agent.clock import ScaledClock
     from agent.config import load
-    from agent.service import AssetRunner
+    from agent.core.clock import ScaledClock
+    from agent.runtime.service import AssetRunner
     from tests.helpers import asset_file, write_history
 
     write_history(tmp_path / "history.csv", minutes=6)
@@ -173,7 +173,7 @@ def test_collect_reads_the_new_stats_fields_when_present(tmp_path):
     """A connector reporting bad_now/last_alive_ts (the fields another change adds), one sensor Bad now."""
     import json
 
-    from agent.status_data import collect_status
+    from agent.runtime.status_data import collect_status
 
     stats = NewStats(connected=True, bad_now={"pressure"}, last_alive_ts=T0 - 2,
                      readings=Counter(flow=3, pressure=1), bad_quality=Counter(pressure=2, temp=5))
@@ -199,7 +199,7 @@ def test_collect_reads_the_new_stats_fields_when_present(tmp_path):
 
 def test_a_validity_end_marker_ends_the_hold(tmp_path):
     """A NaN reading (rule 2a's marker) is not a value: the page shows the last grid value as ended."""
-    from agent.status_data import collect_status
+    from agent.runtime.status_data import collect_status
 
     runner = runner_with(tmp_path, SourceStats(connected=True, readings=Counter(flow=2)))
     runner.history.series["flow"] = __import__("collections").deque([(T0 - 60, 4.0), (T0, 5.0)])

@@ -10,10 +10,10 @@ import os
 import threading
 import time
 
-from agent.clock import Backoff, ScaledClock
-from agent.outbox import Outbox
-from agent.store import FileStore
-from agent.upload import Uploader
+from agent.core.clock import Backoff, ScaledClock
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.store import FileStore
+from agent.pipeline.upload import Uploader
 
 
 def put_threads() -> int:
@@ -40,7 +40,7 @@ async def test_a_hung_folder_store_is_bounded_and_logged_once(tmp_path, caplog) 
     assert uploader.stats.failures == 4 and len(outbox.entries()) == 2
     # the share comes back: the blocked open() returns, that old attempt fails (nobody reads the pipe)
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    with contextlib.suppress(FileNotFoundError):  # the failed put removes its temporary itself (agent.atomic)
+    with contextlib.suppress(FileNotFoundError):  # the failed put removes its temporary itself (agent.core.atomic)
         fifo.unlink()
     os.close(fd)
     deadline = time.monotonic() + 5

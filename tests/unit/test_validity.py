@@ -9,11 +9,11 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.model import Reading, Window
-from agent.outbox import Outbox
-from agent.pipeline import WindowCloser, WindowPlan
-from agent.resample import Carry, resample
-from agent.spool import Spool
+from agent.core.model import Reading, Window
+from agent.pipeline.closer import WindowCloser, WindowPlan
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.resample import Carry, resample
+from agent.pipeline.spool import Spool
 
 NAN = math.nan
 INF = math.inf

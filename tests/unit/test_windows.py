@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.windows import (
+from agent.pipeline.windows import (
     DELIMITERS,
     SAMPLING_RATES,
     TIMESTAMP_FORMATS,

@@ -1,0 +1,248 @@
+"""Window closing: spool → resample → CSV per component → outbox → spool ack (the data path's middle).
+
+``WindowCloser.close_due(now)`` writes every window whose end + grace has passed and that is not written
+yet, oldest first, and returns the data-health events it produced. Order of effects for one window, chosen
+so a crash at any point neither loses nor duplicates anything:
+
+1. the component CSVs are written to the outbox (atomic per file; a rewrite gives the same bytes),
+2. the progress file (last written window + the carry for the fill rule) is replaced atomically,
+3. the window's spool segments are deleted.
+
+A crash before 2 rewrites the window with the same inputs on restart (same bytes, same keys); a crash after
+2 only deletes the leftover segments. The job derives all its work from the clock and this state, so a late
+wake, a restart or an accelerated clock are handled by the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.core.atomic import write_json_atomic
+from agent.core.errors import TransitionLog
+from agent.core.model import Event, Window
+from agent.pipeline.csvfile import component_csv, time_column
+from agent.pipeline.diskhealth import disk_error
+from agent.pipeline.outbox import Outbox
+from agent.pipeline.resample import Carry, resample
+from agent.pipeline.spool import Spool
+from agent.pipeline.windows import iso_window, object_name, window_ending, windows_between
+
+log = logging.getLogger("l4e.pipeline")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """What the closer needs from the asset config (kept small so tests can build one directly)."""
+
+    asset: str
+    frequency: int
+    rate: int
+    components: dict[str, list[str]]
+    aggs: dict[str, str]
+    fill_limit: int
+    grace_secs: float
+    delimiter: str
+    timestamp_format: str
+    offset_secs: int
+    timestamp_column: str = "Timestamp"
+    budget_bytes: int = 1 << 30
+    when_full: str = "drop_oldest"
+    # sensor → seconds a reading holds (rule 2a; math.inf = until the next reading or a validity end);
+    # sensors not listed do not hold (sampled sources: the fill rule alone carries them)
+    holds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sensors(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for names in self.components.values():
+            for s in names:
+                seen.setdefault(s, None)
+        return list(seen)
+
+    def due_up_to(self, now: float) -> int:
+        """End of the latest window whose end + grace is at or before ``now``."""
+        return int((now - self.grace_secs) // self.frequency) * self.frequency
+
+    def name(self, component: str, window: Window) -> str:
+        return object_name(component, self.delimiter, window.start, self.timestamp_format, self.offset_secs)
+
+
+@dataclass
+class CloserStats:
+    windows_written: int = 0
+    files_written: int = 0
+    windows_missing: dict[str, int] = field(default_factory=dict)  # component → count
+    bytes_dropped: int = 0
+
+
+class WindowCloser:
+    def __init__(self, plan: WindowPlan, spool: Spool, outbox: Outbox, state_file: Path) -> None:
+        self.plan = plan
+        self.spool = spool
+        self.outbox = outbox
+        self.state_file = Path(state_file)
+        self.stats = CloserStats()
+        self.disk = spool.disk  # one DiskHealth per state directory
+        self._errors = TransitionLog(log)
+        self.last_written: int | None = None
+        self.carry = Carry({})
+        self._load_state()
+        if self.last_written is not None:
+            self.spool.closed_upto = self.last_written
+            for end in self.spool.windows():  # crash between progress and ack: finish the ack
+                if end <= self.last_written:
+                    self.spool.ack(end)
+
+    # --- persisted progress ---------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("progress file %s unreadable (%s): starting from the spool as found", self.state_file, exc)
+            return
+        self.last_written = data.get("last_written")
+        self.carry = Carry.from_json(data.get("carry"))
+
+    def _save_state(self, last_written: int, carry: Carry) -> None:
+        """Persist (last_written, carry), then adopt them: on a failed write neither the file (agent.core.atomic)
+        nor the in-memory progress changes, so the same window is simply written again later."""
+        write_json_atomic(self.state_file, {"last_written": last_written, "carry": carry.to_json()})
+        self.last_written = last_written
+        self.carry = carry
+
+    # --- the job --------------------------------------------------------------------------------------
+    def close_due(self, now: float) -> list[Event]:
+        """Write every due window (see module docstring). Disk errors are reported to the spool's
+        DiskHealth (logged once per episode) and the window is retried at the next call; a window whose
+        readings the spool still holds in memory (its writes failed) is not written before they are on disk."""
+        up_to = self.plan.due_up_to(now)
+        held = self.spool.held_windows()
+        if held:
+            up_to = min(up_to, held[0] - self.plan.frequency)
+        with_data = [end for end in self.spool.windows() if end <= up_to]
+        if self.last_written is None and not with_data:
+            return []
+        first_after = self.last_written if self.last_written is not None else with_data[0] - self.plan.frequency
+        events: list[Event] = []
+        data_set = set(with_data)
+        empty_run: list[Window] = []
+        window: Window | None = None
+        try:
+            for window in windows_between(first_after, up_to, self.plan.frequency):
+                # a window with no reading is still written when a carried value holds into it:
+                # a steady plant reports nothing new, and that is a value, not a gap (rule 2a)
+                if window.end not in data_set and not self.carry.holds_into(window):
+                    empty_run.append(window)
+                    continue
+                missing = self._missing_events(empty_run, now)
+                written = self._close(window, now)  # also records the empty run before it as written
+                events.extend(self._commit_missing(empty_run, missing) + written)
+                empty_run = []
+            if empty_run:
+                missing = self._missing_events(empty_run, now)
+                self._save_state(empty_run[-1].end, self.carry)
+                self.spool.closed_upto = self.last_written
+                events.extend(self._commit_missing(empty_run, missing))
+        except OSError as exc:
+            if disk_error(exc) is not None:
+                self.disk.failure("windows", exc)
+            else:
+                where = iso_window(window) if window is not None else "progress"
+                self._errors.failure("write", "cannot write window %s to the outbox: %s (will retry)", where, exc)
+            return events
+        self.disk.success("windows")
+        self._errors.success("write", "writing windows to the outbox again")
+        return events
+
+    def _missing_events(self, windows: list[Window], now: float) -> list[Event]:
+        """Windows with no reading at all: one event per component for a run of consecutive windows (not
+        one per window). Nothing is logged or counted until ``_commit_missing`` (after the progress is saved)."""
+        if not windows:
+            return []
+        first, last = windows[0], windows[-1]
+        msg = (f"no readings for {len(windows)} window(s) {iso_window(first)} … {iso_window(last)}: "
+               f"no file written for any component")
+        return [Event("window_missing", comp, msg, now, {"window_start": first.start, "window_end": last.end,
+                                                           "count": len(windows)})
+                for comp in self.plan.components]
+
+    def _commit_missing(self, windows: list[Window], events: list[Event]) -> list[Event]:
+        if not windows:
+            return []
+        for comp in self.plan.components:
+            self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + len(windows)
+        log.warning("%s", events[0].message)
+        return events
+
+    def _close(self, window: Window, now: float) -> list[Event]:
+        plan = self.plan
+        readings = self.spool.read(window.end)
+        grid, carry = resample(readings, window, plan.rate, plan.sensors, plan.aggs, plan.fill_limit, self.carry,
+                               plan.holds)
+        events = []
+        times_text = time_column(grid.times)
+        for comp, sensors in plan.components.items():
+            data = component_csv(grid, sensors, plan.timestamp_column, times_text)
+            if data is None:
+                self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + 1
+                msg = (f"component {comp}: no reading in window {iso_window(window)}; no file written "
+                       f"(the scheduler will fail this run)")
+                log.warning("%s", msg)
+                events.append(Event("window_missing", comp, msg, now, {"window_start": window.start}))
+                continue
+            self.outbox.put(window.end, plan.name(comp, window), data)
+            self.stats.files_written += 1
+            events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
+                                now, {"window_start": window.start, "window_end": window.end}))
+        self._save_state(window.end, carry)
+        self.spool.ack(window.end)
+        self.stats.windows_written += 1
+        if grid.unknown_sensors:
+            log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window),
+                      grid.unknown_sensors)
+        return events
+
+    # --- disk budget ----------------------------------------------------------------------------------
+    def enforce_budget(self, now: float) -> list[Event]:
+        """Keep spool + outbox within the budget. drop_oldest: oldest raw windows first, then (only when
+        nothing else is left) the oldest written-but-not-uploaded windows. drop_newest: refuse new readings
+        (the service stops appending) — this only reports. Every drop is an event; nothing is dropped silently."""
+        budget = self.plan.budget_bytes
+        used = self._used()
+        if used <= budget:
+            return []
+        events: list[Event] = []
+        if self.plan.when_full == "drop_oldest":
+            # raw readings first; written-but-not-uploaded windows only when nothing else is left
+            stages = ((self.spool, "spool", "the raw readings of window"),
+                      (self.outbox, "outbox", "the written, not yet uploaded window"))
+            for holder, stage, what in stages:
+                for end in holder.windows():
+                    if used <= budget:
+                        break
+                    details = {"window_end": end, "stage": stage}
+                    if holder is self.spool:
+                        details["readings"] = self.spool.readings_in(end)
+                    freed = holder.drop_window(end)
+                    used -= freed
+                    self.stats.bytes_dropped += freed
+                    details["bytes"] = freed
+                    window = iso_window(window_ending(end, self.plan.frequency))
+                    events.append(Event("spool_dropped", stage, f"disk budget {budget} B reached: dropped {what} "
+                                        f"{window} ({freed} B)", now, details))
+        for ev in events:
+            log.error("%s", ev.message)
+        return events
+
+    def _used(self) -> int:
+        """Bytes counted against the budget: spool and outbox on disk plus readings held in memory after
+        failed spool writes (so a disk that refuses writes cannot grow memory without bound)."""
+        return self.spool.bytes_on_disk() + self.spool.held_bytes() + self.outbox.bytes_on_disk()
+
+    def over_budget(self) -> bool:
+        return self._used() > self.plan.budget_bytes

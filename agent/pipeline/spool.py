@@ -1,0 +1,340 @@
+"""Durable raw readings: segments of records on local disk, one or more per (window, agent run).
+
+Records (agent.pipeline.columns): appends are whole records (one per flush and window, not one write per reading), each
+carries its length and a CRC so a torn last record after a crash is detected and skipped while every earlier
+one is kept, and a window's segments load straight into the resampler as numpy columns. A window's data lives
+in its own files, so acknowledging a written window is an unlink, not a compaction. Segments of the previous
+format (Arrow IPC streams, ``.arrows``) left by an older version are still read (pyarrow is imported then only).
+
+Contract:
+- ``append(batch)`` is the hot path: it only extends an in-memory list (O(1) per reading, no I/O).
+- ``flush()`` writes everything appended since the last flush and fsyncs it; the service calls it at least
+  every ``fsync_interval_ms``. What was flushed survives kill -9 and power loss; what was not is at most one
+  interval of readings.
+- ``read(end)`` returns every flushed reading of the window (start, end] as ``Columns`` (sensor names, ts
+  float64 Unix seconds, value float64), in append order.
+- ``ack(end)`` deletes the window's segments: call it only after the window's CSVs are durable in the outbox.
+- Readings of a window already acknowledged (``closed_upto``) are late: counted in ``late`` and dropped.
+- Segment names: ``<window end>-<run id>-<seq>.l4es``; a restart opens new segments, never appends to
+  old ones (nothing may follow a torn tail).
+- A failed write never destroys what is durable: the segment is cut back to its last good record and
+  never written again; the window's readings stay in memory ("held", counted against the disk budget, see
+  ``held_bytes``) and the next flush writes them to a NEW segment. ``read`` concatenates all segments of a
+  window, so nothing is lost and nothing is written twice. Disk errors go to a ``DiskHealth`` (one WARNING
+  per episode, one INFO at recovery, a ``disk`` data-health event).
+- Validity-end markers (value NaN, see agent.core.model.validity_end) travel like readings; they are never counted
+  as late readings.
+- ``mark_alive(ts)`` records the clock time of the agent's last sign of life (no fsync: a power cut may lose
+  the last second, which only ends held values earlier); ``previous_alive`` is what the previous run left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from agent.core.errors import StateError
+from agent.core.model import Reading
+from agent.pipeline.columns import Columns, decode, encode
+from agent.pipeline.diskhealth import DiskHealth
+
+log = logging.getLogger("l4e.spool")
+
+SUFFIX = ".l4es"
+LEGACY_SUFFIX = ".arrows"  # Arrow IPC streams written by earlier versions: read, never written
+ALIVE_FILE = "alive"
+
+
+class _Segment:
+    """One IPC stream file, appended to with unbuffered writes so the last good length is always known.
+
+    ``append`` writes whole messages (the schema first, for a new file) and fsyncs. If any step fails, the
+    file is cut back to its last good length (best effort; a leftover partial message is a torn tail the
+    reader skips), a file that never held a record is removed, and the segment must not be used again:
+    the next write of the window goes to a NEW segment file, so a failure never touches what is durable.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.size = 0  # bytes known good (written and fsynced)
+
+    def append(self, payload: bytes) -> None:
+        created = self.fd is None
+        if created:
+            # O_EXCL: never reuse (let alone truncate) a file that is already there
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(payload)
+            while view:
+                n = os.write(self.fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                view = view[n:]
+            os.fsync(self.fd)
+            if created:
+                _fsync_dir(self.path.parent)
+        except OSError:
+            self.abandon()
+            raise
+        self.size += len(payload)
+
+    def abandon(self) -> None:
+        """Stop using this file after a failed write: cut the partial message, drop an empty file."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, self.size)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+        if self.size == 0:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """See the module docstring. Not thread-safe: use from the event loop (flush may run in a thread alone)."""
+
+    def __init__(self, directory: Path, frequency_secs: int, disk: DiskHealth | None = None) -> None:
+        self.dir = Path(directory)
+        self.frequency = frequency_secs
+        self.run_id = f"{time.time_ns():x}"
+        self.disk = disk if disk is not None else DiskHealth(self.dir)
+        self._buffer: list[Reading] = []
+        self._held: dict[int, list[Columns]] = {}  # window end → readings flushed but not yet written
+        self._open: dict[int, _Segment] = {}
+        self._seq = 0
+        self.closed_upto: int | None = None
+        self.late = 0
+        self.torn_segments = 0
+        self.dropped_readings = Counter()  # reason → count
+        self._alive_fd: int | None = None
+        self.previous_alive: float | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".probe-{self.run_id}"
+            with open(probe, "wb") as fh:
+                fh.write(b"x")
+                os.fsync(fh.fileno())
+            probe.unlink()
+        except OSError as exc:
+            raise StateError(f"spool folder {self.dir} is not writable: {exc}") from exc
+        try:
+            self.previous_alive = float((self.dir / ALIVE_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            self.previous_alive = None
+
+    # --- hot path -------------------------------------------------------------------------------------
+    def append(self, batch: list[Reading]) -> None:
+        self._buffer.extend(batch)
+
+    # --- durability -----------------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write and fsync the buffered readings (and any held from earlier failed writes); returns how many
+        were written. Never raises for disk errors: a window whose write failed keeps its readings in memory
+        (``held_bytes``, counted against the disk budget by the caller's policy) and is retried at the next
+        flush in a new segment file; the failure is reported to ``self.disk`` (logged once per episode)."""
+        parts: dict[int, list[Columns]] = self._held
+        self._held = {}
+        if self._buffer:
+            buf = self._buffer
+            self._buffer = []
+            cols = Columns.from_readings(buf)
+            ends = (np.ceil(cols.ts / self.frequency) * self.frequency).astype(np.int64)
+            for end in np.unique(ends):
+                parts.setdefault(int(end), []).append(cols.filter(ends == end))
+        if not parts:
+            return 0
+        written = 0
+        error: OSError | None = None
+        for end in sorted(parts):
+            part = Columns.concat(parts[end])
+            if self.closed_upto is not None and end <= self.closed_upto:
+                n_late = part.num_rows - int(np.isnan(part.value).sum())  # markers are not readings
+                self.late += n_late
+                self.dropped_readings["late"] += n_late
+                log.debug("dropped %d late readings (their window is already written)", n_late)
+                continue
+            try:
+                seg = self._open.get(end)
+                if seg is None:
+                    self._seq += 1
+                    seg = self._open[end] = _Segment(self.dir / f"{end}-{self.run_id}-{self._seq:06d}{SUFFIX}")
+                seg.append(encode(part))
+                written += part.num_rows
+            except OSError as exc:
+                error = error or exc
+                self._open.pop(end, None)  # abandoned by append: the next write opens a new segment
+                self._held[end] = [part]
+        if error is not None:
+            self.disk.failure("spool", error)
+        else:
+            self.disk.success("spool")
+        return written
+
+    def mark_alive(self, ts: float) -> None:
+        """Record ``ts`` (clock time) as the last sign of life of this run (see the module docstring)."""
+        try:
+            if self._alive_fd is None:
+                self._alive_fd = os.open(self.dir / ALIVE_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.pwrite(self._alive_fd, f"{ts!r:<32}\n".encode(), 0)
+        except OSError as exc:
+            self.disk.failure("spool", exc)
+
+    def latest_ts(self, sensors: set[str]) -> float | None:
+        """The latest timestamp of a reading (not a marker) of ``sensors`` the spool holds, or None."""
+        best = max((r.ts for r in self._buffer if r.sensor in sensors and r.value == r.value), default=None)
+        parts = [self.read(end) for end in self.windows()] + [c for cs in self._held.values() for c in cs]
+        for cols in parts:
+            wanted = np.array([n in sensors for n in cols.names], dtype=bool)
+            if not cols.num_rows or not wanted.any():
+                continue
+            mask = wanted[cols.code] & ~np.isnan(cols.value)
+            if mask.any():
+                ts = float(cols.ts[mask].max())
+                best = ts if best is None or ts > best else best
+        return best
+
+    def _drop_segment_handle(self, end: int) -> None:
+        seg = self._open.pop(end, None)
+        if seg:
+            seg.close()
+
+    # --- reading and acknowledging --------------------------------------------------------------------
+    def _segments(self) -> dict[int, list[Path]]:
+        out: dict[int, list[Path]] = {}
+        for path in [*self.dir.glob(f"*{SUFFIX}"), *self.dir.glob(f"*{LEGACY_SUFFIX}")]:
+            try:
+                end = int(path.name.split("-", 1)[0])
+            except ValueError:
+                continue
+            out.setdefault(end, []).append(path)
+        for paths in out.values():
+            paths.sort()
+        return out
+
+    def windows(self) -> list[int]:
+        """Window ends that have flushed readings on disk or held in memory, oldest first."""
+        return sorted(set(self._segments()) | set(self._held))
+
+    def read(self, end: int) -> Columns:
+        """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted)."""
+        parts = []
+        for path in self._segments().get(end, []):
+            parts.extend(self._read_segment(path))
+        return Columns.concat(parts)
+
+    def _read_segment(self, path: Path) -> list[Columns]:
+        if path.suffix == LEGACY_SUFFIX:
+            return self._read_legacy(path)
+        try:
+            out, torn = decode(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            out, torn = [], exc
+        if torn:
+            # a crash mid-write leaves a partial last record (or an empty file): keep what came before
+            self.torn_segments += 1
+            log.warning("spool: %s ends with a torn record; %d complete records recovered", path.name, len(out))
+        return out
+
+    def _read_legacy(self, path: Path) -> list[Columns]:
+        """An Arrow IPC stream segment from an earlier version (pyarrow is imported for it only)."""
+        import pyarrow as pa
+        import pyarrow.ipc
+
+        out = []
+        try:
+            with pa.OSFile(str(path), "rb") as fh:
+                reader = pa.ipc.open_stream(fh)
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        break
+                    out.append(Columns.from_arrow(pa.Table.from_batches([batch])))
+        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            self.torn_segments += 1
+            log.warning("spool: %s ends with a torn record (%s); %d complete batches recovered",
+                        path.name, exc, len(out))
+        return out
+
+    def ack(self, end: int) -> None:
+        """The window ending at ``end`` is durable downstream: delete its segments; later readings are late."""
+        self._drop_segment_handle(end)
+        for path in self._segments().get(end, []):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.closed_upto = end if self.closed_upto is None else max(self.closed_upto, end)
+
+    def drop_window(self, end: int) -> int:
+        """Delete a window's raw readings, on disk and held in memory, to free room (budget policy).
+        Returns the bytes freed (file sizes plus the held tables' size)."""
+        freed = sum(p.stat().st_size for p in self._segments().get(end, []) if p.exists())
+        freed += sum(t.nbytes for t in self._held.pop(end, []))
+        self._drop_segment_handle(end)
+        for path in self._segments().get(end, []):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return freed
+
+    def bytes_on_disk(self) -> int:
+        total = 0
+        for path in [*self.dir.glob(f"*{SUFFIX}"), *self.dir.glob(f"*{LEGACY_SUFFIX}")]:
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
+    def buffered(self) -> int:
+        """Readings in memory: appended since the last flush plus held after failed writes."""
+        return len(self._buffer) + sum(t.num_rows for tables in self._held.values() for t in tables)
+
+    def held_windows(self) -> list[int]:
+        """Window ends with readings held in memory because their write failed (oldest first): such a
+        window must not be written (closed) before they are on disk."""
+        return sorted(self._held)
+
+    def held_bytes(self) -> int:
+        """Size of the readings held in memory after failed writes (counted against the disk budget)."""
+        return sum(t.nbytes for tables in self._held.values() for t in tables)
+
+    def readings_in(self, end: int) -> int:
+        """Readings of the window on disk plus held in memory (for the budget's drop events)."""
+        on_disk = sum(t.num_rows for path in self._segments().get(end, []) for t in self._read_segment(path))
+        return on_disk + sum(t.num_rows for t in self._held.get(end, []))
+
+    def close(self) -> None:
+        """Close the open segments. Readings still in memory (the disk refused them up to the end) are lost
+        with the process: said once, with the count."""
+        lost = sum(t.num_rows for tables in self._held.values() for t in tables)
+        if lost:
+            self.dropped_readings["unwritten_at_exit"] += lost
+            log.error("spool: %d readings could not be written to %s before stopping (the disk refused them); "
+                      "they are lost", lost, self.dir)
+        for end in list(self._open):
+            self._drop_segment_handle(end)
+        if self._alive_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._alive_fd)
+            self._alive_fd = None

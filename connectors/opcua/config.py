@@ -1,0 +1,235 @@
+"""OPC-UA source configuration: the [[sources]] kind = "opcua" models.
+
+Light on purpose: no asyncua import at module level, so that agent.config (through connectors.registry) can
+validate every asset file without loading the protocol library. The NodeId validator imports asyncua inside the
+function, so only an asset with OPC-UA sources pays for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from connectors.base import SourceConfig
+
+# --------------------------------------------------------------------------------------------- config
+
+
+def _reject_inline_password(data: Any) -> Any:
+    """Before-validator: a `password` key gets its own message (extra="forbid" alone would not say why)."""
+    if isinstance(data, dict) and "password" in data:
+        raise ValueError(
+            "an inline `password` is not accepted (asset files get copied and logged): "
+            "use password_file or password_env"
+        )
+    return data
+
+
+class DeadbandConfig(BaseModel):
+    """A data-change filter applied by the server: changes smaller than this are not reported."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["absolute", "percent"] = Field(
+        description="absolute: in the value's engineering unit; percent: of the node's EURange "
+        "(the server must expose EURange)."
+    )
+    value: float = Field(ge=0, description="Deadband size (unit per `type`).")
+
+
+class NodeConfig(BaseModel):
+    """One sensor: exactly one of node_id and browse_path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor: str = Field(description="Sensor name (the CSV column) this node feeds.", min_length=1)
+    node_id: str | None = Field(default=None, description='OPC-UA NodeId text, e.g. "ns=2;s=Pump07.Flow".')
+    browse_path: str | None = Field(
+        default=None,
+        description='Path of browse names from the Root folder, "/"-separated, each "<ns>:<name>", '
+        'e.g. "0:Objects/2:Pump07/2:Flow". Resolved again on every (re)connect.',
+    )
+
+    @field_validator("node_id")
+    @classmethod
+    def _parse_node_id(cls, text: str | None) -> str | None:
+        if text is not None:
+            from asyncua import ua  # only an asset that has OPC-UA sources pays for asyncua
+
+            try:
+                ua.NodeId.from_string(text)
+            except (ua.UaError, ValueError, TypeError) as exc:  # UaStringParsingError; ValueError from uuid, int
+                raise ValueError(f"not a valid NodeId: {text!r} ({exc})") from None
+        return text
+
+    @field_validator("browse_path")
+    @classmethod
+    def _parse_browse_path(cls, text: str | None) -> str | None:
+        if text is not None:
+            browse_elements(text)
+        return text
+
+    @model_validator(mode="after")
+    def _exactly_one_address(self) -> NodeConfig:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError(f"sensor {self.sensor!r}: give exactly one of node_id and browse_path")
+        return self
+
+
+class SecurityConfig(BaseModel):
+    """Secure channel settings, used identically on every (re)connect and by write_opcua."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = Field(
+        default="None", description="Security policy of the secure channel."
+    )
+    mode: Literal["Sign", "SignAndEncrypt"] = Field(
+        default="SignAndEncrypt", description="Message security mode (ignored when policy is None)."
+    )
+    certificate: Path | None = Field(
+        default=None,
+        description="Client certificate (DER or PEM); relative to the asset file's folder. "
+        "`l4e-agent opcua-cert` makes one.",
+    )
+    private_key: Path | None = Field(
+        default=None, description="Client private key (PEM or DER); relative to the asset file's folder."
+    )
+    server_certificate: Path | list[Path] | None = Field(
+        default=None,
+        description="Trusted server certificate(s): a file or a list (DER or PEM), relative to the asset "
+        "file's folder. Given (or with trust_dir), only these and one accepted with `l4e-agent probe CONFIG "
+        "--source NAME --accept-certificate FINGERPRINT` are trusted. Absent: the first certificate seen is "
+        "pinned in <state-dir>/trust/<source>.der (see trust_on_first_use). A server presenting any other "
+        "certificate is refused before the username and password are sent.",
+    )
+    trust_dir: Path | None = Field(
+        default=None,
+        description="Folder of trusted server certificates (*.der, *.cer, *.crt, *.pem), relative to the "
+        "asset file's folder; read at every connect, so adding a file accepts a certificate without restart.",
+    )
+    trust_on_first_use: bool = Field(
+        default=True,
+        description="With no trusted certificate yet (none configured, none accepted): pin the first one "
+        "the server presents. false: refuse every server until a certificate is configured or accepted.",
+    )
+    allow_credentials_over_none: bool = Field(
+        default=False,
+        description="Policy None proves nothing about the server, so a username and password would go to "
+        "anything answering on the endpoint: a username needs a secured policy unless this is true.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: Any) -> Any:
+        return _reject_inline_password(data)
+
+    @model_validator(mode="after")
+    def _keys_for_policy(self) -> SecurityConfig:
+        if self.policy != "None" and (self.certificate is None or self.private_key is None):
+            raise ValueError(f"policy {self.policy} needs certificate and private_key")
+        if self.policy == "None" and (self.server_certificate is not None or self.trust_dir is not None):
+            raise ValueError(
+                "server_certificate/trust_dir need a secured policy (Basic256Sha256, Aes128_Sha256_RsaOaep, "
+                "Aes256_Sha256_RsaPss): policy None checks no server certificate"
+            )
+        return self
+
+    def trusted_paths(self) -> list[Path]:
+        """``server_certificate`` as a list (empty when absent)."""
+        sc = self.server_certificate
+        return [] if sc is None else list(sc) if isinstance(sc, list) else [sc]
+
+
+class OpcUaSourceConfig(SourceConfig):
+    """An OPC-UA server ([[sources]] with kind = "opcua")."""
+
+    kind: Literal["opcua"] = Field(description="Source type.")
+    endpoint: str = Field(
+        description="Server endpoint URL, opc.tcp://host:port[/path] (IPv6 literals in brackets).",
+        pattern=r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+):\d{1,5}(/\S*)?$",
+    )
+    mode: Literal["subscribe", "poll"] = Field(
+        default="subscribe", description="subscribe: the server reports changes; poll: batched reads."
+    )
+    publishing_interval_ms: float = Field(
+        default=1000, gt=0, description="Subscription publishing interval (ms, wall clock)."
+    )
+    sampling_interval_ms: float = Field(
+        default=1000, ge=0, description="Server-side sampling interval per node (ms; 0 = fastest)."
+    )
+    queue_size: int = Field(
+        default=1, ge=0, description="Server-side queue per node: values kept between publishes (1 = latest)."
+    )
+    deadband: DeadbandConfig | None = Field(
+        default=None, description="Optional data-change deadband, applied to every non-Boolean node."
+    )
+    poll_interval_ms: float = Field(
+        default=1000, gt=0, description="Poll mode: time between read cycles (ms, wall clock)."
+    )
+    nodes: list[NodeConfig] = Field(min_length=1, description="The sensors read from this server.")
+    timestamp: Literal["source", "server", "received"] = Field(
+        default="source", description="Which time stamps a reading (see the module docs)."
+    )
+    max_clock_skew_secs: float = Field(
+        default=300,
+        gt=0,
+        description="A source/server timestamp further than this from the received "
+        "time is replaced by the received time (and counted).",
+    )
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="Secure channel.")
+    username: str | None = Field(default=None, description="User name for a UserName identity token.")
+    password_file: Path | None = Field(
+        default=None, description="File holding the password (first line; relative to the asset file)."
+    )
+    password_env: str | None = Field(default=None, description="Environment variable holding the password.")
+    timeout_secs: float = Field(default=5, gt=0, description="Per-request timeout (s).")
+    backoff_initial_secs: float = Field(default=1, gt=0, description="First reconnect delay (s).")
+    backoff_max_secs: float = Field(default=30, gt=0, description="Reconnect delay cap (s).")
+    stale_after_intervals: int = Field(
+        default=10,
+        ge=0,
+        description="Publishing intervals without any notification or keep-alive "
+        "after which the session is treated as lost (0 disables; never less than timeout_secs).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: Any) -> Any:
+        return _reject_inline_password(data)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> OpcUaSourceConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give at most one of password_file and password_env")
+        if (self.password_file is not None or self.password_env is not None) and not self.username:
+            raise ValueError("a password needs a username")
+        if self.username and self.security.policy == "None" and not self.security.allow_credentials_over_none:
+            raise ValueError(
+                "username with security.policy = \"None\": the password would be sent to whatever answers on "
+                "the endpoint; set security.policy (Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss) "
+                "or security.allow_credentials_over_none = true"
+            )
+        if self.backoff_max_secs < self.backoff_initial_secs:
+            raise ValueError("backoff_max_secs must be >= backoff_initial_secs")
+        sensors = [n.sensor for n in self.nodes]
+        duplicates = sorted({s for s in sensors if sensors.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"sensor names used twice: {', '.join(duplicates)}")
+        return self
+
+    def sensors(self, base_dir: Path) -> list[str]:
+        return [n.sensor for n in self.nodes]
+
+
+def browse_elements(text: str) -> list[tuple[int, str]]:
+    """'0:Objects/2:Pump07/2:Flow' → (namespace index, browse name) pairs; a ValueError names the bad element."""
+    names = []
+    for part in text.strip("/").split("/"):
+        ns, sep, name = part.partition(":")
+        if not sep or not ns.isdigit() or not name:
+            raise ValueError(f"browse_path element {part!r} is not '<namespace index>:<browse name>'")
+        names.append((int(ns), name))
+    return names
