@@ -20,9 +20,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from agent.core.atomic import write_json_atomic
 from agent.core.errors import TransitionLog
 from agent.core.model import Event, Window
+from agent.pipeline.columns import Columns
 from agent.pipeline.csvfile import component_csv, time_column
 from agent.pipeline.diskhealth import disk_error
 from agent.pipeline.outbox import Outbox
@@ -182,11 +185,23 @@ class WindowCloser:
     def _close(self, window: Window, now: float) -> list[Event]:
         plan = self.plan
         readings = self.spool.read(window.end)
-        grid, carry = resample(readings, window, plan.rate, plan.sensors, plan.aggs, plan.fill_limit, self.carry,
-                               plan.holds)
+        # one component at a time: a window of thousands of sensors never becomes one wide frame, so the
+        # memory a close needs is that of its largest component, not of the asset (sensors are in exactly one
+        # component; each sensor's rows depend on its own readings only, so the bytes are the same)
+        comps = list(plan.components.items())
+        comp_of = {s: k for k, (_, sensors) in enumerate(comps) for s in sensors}
+        group = np.array([comp_of.get(n, -1) for n in readings.names], dtype=np.int64)[readings.code] \
+            if readings.num_rows else np.empty(0, np.int64)
+        order = np.argsort(group, kind="stable")  # stable: each component keeps the append order
+        bounds = np.searchsorted(group[order], np.arange(-1, len(comps) + 1))
+        unknown = int(bounds[1] - bounds[0])
+        carry = self.carry
         events = []
-        times_text = time_column(grid.times)
-        for comp, sensors in plan.components.items():
+        times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
+        for k, (comp, sensors) in enumerate(comps):
+            rows = order[bounds[k + 1]:bounds[k + 2]]
+            part = Columns(readings.names, readings.code[rows], readings.ts[rows], readings.value[rows])
+            grid, carry = resample(part, window, plan.rate, sensors, plan.aggs, plan.fill_limit, carry, plan.holds)
             data = component_csv(grid, sensors, plan.timestamp_column, times_text)
             if data is None:
                 self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + 1
@@ -202,9 +217,8 @@ class WindowCloser:
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1
-        if grid.unknown_sensors:
-            log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window),
-                      grid.unknown_sensors)
+        if unknown:
+            log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
         return events
 
     # --- disk budget ----------------------------------------------------------------------------------

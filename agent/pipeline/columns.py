@@ -49,13 +49,17 @@ class Columns:
 
     @classmethod
     def from_readings(cls, readings) -> Columns:
-        """From a list of agent.model.Reading (in append order)."""
+        """From a list of agent.model.Reading (in append order). ``names`` come sorted, so flushes of the same
+        sensors carry the same name table (the reader then shares one copy of it, see ``decode``)."""
         index: dict[str, int] = {}
         n = len(readings)
         code = np.fromiter((index.setdefault(r.sensor, len(index)) for r in readings), dtype=np.int32, count=n)
         ts = np.fromiter((r.ts for r in readings), dtype=np.float64, count=n)
         value = np.fromiter((r.value for r in readings), dtype=np.float64, count=n)
-        return cls(tuple(index), code, ts, value)
+        names = sorted(index)
+        rank = np.empty(len(names), dtype=np.int32)
+        rank[[index[s] for s in names]] = np.arange(len(names), dtype=np.int32)
+        return cls(tuple(names), rank[code] if n else code, ts, value)
 
     @classmethod
     def from_rows(cls, sensors, ts, values) -> Columns:
@@ -100,6 +104,10 @@ class Columns:
             return Columns.empty()
         if len(parts) == 1:
             return parts[0]
+        names = parts[0].names
+        if all(p.names is names or p.names == names for p in parts):  # the common case: one name table
+            return Columns(names, np.concatenate([p.code for p in parts]), np.concatenate([p.ts for p in parts]),
+                           np.concatenate([p.value for p in parts]))
         index: dict[str, int] = {}
         codes = []
         for part in parts:
@@ -120,6 +128,7 @@ def encode(cols: Columns) -> bytes:
 def decode(data: bytes) -> tuple[list[Columns], bool]:
     """The records of one segment file's bytes, and whether it ended with a torn (incomplete or corrupt) one."""
     out: list[Columns] = []
+    tables: dict[bytes, tuple[str, ...]] = {}  # one copy of each name table (every flush repeats it)
     pos, size = 0, len(data)
     view = memoryview(data)
     while pos < size:
@@ -132,7 +141,10 @@ def decode(data: bytes) -> tuple[list[Columns], bool]:
         body = view[pos + _HEADER.size:end]
         if zlib.crc32(body) != crc:
             return out, True
-        names = tuple(json.loads(bytes(body[:names_len])))
+        blob = bytes(body[:names_len])
+        names = tables.get(blob)
+        if names is None:
+            names = tables[blob] = tuple(json.loads(blob))
         at = names_len
         code = np.frombuffer(body, dtype="<u4", count=n, offset=at).astype(np.int32)
         ts = np.frombuffer(body, dtype="<f8", count=n, offset=at + 4 * n).astype(np.float64)
