@@ -6,10 +6,10 @@ sensor's index in ``names``), ``ts`` (float64 Unix seconds) and ``value`` (float
 One spool record is one flush of one window (little-endian)::
 
     magic b"L4ES" | version u16 = 1 | reserved u16 | n u32 | names_len u32 | crc32 u32   (20 bytes)
-    body: names (UTF-8 JSON list, names_len bytes) | code u32[n] | ts f64[n] | value f64[n]
+    body: names (UTF-8 JSON list, names_len bytes) | code i32[n] | ts f64[n] | value f64[n]
 
-The CRC covers the body. A reader takes records in order and stops at the first one that is short, has a bad
-magic or a bad CRC: a torn tail after a crash loses only the record being written, never an earlier one.
+The CRC covers the body. ``read_file`` takes records in order and stops at the first one that is short, has a
+bad magic or a bad CRC: a torn tail after a crash loses only the record being written, never an earlier one.
 Why not Arrow IPC (the previous format, still read): pyarrow costs 36 MB resident in every agent process, which is
 most of what a small asset needs in all; these records are as cheap to write and read with numpy alone.
 """
@@ -120,35 +120,55 @@ class Columns:
 def encode(cols: Columns) -> bytes:
     """One spool record (see the module docstring)."""
     names = json.dumps(list(cols.names), ensure_ascii=False, separators=(",", ":")).encode()
-    body = b"".join((names, cols.code.astype("<u4").tobytes(), cols.ts.astype("<f8").tobytes(),
+    body = b"".join((names, cols.code.astype("<i4").tobytes(), cols.ts.astype("<f8").tobytes(),
                      cols.value.astype("<f8").tobytes()))
     return _HEADER.pack(MAGIC, VERSION, 0, cols.num_rows, len(names), zlib.crc32(body)) + body
 
 
-def decode(data: bytes) -> tuple[list[Columns], bool]:
-    """The records of one segment file's bytes, and whether it ended with a torn (incomplete or corrupt) one."""
-    out: list[Columns] = []
-    tables: dict[bytes, tuple[str, ...]] = {}  # one copy of each name table (every flush repeats it)
-    pos, size = 0, len(data)
-    view = memoryview(data)
-    while pos < size:
-        if size - pos < _HEADER.size:
-            return out, True
-        magic, version, _, n, names_len, crc = _HEADER.unpack_from(data, pos)
-        end = pos + _HEADER.size + names_len + 20 * n
-        if magic != MAGIC or version != VERSION or end > size:
-            return out, True
-        body = view[pos + _HEADER.size:end]
-        if zlib.crc32(body) != crc:
-            return out, True
-        blob = bytes(body[:names_len])
-        names = tables.get(blob)
-        if names is None:
-            names = tables[blob] = tuple(json.loads(blob))
-        at = names_len
-        code = np.frombuffer(body, dtype="<u4", count=n, offset=at).astype(np.int32)
-        ts = np.frombuffer(body, dtype="<f8", count=n, offset=at + 4 * n).astype(np.float64)
-        value = np.frombuffer(body, dtype="<f8", count=n, offset=at + 12 * n).astype(np.float64)
-        out.append(Columns(names, code, ts, value))
-        pos = end
-    return out, False
+def read_file(path) -> tuple[Columns, int, bool]:
+    """A segment file's records as one Columns, the number of complete records, and whether it ended torn.
+
+    Streams the file twice (headers, then bodies straight into arrays of the final size), so reading a window
+    costs the size of its columns once, not the file's bytes plus a copy."""
+    sizes: list[tuple[int, int, int, int]] = []  # (body offset, n, names_len, crc) of each whole record
+    torn = False
+    with open(path, "rb") as fh:
+        total = fh.seek(0, 2)
+        pos = 0
+        while pos < total:
+            fh.seek(pos)
+            header = fh.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                torn = True
+                break
+            magic, version, _, n, names_len, crc = _HEADER.unpack(header)
+            end = pos + _HEADER.size + names_len + 20 * n
+            if magic != MAGIC or version != VERSION or end > total:
+                torn = True
+                break
+            sizes.append((pos + _HEADER.size, n, names_len, crc))
+            pos = end
+        count = sum(n for _, n, _, _ in sizes)
+        code = np.empty(count, dtype=np.int32)
+        ts = np.empty(count, dtype=np.float64)
+        value = np.empty(count, dtype=np.float64)
+        index: dict[str, int] = {}
+        tables: dict[bytes, np.ndarray] = {}  # name table bytes → its lookup into the merged names
+        at = good = 0
+        for offset, n, names_len, crc in sizes:
+            fh.seek(offset)
+            body = fh.read(names_len + 20 * n)
+            if zlib.crc32(body) != crc:
+                torn = True
+                break
+            blob = body[:names_len]
+            lut = tables.get(blob)
+            if lut is None:
+                lut = tables[blob] = np.array([index.setdefault(x, len(index)) for x in json.loads(blob)],
+                                              dtype=np.int32)
+            code[at:at + n] = lut[np.frombuffer(body, dtype="<i4", count=n, offset=names_len)]
+            ts[at:at + n] = np.frombuffer(body, dtype="<f8", count=n, offset=names_len + 4 * n)
+            value[at:at + n] = np.frombuffer(body, dtype="<f8", count=n, offset=names_len + 12 * n)
+            at += n
+            good += 1
+    return Columns(tuple(index), code[:at], ts[:at], value[:at]), good, torn

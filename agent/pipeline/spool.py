@@ -42,7 +42,7 @@ import numpy as np
 
 from agent.core.errors import StateError
 from agent.core.model import Reading
-from agent.pipeline.columns import Columns, decode, encode
+from agent.pipeline.columns import Columns, encode, read_file
 from agent.pipeline.diskhealth import DiskHealth
 
 log = logging.getLogger("l4e.spool")
@@ -250,14 +250,14 @@ class Spool:
         if path.suffix == LEGACY_SUFFIX:
             return self._read_legacy(path)
         try:
-            out, torn = decode(path.read_bytes())
+            cols, records, torn = read_file(path)
         except (OSError, ValueError) as exc:
-            out, torn = [], exc
+            cols, records, torn = Columns.empty(), 0, exc
         if torn:
             # a crash mid-write leaves a partial last record (or an empty file): keep what came before
             self.torn_segments += 1
-            log.warning("spool: %s ends with a torn record; %d complete records recovered", path.name, len(out))
-        return out
+            log.warning("spool: %s ends with a torn record; %d complete records recovered", path.name, records)
+        return [cols] if cols.num_rows else []
 
     def _read_legacy(self, path: Path) -> list[Columns]:
         """An Arrow IPC stream segment from an earlier version (pyarrow is imported for it only)."""

@@ -96,3 +96,19 @@ def test_segments_of_the_previous_format_are_still_read(tmp_path):
                                            "value": [1.5, 2.5, 3.5]}
     spool.ack(300)
     assert not list(tmp_path.glob("300-*"))
+
+
+def test_a_corrupt_record_ends_the_segment_there_and_earlier_records_are_kept(tmp_path):
+    """A record whose bytes changed (bad CRC) is not trusted, nor anything after it."""
+    spool = Spool(tmp_path, 300)
+    for k in range(3):
+        spool.append([Reading("a", float(k), 10.0 + k)])
+        spool.flush()
+    (segment,) = tmp_path.glob("300-*.l4es")
+    data = bytearray(segment.read_bytes())
+    record = len(data) // 3
+    data[record + 30] ^= 0xFF  # a flipped byte inside the second record's body
+    segment.write_bytes(bytes(data))
+    recovered = Spool(tmp_path, 300)
+    assert recovered.read(300).value.tolist() == [0.0]
+    assert recovered.torn_segments == 1
