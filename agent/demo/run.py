@@ -107,7 +107,7 @@ async def run_demo(plan: Plan, out: Path) -> int:
     from agent.lookout.provision import provision
     from agent.lookout.results import ResultsPoller
     from agent.lookout_local import LocalLookoutService
-    from agent.runtime.metrics import MetricsConfig
+    from agent.runtime.metrics_config import MetricsConfig
     from agent.runtime.service import Agent, AssetRunner
 
     t_begin = time.monotonic()

@@ -4,7 +4,9 @@ service         builds an asset's runner (connectors, pipeline, alarms, results)
 scheduler       the only APScheduler user
 supervision     what the service shows while it runs: metrics collection, /healthz, systemd notifications
 sdnotify        systemd notify and watchdog
-metrics         Prometheus metrics: the registry, the agent's metric set, a small HTTP server
+metrics         the agent's Prometheus metrics (prometheus_client custom collector, filled at scrape time)
+metrics_config  the [metrics] table and its token rule
+httpd           the HTTP listener: /metrics, /healthz, the status page and /api/status
 logs            logging configuration (logfmt or JSON)
 status_data     the status page's data
 status_history  the bounded history behind the status page's charts

@@ -447,7 +447,7 @@ class Agent:
         self.notifier.status(self.supervision.summary())
 
     async def run(self, until: float | None = None) -> int:
-        from agent.runtime.metrics import MetricsServer
+        from agent.runtime.httpd import MetricsServer
         from agent.runtime.sdnotify import WatchdogGate
 
         loop = asyncio.get_running_loop()
