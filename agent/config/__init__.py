@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.alarms.engine import AlarmsConfig
+from agent.alarms.config import AlarmsConfig
 from agent.config import env as config_env
 from agent.config.errors import format_problems, format_validation
 from agent.config.files import check_text_file, describe_read_error, read_text, toml_problems

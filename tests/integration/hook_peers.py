@@ -224,7 +224,8 @@ def connector_writer_factory(sources: dict, base_dir: Path):
 
 
 async def _raise_then_hang(config_json: str, state_dir: str, base_dir: str) -> None:
-    from agent.alarms.engine import AlarmEngine, AlarmsConfig
+    from agent.alarms.config import AlarmsConfig
+    from agent.alarms.engine import AlarmEngine
     from agent.alarms.hooks import build_hooks
     from agent.core.clock import SystemClock
 

@@ -21,7 +21,9 @@ import pandas as pd
 import pytest
 from botocore.config import Config
 
-from agent.alarms.engine import AlarmEngine, AlarmsConfig, AnomalyRuleConfig, EventRuleConfig, FileHookConfig
+from agent.alarms.config import AlarmsConfig, AnomalyRuleConfig, EventRuleConfig
+from agent.alarms.engine import AlarmEngine
+from agent.alarms.hook_config import FileHookConfig
 from agent.alarms.hooks import build_hooks
 from agent.config import load
 from agent.core.clock import ScaledClock
