@@ -256,7 +256,7 @@ def _state_dirs(args, configs) -> list[Path]:
 
 
 def make_runner(config, path: Path, state_dir: Path, clock):
-    from agent.runtime.service import AssetRunner
+    from agent.runtime.asset import AssetRunner
 
     runner = AssetRunner(config, path, state_dir, clock)
     lk = config.lookout
@@ -270,7 +270,8 @@ def make_runner(config, path: Path, state_dir: Path, clock):
 
 
 def cmd_run(args) -> int:
-    from agent.runtime.service import Agent, AssetRunner
+    from agent.runtime.agent import Agent
+    from agent.runtime.asset import AssetRunner
 
     plain = _load_all(args.configs)
     dirs = _state_dirs(args, plain)
@@ -299,9 +300,9 @@ def cmd_run(args) -> int:
 
 def cmd_check(args) -> int:
     from agent.config import base_dir_of
+    from agent.pipeline.plan import plan_from_config
     from agent.pipeline.store import parse_location
     from agent.pipeline.windows import iso_window, object_key, window_containing, windows_between
-    from agent.runtime.service import plan_from_config
 
     configs = _load_all(args.configs)
     now = args.at if args.at is not None else time.time()

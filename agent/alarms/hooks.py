@@ -13,7 +13,7 @@ payload is the same JSON object (agent.alarms.hook_config.alarm_to_dict): the Al
     file        one JSON line appended per transition, fsynced.
     log         one line on the logger ``l4e.alarms``.
     write_back  ``writer(raise_value)`` on raise, ``writer(clear_value)`` on clear. The writer comes from
-                agent.runtime.service (built from the connectors; this module never imports them). A hook shared
+                agent.runtime.asset (built from the connectors; this module never imports them). A hook shared
                 by several rules writes clear_value on any clear: give each rule its own output if that
                 matters.
 """
@@ -53,7 +53,7 @@ from agent.core.model import Alarm
 log = logging.getLogger("l4e.alarms")
 
 Writer = Callable[[Any], Awaitable[None]]
-"""Writes one value to the PLC; raises on failure. Built per write_back hook by agent.runtime.service."""
+"""Writes one value to the PLC; raises on failure. Built per write_back hook by agent.runtime.asset."""
 
 WriterFactory = Callable[[WriteBackHookConfig], Writer]
 

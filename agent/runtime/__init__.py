@@ -1,6 +1,7 @@
 """The running agent: building, scheduling and supervising the data path, and what it shows to operators.
 
-service         builds an asset's runner (connectors, pipeline, alarms, results) and supervises it
+agent           the Agent: runs the asset runners, HTTP listener, health, sd_notify, SIGHUP reload, SIGTERM drain
+asset           AssetRunner: builds one asset's connectors, pipeline, alarms and results poller, and supervises them
 scheduler       the only APScheduler user
 supervision     what the service shows while it runs: metrics collection, /healthz, systemd notifications
 sdnotify        systemd notify and watchdog

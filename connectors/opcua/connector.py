@@ -201,7 +201,7 @@ class OpcUaConnector:
             await asyncio.sleep(backoff.next())
 
     def use_state_dir(self, state_dir: Path) -> None:
-        """Keep the pinned server certificate in ``state_dir`` (agent.runtime.service calls this when building)."""
+        """Keep the pinned server certificate in ``state_dir`` (agent.runtime.asset calls this when building)."""
         self._trust.state_dir = Path(state_dir)
 
     async def accept_certificate(self, fingerprint: str) -> str:

@@ -331,8 +331,9 @@ async def cli(*args: str) -> tuple[int, str]:
 async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_restores_the_data(
     pki: Path, tmp_path: Path
 ) -> None:
+    from agent.runtime.agent import Agent
+    from agent.runtime.asset import AssetRunner
     from agent.runtime.metrics import render
-    from agent.runtime.service import Agent, AssetRunner
     from agent.runtime.supervision import Supervision
 
     port = free_port()

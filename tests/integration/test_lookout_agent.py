@@ -44,7 +44,8 @@ from agent.lookout.status import status
 from agent.lookout_local import LocalLookoutService
 from agent.pipeline.store import FileStore
 from agent.pipeline.windows import results_key
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.conftest import free_port
 from tests.lookout_local import synth
 
