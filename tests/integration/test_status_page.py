@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
-from agent.cli import make_runner
+from agent.commands.run import make_runner
 from agent.config import load
 from agent.core.clock import ScaledClock, iso_utc, parse_instant
 from agent.runtime.agent import Agent
