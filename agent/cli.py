@@ -145,7 +145,7 @@ def _sub_program(argv: list[str]) -> int | None:
 
         return worker_main(argv[2:])
     if argv[:1] == ["simulate"]:
-        from agent.demo.simulator import simulate_main
+        from agent.demo.simulate import simulate_main
 
         _setup_logging("INFO")
         return simulate_main(argv[1:])
