@@ -103,7 +103,6 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
                ("source",)),
     MetricSpec(SOURCE_UNTRUSTED, "gauge", "1 while the source's server certificate is refused, else 0.", ("source",)),
 )
-SPECS_BY_NAME = {spec.name: spec for spec in METRIC_SPECS}
 
 _FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}
 

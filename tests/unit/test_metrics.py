@@ -209,3 +209,20 @@ async def test_broken_health_check_is_503_and_garbage_is_400() -> None:
             writer.close()
             await writer.wait_closed()
             assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_supervision_folds_each_upload_latency_into_the_histogram_once() -> None:
+    from agent.pipeline.upload import UploadStats
+    from agent.runtime.supervision import Supervision
+
+    supervision, stats = Supervision([]), UploadStats()
+    stats.record("a.csv", 0.5)
+    stats.record("b.csv", 40.0)
+    first = supervision._latency_histogram("pump-7", stats)
+    assert (first.count, first.sum) == (2, 40.5)
+    assert supervision._latency_histogram("pump-7", stats).count == 2  # a second scrape adds nothing
+    stats.record("c.csv", 7200.0)
+    again = supervision._latency_histogram("pump-7", stats)
+    assert again.cumulative() == [("1.0", 1), ("5.0", 1), ("30.0", 1), ("60.0", 2), ("300.0", 2), ("900.0", 2),
+                                  ("3600.0", 2), ("+Inf", 3)]
+    assert again.sum == 7240.5
