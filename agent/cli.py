@@ -15,19 +15,17 @@ Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-import time
 from pathlib import Path
 
-from agent.core.clock import Clock, ScaledClock, SystemClock, iso_utc, parse_instant
+from agent.commands.common import DEFAULT_STATE_ROOT
+from agent.core.clock import parse_instant
 from agent.core.errors import ConfigError, L4EAgentError, StateError
 
 log = logging.getLogger("l4e.cli")
 EX_CONFIG = ConfigError.exit_code  # 78
 EX_TEMPFAIL = StateError.exit_code  # 75
-DEFAULT_STATE_ROOT = Path("/var/lib/l4e-agent")
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -58,18 +56,6 @@ def _add_clock_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock-start", type=_instant, help="run on a simulated clock starting at this ISO 8601 "
                    "instant (demo, tests)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated clock speed (with --clock-start)")
-
-
-def make_clock(args, state_root: Path | None) -> Clock:
-    if getattr(args, "clock_start", None) is None:
-        if getattr(args, "speed", 1.0) != 1.0:
-            raise ConfigError("--speed needs --clock-start")
-        return SystemClock()
-    if args.speed <= 0:
-        raise ConfigError("--speed must be > 0")
-    if state_root is None:
-        return ScaledClock(args.clock_start, args.speed)
-    return ScaledClock.persistent(args.clock_start, args.speed, state_root / "clock.json")
 
 
 # Sub-programs with their own parsers: main() hands them the rest of the command line. They are declared in
@@ -159,7 +145,7 @@ def _sub_program(argv: list[str]) -> int | None:
 
         return worker_main(argv[2:])
     if argv[:1] == ["simulate"]:
-        from agent.demo.simulator import simulate_main
+        from agent.demo.simulate import simulate_main
 
         _setup_logging("INFO")
         return simulate_main(argv[1:])
@@ -187,10 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         if args.command == "run":
+            from agent.commands.run import cmd_run
+
             return cmd_run(args)
         if args.command == "check":
+            from agent.commands.check import cmd_check
+
             return cmd_check(args)
         if args.command == "probe":
+            from agent.commands.check import cmd_probe
+
             return cmd_probe(args)
         if args.command == "provision":
             return cmd_provision(args)
@@ -226,163 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _discovered(config, path: Path, state_dir: Path):
-    """Fill the [lookout] settings from the scheduler when the file names one (cached for outages)."""
-    if config.lookout.scheduler is None:
-        return config
-    from agent.lookout.client import discover, make_client
-
-    return discover(config, path, state_dir, make_client(config.lookout.endpoint_url, config.lookout.region))
-
-
-def _load_all(paths: list[Path], state_dirs: list[Path] | None = None):
-    from agent.config import load
-
-    configs = [load(p) for p in paths]  # every file validated before anything starts
-    if state_dirs is not None:
-        configs = [_discovered(c, p, d) for c, p, d in zip(configs, paths, state_dirs, strict=True)]
-    assets = [c.asset for c in configs]
-    dupes = {a for a in assets if assets.count(a) > 1}
-    if dupes:
-        raise ConfigError(f"asset names must be unique across files, repeated: {sorted(dupes)}", key="asset")
-    return configs
-
-
-def _state_dirs(args, configs) -> list[Path]:
-    """One asset (as systemd runs it: StateDirectory=l4e-agent/%i): --state-dir is its own folder."""
-    state_root = args.state_dir or DEFAULT_STATE_ROOT
-    single = args.state_dir is not None and len(configs) == 1
-    return [c.state_dir or (state_root if single else state_root / c.asset) for c in configs]
-
-
-def make_runner(config, path: Path, state_dir: Path, clock):
-    from agent.runtime.service import AssetRunner
-
-    runner = AssetRunner(config, path, state_dir, clock)
-    lk = config.lookout
-    if lk.scheduler or lk.output:
-        from agent.lookout.client import make_client
-        from agent.lookout.results import ResultsPoller
-
-        client = make_client(lk.endpoint_url, lk.region) if lk.scheduler else None
-        runner.results_poller = ResultsPoller(config.asset, lk, state_dir, clock, client=client)
-    return runner
-
-
-def cmd_run(args) -> int:
-    from agent.runtime.service import Agent, AssetRunner
-
-    plain = _load_all(args.configs)
-    dirs = _state_dirs(args, plain)
-    configs = _load_all(args.configs, dirs)
-    state_root = args.state_dir or DEFAULT_STATE_ROOT
-    clock = make_clock(args, state_root)
-    runners = [make_runner(c, p, d, clock) for p, c, d in zip(args.configs, configs, dirs, strict=True)]
-
-    from agent.runtime.logs import configure_logging
-
-    configure_logging(configs[0].log.format, configs[0].log.level)
-    # asyncua logs every lost connection at ERROR with a traceback and pymodbus every timeout at ERROR; the
-    # connectors log each transition once themselves (first failure WARNING, recovery INFO)
-    for library in ("asyncua", "pymodbus"):
-        logging.getLogger(library).setLevel(logging.CRITICAL)
-
-    def reload() -> list[AssetRunner]:
-        fresh = _load_all(args.configs, dirs)  # raises ConfigError: the running configuration stays
-        return [make_runner(c, p, d, clock) for p, c, d in zip(args.configs, fresh, dirs, strict=True)]
-
-    async def _main() -> int:
-        return await Agent(runners, clock, metrics_config=configs[0].metrics, reload=reload).run(until=args.until)
-
-    return asyncio.run(_main())
-
-
-def cmd_check(args) -> int:
-    from agent.config import base_dir_of
-    from agent.pipeline.store import parse_location
-    from agent.pipeline.windows import iso_window, object_key, window_containing, windows_between
-    from agent.runtime.service import plan_from_config
-
-    configs = _load_all(args.configs)
-    now = args.at if args.at is not None else time.time()
-    for path, config in zip(args.configs, configs, strict=True):
-        if config.lookout.scheduler and args.online:
-            from agent.lookout.client import make_client, scheduler_status
-
-            client = make_client(config.lookout.endpoint_url, config.lookout.region)
-            config = _discovered(config, path, DEFAULT_STATE_ROOT / config.asset)
-            state = scheduler_status(client, config.lookout.scheduler)
-            print(f"{path}: scheduler {state.name}: {state.status}")
-            if state.warning:
-                print(f"  WARNING: {state.warning}")
-        elif config.lookout.upload_frequency is None:
-            print(f"{path}: OK (settings come from scheduler {config.lookout.scheduler}: use --online to read "
-                  "them and print the plan)")
-            continue
-        plan = plan_from_config(config, base_dir_of(path))
-        lk = config.lookout
-        scheme, where, prefix = parse_location(lk.input)
-        print(f"{path}: OK")
-        print(f"  asset {config.asset}: {len(plan.components)} component(s), {len(plan.sensors)} sensor(s), "
-              f"{len(config.sources)} source(s)")
-        print(f"  windows: {lk.upload_frequency} (start, end] on the UTC hour grid, rows every "
-              f"{lk.sampling_rate}, written at end + {config.window.grace_secs:g}s, scheduler wakes at end + "
-              f"{lk.delay_offset_minutes} min")
-        print(f"  input: {lk.input} ({'folder' if scheme == 'file' else 'bucket'} {where}, prefix {prefix!r})")
-        if lk.delay_offset_minutes == 0:
-            print("  WARNING: delay_offset_minutes = 0: the scheduler wakes the instant a window ends, before "
-                  "the agent can have written it; every window will be late. Set it to at least 1.")
-        elif config.window.grace_secs >= 60 * lk.delay_offset_minutes:
-            print(f"  WARNING: grace_secs ({config.window.grace_secs:g}) ≥ the delay offset: windows are "
-                  "written after the scheduler has run.")
-        current = window_containing(now, plan.frequency)
-        print(f"  now {iso_utc(now)}: current window {iso_window(current)}")
-        for window in list(windows_between(current.start, current.start + 3 * plan.frequency, plan.frequency)):
-            write_at = window.end + config.window.grace_secs
-            deadline = window.end + 60 * lk.delay_offset_minutes
-            names = ", ".join(repr(object_key(prefix, comp, lk.delimiter, window.start, lk.timestamp_format,
-                                              lk.offset_secs)) for comp in plan.components)
-            print(f"  window {iso_window(window)}: written at {iso_utc(write_at)}, deadline {iso_utc(deadline)}: "
-                  f"{names}")
-        for comp, sensors in plan.components.items():
-            print(f"  component {comp}: Timestamp,{','.join(sensors)}")
-        if args.online:
-            code = _probe(config, path, None)
-            if code:
-                return code
-    return 0
-
-
-def _probe(config, path: Path, source: str | None, state_dir: Path | None = None, accept: str | None = None) -> int:
-    from agent.config import base_dir_of
-    from connectors.registry import connector_class
-
-    selected = [s for s in config.sources if source is None or s.name == source]
-    if not selected:
-        raise ConfigError(f"no source named {source!r}; sources: {[s.name for s in config.sources]}",
-                          file=str(path), key="sources")
-    if accept is not None and selected[0].kind != "opcua":
-        raise L4EAgentError(f"--accept-certificate: source {source} is a {selected[0].kind} source; only OPC-UA "
-                            "sources have a server certificate")
-    state_dir = state_dir or config.state_dir or DEFAULT_STATE_ROOT / config.asset
-    ok = True
-
-    async def _run():
-        nonlocal ok
-        for src in selected:
-            conn = connector_class(src.kind)(src, SystemClock(), base_dir_of(path))
-            if hasattr(conn, "use_state_dir"):
-                conn.use_state_dir(state_dir)
-            if accept is not None:
-                print(await conn.accept_certificate(accept))
-            report = await conn.probe()
-            ok = ok and report.ok
-            print(report.format().replace("<asset file>", str(path)))  # the accept hint, ready to paste
-
-    asyncio.run(_run())
-    return 0 if ok else 1
-
-
 def cmd_provision(args) -> int:
     from agent.config import load
     from agent.lookout.client import make_client
@@ -409,10 +244,3 @@ def cmd_status(args) -> int:
     client = make_client(config.lookout.endpoint_url, config.lookout.region) if config.lookout.scheduler else None
     print(status(config, state_dir, client))
     return 0
-
-
-def cmd_probe(args) -> int:
-    from agent.config import load
-
-    config = load(args.config)
-    return _probe(config, args.config, args.source, args.state_dir, args.accept_certificate)

@@ -3,7 +3,7 @@
 Every hook has ``name``, ``failures`` and ``delivered`` (counted by the AlarmEngine), ``deadline_secs`` (the
 longest one ``fire`` may take, retries included; the engine cancels it after that), and
 ``async fire(alarm)``, which returns after a successful delivery and raises HookError when it gives up. Every
-payload is the same JSON object (agent.alarms.engine.alarm_to_dict): the Alarm's fields plus ``time``.
+payload is the same JSON object (agent.alarms.hook_config.alarm_to_dict): the Alarm's fields plus ``time``.
 
     exec        argv (never a shell), alarm JSON on stdin, L4E_* environment variables; killed (process group)
                 at timeout_secs; a non-zero exit is a failure. At most max_concurrency runs at once.
@@ -13,7 +13,7 @@ payload is the same JSON object (agent.alarms.engine.alarm_to_dict): the Alarm's
     file        one JSON line appended per transition, fsynced.
     log         one line on the logger ``l4e.alarms``.
     write_back  ``writer(raise_value)`` on raise, ``writer(clear_value)`` on clear. The writer comes from
-                agent.runtime.service (built from the connectors; this module never imports them). A hook shared
+                agent.runtime.asset (built from the connectors; this module never imports them). A hook shared
                 by several rules writes clear_value on any clear: give each rule its own output if that
                 matters.
 """
@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.alarms.engine import (
+from agent.alarms.config import AlarmsConfig
+from agent.alarms.hook_config import (
     AlarmHook,
-    AlarmsConfig,
     ExecHookConfig,
     FileHookConfig,
     HookError,
@@ -53,7 +53,7 @@ from agent.core.model import Alarm
 log = logging.getLogger("l4e.alarms")
 
 Writer = Callable[[Any], Awaitable[None]]
-"""Writes one value to the PLC; raises on failure. Built per write_back hook by agent.runtime.service."""
+"""Writes one value to the PLC; raises on failure. Built per write_back hook by agent.runtime.asset."""
 
 WriterFactory = Callable[[WriteBackHookConfig], Writer]
 

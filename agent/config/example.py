@@ -54,7 +54,7 @@ SOURCE_EXAMPLES: dict[str, dict[str, Any]] = {
 
 
 ALARMS_EXAMPLE = """\
-# Hooks deliver alarms: kind = exec | webhook | file | log | write_back (see agent/alarms/engine.py for every key).
+# Hooks deliver alarms: kind = exec | webhook | file | log | write_back (see agent/alarms/hook_config.py for every key).
 [alarms.hooks.journal]
 kind = "log"
 [alarms.hooks.history]

@@ -10,7 +10,7 @@
     └── LookoutError         the Lookout for Equipment API answered with an error
 
 Retriable errors are handled where they happen (connectors, uploader); only the supervisor in
-agent.runtime.service catches Exception, logs it and restarts that task.
+agent.runtime.asset catches Exception, logs it and restarts that task.
 """
 
 from __future__ import annotations

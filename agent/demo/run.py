@@ -107,8 +107,9 @@ async def run_demo(plan: Plan, out: Path) -> int:
     from agent.lookout.provision import provision
     from agent.lookout.results import ResultsPoller
     from agent.lookout_local import LocalLookoutService
-    from agent.runtime.metrics import MetricsConfig
-    from agent.runtime.service import Agent, AssetRunner
+    from agent.runtime.agent import Agent
+    from agent.runtime.asset import AssetRunner
+    from agent.runtime.metrics_config import MetricsConfig
 
     t_begin = time.monotonic()
     # everything talks to 127.0.0.1; the local service takes any key pair, boto3 just needs one to sign with

@@ -8,7 +8,7 @@ With ``WatchdogSec=`` set, systemd exports ``WATCHDOG_USEC`` (and ``WATCHDOG_PID
 service when no ``WATCHDOG=1`` arrives within that time. :class:`WatchdogGate` pings from the event
 loop and only while a health predicate holds, so a stalled loop *or* stopped data both end in a restart.
 
-Usage (in ``agent.runtime.service``)::
+Usage (in ``agent.runtime.agent``)::
 
     notifier = Notifier.from_env()
     health = all_healthy(ProgressCheck("readings", lambda: sum(counts.values()), max_stall_secs=120),

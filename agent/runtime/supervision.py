@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from agent.runtime.metrics import AgentMetrics, Registry
+from agent.runtime import metrics as M
 
 log = logging.getLogger("l4e.supervision")
 
@@ -21,50 +21,55 @@ log = logging.getLogger("l4e.supervision")
 class Supervision:
     def __init__(self, runners: Sequence) -> None:
         self.runners = list(runners)
-        self.registry = Registry()
-        self.metrics = AgentMetrics.register(self.registry)
-        self.registry.add_collector(self.collect)
+        self.registry = M.registry_for(self.collect)
+        self._latency: dict[str, M.LatencyHistogram] = {}  # asset → buckets of the samples seen so far
         self._latency_seen: dict[str, int] = {}
 
     def set_runners(self, runners: Sequence) -> None:
         self.runners = list(runners)
 
-    def collect(self) -> None:
-        m = self.metrics
+    def collect(self, scrape: M.Scrape) -> None:
+        """Copy the data path's totals into ``scrape`` (run by prometheus_client at each /metrics)."""
         for runner in self.runners:
             asset = runner.plan.asset
+            silent, bad = runner.silent_sources(), runner.bad_quality_sources()
             for conn in runner.connectors:
-                st = conn.stats
+                st, source = conn.stats, conn.name
                 for sensor, n in st.readings.items():
-                    m.readings.set_total(n, source=conn.name, sensor=sensor)
+                    scrape.add(M.READINGS_TOTAL, n, source=source, sensor=sensor)
                 for sensor, n in st.read_errors.items():
-                    m.read_errors.set_total(n, source=conn.name, sensor=sensor)
+                    scrape.add(M.READ_ERRORS_TOTAL, n, source=source, sensor=sensor)
                 for sensor, n in st.bad_quality.items():
-                    m.bad_quality.set_total(n, source=conn.name, sensor=sensor)
-                m.source_connected.set(1.0 if st.connected else 0.0, source=conn.name)
-                m.source_alive.set(0.0 if conn.name in runner.silent_sources() else 1.0, source=conn.name)
-                m.source_bad_quality.set(1.0 if conn.name in runner.bad_quality_sources() else 0.0,
-                                         source=conn.name)
-                m.source_untrusted.set(1.0 if getattr(st, "untrusted", None) else 0.0, source=conn.name)
-            m.windows_written.set_total(runner.closer.stats.windows_written, asset=asset)
-            m.windows_late.set_total(runner.uploader.stats.windows_late, asset=asset)
+                    scrape.add(M.BAD_QUALITY_TOTAL, n, source=source, sensor=sensor)
+                scrape.add(M.SOURCE_CONNECTED, 1 if st.connected else 0, source=source)
+                scrape.add(M.SOURCE_ALIVE, 0 if source in silent else 1, source=source)
+                scrape.add(M.SOURCE_BAD_QUALITY, 1 if source in bad else 0, source=source)
+                scrape.add(M.SOURCE_UNTRUSTED, 1 if getattr(st, "untrusted", None) else 0, source=source)
+            scrape.add(M.WINDOWS_WRITTEN_TOTAL, runner.closer.stats.windows_written, asset=asset)
+            scrape.add(M.WINDOWS_LATE_TOTAL, runner.uploader.stats.windows_late, asset=asset)
             for comp, n in runner.closer.stats.windows_missing.items():
-                m.windows_missing.set_total(n, asset=asset, component=comp)
-            m.outbox_backlog.set(runner.uploader.backlog(), asset=asset)
-            m.spool_bytes.set(runner.spool.bytes_on_disk(), asset=asset)
-            # the uploader keeps every latency sample's sum/count; feed the histogram only the new ones
-            stats = runner.uploader.stats
-            seen = self._latency_seen.get(asset, 0)
-            for latency in stats.recent_latencies[max(0, len(stats.recent_latencies) - (stats.latency_count - seen)):]:
-                m.upload_latency.observe(latency, asset=asset)
-            self._latency_seen[asset] = stats.latency_count
+                scrape.add(M.WINDOWS_MISSING_TOTAL, n, asset=asset, component=comp)
+            scrape.add(M.OUTBOX_BACKLOG, runner.uploader.backlog(), asset=asset)
+            scrape.add(M.SPOOL_BYTES, runner.spool.bytes_on_disk(), asset=asset)
+            scrape.histogram(M.UPLOAD_LATENCY_SECONDS, self._latency_histogram(asset, runner.uploader.stats),
+                             asset=asset)
             poller = runner.results_poller
             if poller is not None:
-                m.results_processed.set_total(poller.stats.results_processed, asset=asset)
+                scrape.add(M.RESULTS_PROCESSED_TOTAL, poller.stats.results_processed, asset=asset)
             for rule, n in runner.alarms_raised.items():
-                m.alarms_raised.set_total(n, asset=asset, rule=rule)
+                scrape.add(M.ALARMS_RAISED_TOTAL, n, asset=asset, rule=rule)
             for name, hook in runner.alarms.hooks.items():
-                m.hook_failures.set_total(getattr(hook, "failures", 0), hook=name)
+                scrape.add(M.HOOK_FAILURES_TOTAL, getattr(hook, "failures", 0), hook=name)
+
+    def _latency_histogram(self, asset: str, stats) -> M.LatencyHistogram:
+        """The asset's latency buckets with the samples recorded since the last scrape folded in (the
+        uploader keeps the count and a bounded list of recent samples, not buckets)."""
+        histogram = self._latency.setdefault(asset, M.LatencyHistogram())
+        new = stats.latency_count - self._latency_seen.get(asset, 0)
+        for latency in stats.recent_latencies[max(0, len(stats.recent_latencies) - new):] if new > 0 else ():
+            histogram.observe(latency)
+        self._latency_seen[asset] = stats.latency_count
+        return histogram
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason) for /healthz: liveness, no source whose every item is Bad, no untrusted server (a

@@ -26,7 +26,7 @@ from pathlib import Path
 from agent.config import load
 from agent.core.clock import ScaledClock
 from agent.core.model import Reading
-from agent.runtime.service import AssetRunner
+from agent.runtime.asset import AssetRunner
 from agent.runtime.status_data import collect_status
 from agent.runtime.status_page import render_page
 

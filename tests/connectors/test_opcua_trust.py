@@ -331,7 +331,9 @@ async def cli(*args: str) -> tuple[int, str]:
 async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_restores_the_data(
     pki: Path, tmp_path: Path
 ) -> None:
-    from agent.runtime.service import Agent, AssetRunner
+    from agent.runtime.agent import Agent
+    from agent.runtime.asset import AssetRunner
+    from agent.runtime.metrics import render
     from agent.runtime.supervision import Supervision
 
     port = free_port()
@@ -353,7 +355,7 @@ async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_r
             assert [(a["rule"], a["state"]) for a in raised] == [("plc-identity", "raised")]
             assert fp_b in json.dumps(raised[0])
             assert [e.kind for e in runner.stats.events if e.kind.startswith("source_")] == ["source_untrusted"]
-            assert 'l4e_source_untrusted{source="plc1"} 1' in supervision.registry.render()
+            assert 'l4e_source_untrusted{source="plc1"} 1.0' in render(supervision.registry)
             ok, reason = supervision.health()
             assert not ok and "untrusted sources ['plc1']" in reason
             assert users_b.attempts == []
@@ -374,7 +376,7 @@ async def test_the_agent_raises_source_untrusted_and_the_documented_probe_step_r
             await eventually(lambda: runner.stats.readings > before, 20, "readings from server B")
             await eventually(lambda: "cleared" in journal.read_text(), 30, "the alarm cleared")
             assert ("operator", "s3cret") in users_b.attempts
-            assert 'l4e_source_untrusted{source="plc1"} 0' in supervision.registry.render()
+            assert 'l4e_source_untrusted{source="plc1"} 0.0' in render(supervision.registry)
             assert [e.kind for e in runner.stats.events if e.kind.startswith("source_")] == [
                 "source_untrusted", "source_trusted"]
     finally:

@@ -21,6 +21,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from agent.core.clock import ScaledClock, parse_instant
 from agent.demo.pump_model import SENSORS, PumpModel, history_frame
+from agent.demo.simulate import _parse_fault, simulate_main
 from agent.demo.simulator import (
     MODBUS_ALARM_COIL,
     MODBUS_FAULT_COILS,
@@ -28,8 +29,6 @@ from agent.demo.simulator import (
     OPCUA_BROWSE_NAMES,
     OPCUA_NODES,
     PlantSimulator,
-    _parse_fault,
-    simulate_main,
 )
 from connectors.modbus.config import ModbusSourceConfig
 from connectors.opcua.config import OpcUaSourceConfig
@@ -268,7 +267,7 @@ def test_parse_fault():
 
 @pytest.mark.timeout(30)
 async def test_simulate_command_serves_until_sigterm():
-    code = "import sys; from agent.demo.simulator import simulate_main; sys.exit(simulate_main(sys.argv[1:]))"
+    code = "import sys; from agent.demo.simulate import simulate_main; sys.exit(simulate_main(sys.argv[1:]))"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, "--opcua-port", "0", "--modbus-port", "0", "--seed", "3",
         "--clock-start", "2026-03-02T00:00:00Z", "--speed", "60",

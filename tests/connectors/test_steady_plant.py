@@ -22,7 +22,8 @@ from pathlib import Path
 from agent.config import load
 from agent.core.clock import ScaledClock, iso_utc, parse_instant
 from agent.pipeline.store import FileStore
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.conftest import free_port
 from tests.connectors.node_opcua_peer import NodeOpcUaPeer
 from tests.integration.test_service_ops import NotifySocket, get, metric

@@ -29,7 +29,8 @@ from agent.pipeline.diskhealth import DiskHealth
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.spool import Spool
 from agent.pipeline.store import FileStore
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.helpers import T0, asset_file, parse_csv, write_history
 
 SPEED = 40.0  # a PT5M window takes 7.5 s of wall time

@@ -25,7 +25,8 @@ import pytest
 from agent.config import load
 from agent.core.clock import ScaledClock
 from agent.pipeline.store import S3Store
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.conftest import free_port
 from tests.helpers import T0, asset_file, write_history
 

@@ -11,7 +11,8 @@ import pandas as pd
 from agent.config import load
 from agent.core.clock import ScaledClock
 from agent.pipeline.store import S3Store
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.helpers import T0, asset_file, write_history
 
 SPEED = 120.0

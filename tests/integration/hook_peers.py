@@ -1,5 +1,5 @@
 """Real peers for the alarm hook tests: an HTTP webhook receiver, Modbus and OPC-UA servers, the writer factory
-agent.runtime.service is expected to supply, and a child process that runs an AlarmEngine until it is killed.
+agent.runtime.asset is expected to supply, and a child process that runs an AlarmEngine until it is killed.
 
 Run as a script (``python hook_peers.py raise-then-hang CONFIG_JSON STATE_DIR BASE_DIR``) it is that child: it
 feeds anomalous rows, prints the raised alarm ids once the state is saved, then blocks its event loop so no
@@ -199,7 +199,7 @@ async def opcua_peer() -> AsyncIterator[OpcUaPeer]:
 
 
 def connector_writer_factory(sources: dict, base_dir: Path):
-    """What agent.runtime.service supplies to build_hooks: a write_back hook's writer from its named source."""
+    """What agent.runtime.asset supplies to build_hooks: a write_back hook's writer from its named source."""
     from connectors.modbus.write_back import write_modbus
     from connectors.opcua.write_back import write_opcua
 
@@ -224,7 +224,8 @@ def connector_writer_factory(sources: dict, base_dir: Path):
 
 
 async def _raise_then_hang(config_json: str, state_dir: str, base_dir: str) -> None:
-    from agent.alarms.engine import AlarmEngine, AlarmsConfig
+    from agent.alarms.config import AlarmsConfig
+    from agent.alarms.engine import AlarmEngine
     from agent.alarms.hooks import build_hooks
     from agent.core.clock import SystemClock
 

@@ -8,7 +8,8 @@ import textwrap
 
 from agent.config import load
 from agent.core.clock import ScaledClock, parse_instant
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.connectors.modbus_peer import sim_device, tcp_peer
 
 T0 = parse_instant("2026-01-01T00:00:00Z")

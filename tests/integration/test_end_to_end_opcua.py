@@ -12,7 +12,8 @@ from asyncua import ua
 from agent.config import load
 from agent.core.clock import ScaledClock, parse_instant
 from agent.pipeline.store import FileStore
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.connectors.opcua_peer import OpcUaPeer
 
 T0 = parse_instant("2026-01-01T00:00:00Z")

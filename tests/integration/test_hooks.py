@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.alarms.engine import AlarmEngine, AlarmsConfig, HookError
+from agent.alarms.config import AlarmsConfig
+from agent.alarms.engine import AlarmEngine
+from agent.alarms.hook_config import HookError
 from agent.alarms.hooks import WebhookHook, build_hooks
 from agent.core.clock import SystemClock
 from agent.core.model import Alarm, Diagnostic

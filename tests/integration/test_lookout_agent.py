@@ -21,7 +21,9 @@ import pandas as pd
 import pytest
 from botocore.config import Config
 
-from agent.alarms.engine import AlarmEngine, AlarmsConfig, AnomalyRuleConfig, EventRuleConfig, FileHookConfig
+from agent.alarms.config import AlarmsConfig, AnomalyRuleConfig, EventRuleConfig
+from agent.alarms.engine import AlarmEngine
+from agent.alarms.hook_config import FileHookConfig
 from agent.alarms.hooks import build_hooks
 from agent.config import load
 from agent.core.clock import ScaledClock
@@ -42,7 +44,8 @@ from agent.lookout.status import status
 from agent.lookout_local import LocalLookoutService
 from agent.pipeline.store import FileStore
 from agent.pipeline.windows import results_key
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.conftest import free_port
 from tests.lookout_local import synth
 

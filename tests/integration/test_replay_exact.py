@@ -17,7 +17,8 @@ import pandas as pd
 from agent.config import load
 from agent.core.clock import ScaledClock
 from agent.pipeline.store import FileStore
-from agent.runtime.service import Agent, AssetRunner
+from agent.runtime.agent import Agent
+from agent.runtime.asset import AssetRunner
 from tests.helpers import T0, asset_file, parse_csv, reference_windows, write_history
 
 ROOT = Path(__file__).resolve().parents[2]

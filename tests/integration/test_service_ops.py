@@ -80,7 +80,7 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
         status, body = get(base + "/metrics")
         assert status == 200
         assert metric(body, "l4e_readings_total") >= 2 * 5 * 6 * 3  # 2 windows × 5 min × 6/min × 3 sensors
-        assert 'l4e_source_connected{source="history"} 1' in body
+        assert 'l4e_source_connected{source="history"} 1.0' in body.splitlines()
         assert get(base + "/healthz")[0] == 200
         notify.drain()
         pings_while_flowing = sum("WATCHDOG=1" in m for _, m in notify.messages)

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
-from agent.cli import make_runner
+from agent.commands.run import make_runner
 from agent.config import load
 from agent.core.clock import ScaledClock, iso_utc, parse_instant
-from agent.runtime.service import Agent
+from agent.runtime.agent import Agent
 from tests.conftest import free_port
 from tests.connectors.modbus_peer import sim_device, start_tcp
 from tests.connectors.opcua_peer import OpcUaPeer

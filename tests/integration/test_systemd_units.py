@@ -212,7 +212,7 @@ frame = pandas.DataFrame({{"v": numpy.arange(600.0)}}, index=pandas.date_range("
 assert len(frame.resample("1min").mean()) == 10 and pyarrow.table(frame).num_rows == 600
 ec.generate_private_key(ec.SECP256R1())
 assert ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)() == 7  # libffi closures
-import agent.runtime.logs, agent.runtime.metrics, agent.runtime.sdnotify
+import agent.runtime.logs, agent.runtime.httpd, agent.runtime.metrics, agent.runtime.sdnotify
 print("ok")
 """
 

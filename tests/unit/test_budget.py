@@ -12,7 +12,7 @@ from agent.core.model import Reading
 from agent.pipeline.closer import WindowCloser, WindowPlan
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.spool import Spool
-from agent.runtime.service import AssetRunner
+from agent.runtime.asset import AssetRunner
 from tests.helpers import asset_file, write_history
 
 ROOT = Path(__file__).resolve().parents[2]

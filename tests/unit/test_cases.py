@@ -13,10 +13,10 @@ from agent.core.errors import ConfigError
 from agent.core.model import Reading
 from agent.pipeline.closer import WindowCloser
 from agent.pipeline.outbox import Outbox
+from agent.pipeline.plan import plan_from_config
 from agent.pipeline.spool import Spool
 from agent.pipeline.store import FileStore
 from agent.pipeline.upload import Uploader
-from agent.runtime.service import plan_from_config
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
 NAMES = sorted(p.name for p in CASES.iterdir() if (p / "asset.toml").exists())

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from agent.alarms.engine import Decider, EventRuleConfig
+from agent.alarms.config import EventRuleConfig
+from agent.alarms.rules import Decider
 from agent.core.errors import StateError
 from agent.pipeline.diskhealth import DiskHealth, disk_error
 

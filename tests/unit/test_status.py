@@ -160,7 +160,7 @@ def test_every_text_is_escaped():
 def runner_with(tmp_path, stats):
     from agent.config import load
     from agent.core.clock import ScaledClock
-    from agent.runtime.service import AssetRunner
+    from agent.runtime.asset import AssetRunner
     from tests.helpers import asset_file, write_history
 
     write_history(tmp_path / "history.csv", minutes=6)

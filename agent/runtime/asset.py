@@ -1,12 +1,10 @@
-"""Builds the running agent from validated config and supervises it.
+"""One asset's running pipeline (AssetRunner): connectors → Spool → WindowCloser → Outbox → Uploader, with its
+alarms and results poller.
 
-Per asset: connectors → Spool → WindowCloser → Outbox → Uploader (see architecture.md, the data path).
-This module (with agent.config) is the only one that imports connectors, and the only place where boto3
-clients are made and exceptions from tasks are caught wholesale: a crashed connector task is logged and
-restarted with backoff; the others keep flowing.
-
-Shutdown (SIGTERM/SIGINT, or ``until`` on the clock): connectors stop, the spool is flushed, due windows are
-written, one bounded upload round runs, exit code 0. What is not due stays in the spool for the next start.
+This module is the only one that builds connectors (through connectors.registry) and the place where
+exceptions from the data path's tasks are caught wholesale: a crashed connector task is logged and restarted
+with backoff; the others keep flowing. Draining: connectors stop, the spool is flushed, due windows are
+written, one bounded upload round runs; what is not due stays in the spool for the next start.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import signal
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +21,11 @@ from agent.alarms.engine import AlarmEngine
 from agent.alarms.hooks import build_hooks
 from agent.config import AssetConfig, base_dir_of
 from agent.core.clock import Backoff, Clock
-from agent.core.errors import ConfigError, LookoutError, StateError
 from agent.core.model import Event, validity_end
-from agent.pipeline.closer import WindowCloser, WindowPlan
+from agent.pipeline.closer import WindowCloser
 from agent.pipeline.diskhealth import DiskHealth
 from agent.pipeline.outbox import Outbox
+from agent.pipeline.plan import plan_from_config
 from agent.pipeline.spool import Spool
 from agent.pipeline.store import ObjectStore, open_location
 from agent.pipeline.upload import Uploader
@@ -70,32 +66,6 @@ def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Pat
         return write
 
     return factory
-
-
-def holds_from_config(config: AssetConfig, base_dir: Path) -> dict[str, float]:
-    """Sensor → seconds a reading holds (rule 2a): unlimited (or the sensor's ``max_age_secs``) for sources that
-    hold values; sensors of sampled sources are absent (they do not hold)."""
-    holds: dict[str, float] = {}
-    for src in config.sources:
-        if not src.holds_values:
-            continue
-        for sensor in src.sensors(base_dir):
-            cfg = config.sensors.get(sensor)
-            holds[sensor] = cfg.max_age_secs if cfg is not None and cfg.max_age_secs else math.inf
-    return holds
-
-
-def plan_from_config(config: AssetConfig, base_dir: Path) -> WindowPlan:
-    """The closer's plan; ``base_dir`` is the asset file's folder (relative source paths resolve there)."""
-    lk = config.lookout
-    return WindowPlan(
-        asset=config.asset, frequency=lk.frequency_secs, rate=lk.rate_secs,
-        components={c: list(s) for c, s in config.components.items()},
-        aggs={s: config.agg_for(s) for s in config.all_sensors()}, fill_limit=config.window.fill_limit,
-        grace_secs=config.window.grace_secs, delimiter=lk.delimiter, timestamp_format=lk.timestamp_format,
-        offset_secs=lk.offset_secs, timestamp_column=lk.timestamp_column,
-        budget_bytes=config.spool.budget_bytes, when_full=config.spool.when_full,
-        holds=holds_from_config(config, base_dir))
 
 
 @dataclass
@@ -391,111 +361,3 @@ class AssetRunner:
         finally:
             self.spool.close()
             await self.alarms.close(upload_timeout_secs)
-
-
-class Agent:
-    """Runs one AssetRunner per asset file until stopped; metrics, health, sd_notify and SIGHUP reload.
-
-    ``reload`` (SIGHUP) is a callable returning fresh runners built from the re-read asset files; when it
-    raises (e.g. ConfigError), the running configuration stays and the reason is logged.
-    """
-
-    def __init__(self, runners: list[AssetRunner], clock: Clock, *, metrics_config=None, reload=None) -> None:
-        from agent.runtime.sdnotify import Notifier
-        from agent.runtime.supervision import Supervision
-
-        self.runners = runners
-        self.clock = clock
-        self.scheduler = JobScheduler()
-        self.stop_event = asyncio.Event()
-        self.supervision = Supervision(runners)
-        self.metrics_config = metrics_config
-        self.metrics_server = None
-        self.notifier = Notifier.from_env(unset=True)  # hooks started by us must not inherit the socket
-        self._reload = reload
-        self._reload_requested = asyncio.Event()
-
-    def request_stop(self) -> None:
-        self.stop_event.set()
-
-    def request_reload(self) -> None:
-        self._reload_requested.set()
-
-    async def _reload_loop(self) -> None:
-        while True:
-            await self._reload_requested.wait()
-            self._reload_requested.clear()
-            if self._reload is None:
-                continue
-            self.notifier.reloading()
-            try:
-                fresh = self._reload()
-            except (ConfigError, StateError, LookoutError) as exc:  # a bad new file keeps the old one running
-                log.error("reload refused, keeping the running configuration: %s", exc)
-                self.notifier.ready(self.supervision.summary())
-                continue
-            log.info("reloading: %d asset(s)", len(fresh))
-            for runner in self.runners:
-                await runner.drain()
-            self.runners = fresh
-            self.supervision.set_runners(fresh)
-            for runner in fresh:
-                runner.start(self.scheduler)
-            self.notifier.ready(self.supervision.summary())
-
-    async def _status_job(self) -> None:
-        self.notifier.status(self.supervision.summary())
-
-    async def run(self, until: float | None = None) -> int:
-        from agent.runtime.metrics import MetricsServer
-        from agent.runtime.sdnotify import WatchdogGate
-
-        loop = asyncio.get_running_loop()
-        signals = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
-                   signal.SIGHUP: self.request_reload}
-        for sig, handler in signals.items():
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, handler)
-        for runner in self.runners:
-            runner.start(self.scheduler)
-        self.scheduler.every("agent.status", 10.0, self._status_job, 10.0)
-        self.scheduler.start()
-        helpers = [asyncio.create_task(self._reload_loop(), name="reload")]
-        gate = WatchdogGate(self.notifier, self.supervision.liveness)
-        if gate.enabled:
-            helpers.append(asyncio.create_task(gate.run(), name="watchdog"))
-        if self.metrics_config is not None and self.metrics_config.enabled:
-            from agent.runtime.status_data import collect_status
-
-            self.metrics_server = MetricsServer.from_config(
-                self.metrics_config, self.supervision.registry, self.supervision.health,
-                status=lambda: collect_status(self.runners, self.clock.now()))
-            await self.metrics_server.start()
-            log.info("metrics on http://%s:%d/metrics", self.metrics_config.host, self.metrics_server.port)
-        self.notifier.ready(self.supervision.summary())
-        log.info("agent started: %d asset(s): %s", len(self.runners),
-                 ", ".join(r.plan.asset for r in self.runners))
-        try:
-            if until is None:
-                await self.stop_event.wait()
-            else:
-                stopper = asyncio.create_task(self.clock.sleep_until(until))
-                waiter = asyncio.create_task(self.stop_event.wait())
-                await asyncio.wait({stopper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                waiter.cancel()
-        finally:
-            log.info("agent stopping: draining")
-            self.notifier.stopping("draining")
-            for task in helpers:
-                task.cancel()
-            await self.scheduler.shutdown()
-            for runner in self.runners:
-                await runner.drain()
-            if self.metrics_server is not None:
-                await self.metrics_server.stop()
-            for sig in signals:
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-        log.info("agent stopped")
-        return 0

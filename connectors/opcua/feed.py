@@ -1,0 +1,194 @@
+"""The OPC-UA data feed: a subscription on asyncua's raw service layer (one PublishResponse → one batch of
+Readings, no per-value task or queue hop) or polled reads. See connectors.opcua.connector for the semantics.
+
+:class:`_Feeds` is a mixin of :class:`connectors.opcua.connector.OpcUaConnector`; it uses the connector's
+``_config``, ``_clock``, ``stats``, ``_node_ids`` (client handle → NodeId of the current session),
+``_point_failed`` and ``_convert`` (connectors.opcua.values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from dataclasses import dataclass
+
+from asyncua import Client, ua
+
+from agent.core.errors import ConnectionLost
+from agent.core.model import Reading
+from connectors.opcua.session import _describe, _operation_limits, _read_values, _status_name
+
+
+@dataclass
+@dataclass
+class _Feed:
+    """What a live subscription hands to readings(): batches, keep-alive wake-ups and the loss signal."""
+
+    queue: asyncio.Queue
+    stale_secs: float | None
+    lost: str | None = None
+
+    def signal_lost(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+        # A full queue means the consumer is busy with batches; it checks `lost` before waiting again.
+        with suppress(asyncio.QueueFull):
+            self.queue.put_nowait(())
+
+    async def next(self) -> list[Reading] | tuple:
+        """The next batch (() for a keep-alive); raises ConnectionLost when lost or stale."""
+        if self.lost is not None and self.queue.empty():
+            raise ConnectionLost(self.lost)
+        try:
+            async with asyncio.timeout(self.stale_secs):
+                return await self.queue.get()
+        except TimeoutError:
+            raise ConnectionLost(f"no notification nor keep-alive for {self.stale_secs:.1f} s") from None
+
+
+class _Feeds:
+    """Subscription and poll (mixed into OpcUaConnector)."""
+
+    # ---- subscription
+
+    async def _subscribe(self, client: Client, handles: dict[int, str]) -> _Feed:
+        cfg = self._config
+        keepalive = max(1, cfg.stale_after_intervals // 2) if cfg.stale_after_intervals else 10
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=cfg.publishing_interval_ms,
+            # The server drops a subscription after LifetimeCount intervals without a publish request (ours
+            # are held while the consumer is busy): give it at least a minute.
+            RequestedLifetimeCount=max(3 * keepalive, math.ceil(60_000 / cfg.publishing_interval_ms)),
+            RequestedMaxKeepAliveCount=keepalive,
+            MaxNotificationsPerPublish=0,
+            PublishingEnabled=True,
+            Priority=0,
+        )
+        feed = _Feed(asyncio.Queue(maxsize=64), None)
+        client.connection_lost_callback = self._on_connection_lost(feed)
+        result = await client.uaclient.create_subscription(params, self._on_publish(feed, handles))
+        if cfg.stale_after_intervals:
+            # Never shorter than two keep-alive periods, whatever the server revised the counts to, nor than
+            # one request timeout: a fast publishing interval must not turn a busy second into a reconnect.
+            intervals = max(cfg.stale_after_intervals, 2 * result.RevisedMaxKeepAliveCount)
+            feed.stale_secs = max(intervals * result.RevisedPublishingInterval / 1000.0, cfg.timeout_secs)
+        read_batch, per_call = await _operation_limits(client)
+        filtered = await self._deadband_handles(client, handles, read_batch)
+        items = [self._monitor_request(h, self._node_ids[h], deadband=h in filtered) for h in handles]
+        for start in range(0, len(items), per_call):
+            chunk = items[start : start + per_call]
+            created = await client.uaclient.create_monitored_items(
+                ua.CreateMonitoredItemsParameters(
+                    SubscriptionId=result.SubscriptionId,
+                    TimestampsToReturn=ua.TimestampsToReturn.Both,
+                    ItemsToCreate=chunk,
+                )
+            )
+            for request, res in zip(chunk, created, strict=True):
+                sensor = handles[request.RequestedParameters.ClientHandle]
+                if not res.StatusCode.is_good():
+                    self._point_failed(sensor, f"cannot monitor node ({_status_name(res.StatusCode)})")
+        return feed
+
+    async def _deadband_handles(self, client: Client, handles: dict[int, str], batch: int) -> set[int]:
+        """Handles that get the deadband filter: every node whose DataType is not Boolean.
+
+        A deadband on a Boolean makes no sense (the spec has servers reject it; some servers apply it and a
+        deadband >= 1 then hides every switch), so the DataType attribute is read once per session.
+        """
+        if self._config.deadband is None:
+            return set()
+        ids = list(handles)
+        boolean = ua.NodeId(ua.ObjectIds.Boolean)
+        out = set()
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            types = await client.uaclient.read_attributes([self._node_ids[h] for h in chunk], ua.AttributeIds.DataType)
+            out.update(h for h, dv in zip(chunk, types, strict=True) if dv.Value is None or dv.Value.Value != boolean)
+        return out
+
+    def _monitor_request(self, handle: int, node_id: ua.NodeId, deadband: bool) -> ua.MonitoredItemCreateRequest:
+        cfg = self._config
+        mfilter = None
+        if deadband and cfg.deadband is not None:
+            mfilter = ua.DataChangeFilter(
+                Trigger=ua.DataChangeTrigger.StatusValue,
+                DeadbandType=1 if cfg.deadband.type == "absolute" else 2,
+                DeadbandValue=cfg.deadband.value,
+            )
+        return ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(
+                ClientHandle=handle,
+                SamplingInterval=cfg.sampling_interval_ms,
+                Filter=mfilter,
+                QueueSize=cfg.queue_size,
+                DiscardOldest=True,
+            ),
+        )
+
+    def _on_publish(self, feed: _Feed, handles: dict[int, str]):
+        """The publish callback: one PublishResult → one batch on the feed.
+
+        Awaiting a full queue holds asyncua's publish loop, so a slow consumer slows the publish requests and
+        the server (not this process) buffers, as OPC-UA intends.
+        """
+
+        async def on_publish(result: ua.PublishResult) -> None:
+            self.stats.last_alive_ts = self._clock.now()
+            data = result.NotificationMessage.NotificationData
+            if not data:
+                if feed.queue.empty():  # keep-alive: only needs to reset the stale timer
+                    feed.queue.put_nowait(())
+                return
+            received = self._clock.now()
+            batch: list[Reading] = []
+            for notification in data:
+                if isinstance(notification, ua.DataChangeNotification):
+                    for item in notification.MonitoredItems:
+                        sensor = handles.get(item.ClientHandle)
+                        if sensor is not None:
+                            self._convert(sensor, item.Value, received, batch)
+                elif isinstance(notification, ua.StatusChangeNotification):
+                    # BadTimeout (expired) or GoodSubscriptionTransferred (moved away): either way not ours now.
+                    feed.signal_lost(f"subscription status {_status_name(notification.Status)}")
+            if batch:
+                self.stats.last_reading_ts = received
+                await feed.queue.put(batch)
+            elif feed.queue.empty():
+                feed.queue.put_nowait(())
+
+        return on_publish
+
+    def _on_connection_lost(self, feed: _Feed):
+        async def lost(exc: Exception) -> None:
+            feed.signal_lost(f"connection lost ({_describe(exc)})")
+
+        return lost
+
+    # ---- poll
+
+    async def _poll(self, client: Client, handles: dict[int, str], batch: int) -> AsyncIterator[list[Reading]]:
+        """Read all nodes every poll_interval_ms (wall clock); a late cycle is not made up twice."""
+        interval = self._config.poll_interval_ms / 1000.0
+        node_ids = [self._node_ids[h] for h in handles]
+        sensors = list(handles.values())
+        due = time.monotonic()
+        while True:
+            values = await _read_values(client, node_ids, batch)
+            received = self.stats.last_alive_ts = self._clock.now()
+            out: list[Reading] = []
+            for sensor, dv in zip(sensors, values, strict=True):
+                self._convert(sensor, dv, received, out)
+            if out:
+                self.stats.last_reading_ts = received
+                yield out
+            due += interval
+            now = time.monotonic()
+            if due < now:  # overran (slow server): skip the missed cycles rather than burst
+                due = now + interval - ((now - due) % interval)
+            await asyncio.sleep(due - now)
