@@ -57,6 +57,10 @@ class SourceStats:
     # True for connectors whose ``connected`` already means "answering right now" (a session with its own
     # stale-timer, a file being replayed); others are judged by ``last_alive_ts`` alone.
     session_watched: bool = False
+    # For sources that play a timeline (replay): every reading with ts < watermark has been handed over (clock
+    # seconds). The closer writes no window ending at or after it, so a source that lags behind the clock (a
+    # loaded machine at 300x) never sees its window closed without its last rows. None: a live source.
+    watermark: float | None = None
 
     def alive(self, now: float, bound_secs: float) -> bool:
         """The source's transport answers: a watched session is up, or it answered within ``bound_secs``."""

@@ -88,6 +88,7 @@ class ReplayConnector:
         self.stats = SourceStats()
         self.resume_after: float | None = None  # see the module docstring; set before readings() starts
         self.stats.session_watched = True  # alive while the file is being replayed
+        self.stats.watermark = -math.inf  # nothing handed over yet (see SourceStats.watermark)
 
     def _rows(self):
         path = self.config.resolved_path(self.base_dir)
@@ -141,6 +142,7 @@ class ReplayConnector:
 
     async def readings(self) -> AsyncIterator[list[Reading]]:
         first, inclusive = self._first_instant()
+        self.stats.watermark = first
         self.stats.connected = True
         pending: list[Reading] = []  # rows whose time has already come: one batch
         for ts, cells in self._rows():
@@ -150,6 +152,7 @@ class ReplayConnector:
                 if pending:
                     yield self._delivered(pending)
                     pending = []
+                self.stats.watermark = ts  # every row before this one is out
                 await self.clock.sleep_until(ts)
                 batch = self._convert(ts, cells)
                 if batch:
@@ -158,6 +161,7 @@ class ReplayConnector:
                 pending.extend(self._convert(ts, cells))
         if pending:
             yield self._delivered(pending)
+        self.stats.watermark = math.inf
         self.stats.connected = False
         log.info("replay %s: end of file reached", self.name)
 

@@ -206,10 +206,21 @@ class AssetRunner:
             self._dropping = self._dropping or bool(dropped)
             self.emit(dropped)
 
+    def close_time(self) -> float:
+        """The clock time windows are closed against: now, held back while a timeline source (replay) has not
+        handed over every reading before a window's end (``SourceStats.watermark``), by at most one upload
+        period or 30 s of wall time, whichever is longer, so a stuck source never stops the others' windows."""
+        now = self.clock.now()
+        marks = [c.stats.watermark for c in self.connectors if getattr(c.stats, "watermark", None) is not None]
+        if not marks:
+            return now
+        limit = max(self.plan.frequency, 30.0 * self.clock.speed)
+        return max(min(now, min(marks) + self.plan.grace_secs - 1e-6), now - limit)
+
     async def window_job(self) -> None:
         with self.disk.guard("windows job"):
             self.spool.flush()
-            self.emit(self.closer.close_due(self.clock.now()))
+            self.emit(self.closer.close_due(self.close_time()))
 
     async def upload_job(self) -> None:
         with self.disk.guard("upload"):
@@ -349,7 +360,7 @@ class AssetRunner:
         self._tasks.clear()
         try:
             self.spool.flush()
-            self.emit(self.closer.close_due(self.clock.now()))
+            self.emit(self.closer.close_due(self.close_time()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.uploader.run_once(force=True), upload_timeout_secs)
             with self.disk.guard("alarms"):
