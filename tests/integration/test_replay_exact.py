@@ -93,3 +93,17 @@ def test_kill_9_and_restart_lose_and_repeat_no_row_and_two_runs_are_byte_identic
     # nothing lost before the kill and nothing sent twice: every row equals the independent resample
     assert_windows_match_pandas(runs["killed"], frame, windows=6)
     assert runs["killed"] == runs["clean"]  # same CSV, same settings: the same bytes, crash or not
+
+
+def test_a_lagging_replay_holds_its_windows_open_but_not_forever(tmp_path):
+    write_history(tmp_path / "history.csv", minutes=12)
+    path = asset_file(tmp_path, f"file://{tmp_path}/store/", grace=5)
+    clock = ScaledClock(T0.timestamp() + 400, 1.0)  # a window (T0, T0+300] is due by the clock
+    runner = AssetRunner(load(path), path, tmp_path / "state", clock)
+    replay = runner.connectors[0]
+    replay.stats.watermark = T0.timestamp() + 250  # rows after T0+250 not handed over yet (a loaded machine)
+    assert runner.plan.due_up_to(runner.close_time()) == T0.timestamp()  # (T0, T0+300] stays open
+    replay.stats.watermark = T0.timestamp() + 301  # every row of it is out
+    assert runner.plan.due_up_to(runner.close_time()) == T0.timestamp() + 300
+    replay.stats.watermark = T0.timestamp() - 10_000  # a stuck source holds the others back one period at most
+    assert runner.close_time() >= clock.now() - 300 - 1
