@@ -12,10 +12,10 @@ execution it created on the same connection (the task exists exactly when the ex
 from __future__ import annotations
 
 import logging
-import threading
 
 from agent.lookout_local.context import Context
 from agent.lookout_local.scheduler import MAX_PER_TICK, due_windows, move_status, window_execution
+from agent.lookout_local.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -24,42 +24,29 @@ QUEUE = "lookout"
 BATCH = 500  # schedulers looked at per query
 
 
-class Dispatcher:
+class Dispatcher(Ticker):
     """``defer(task_name, connection, **kwargs)`` queues a task on the given connection."""
 
     def __init__(self, ctx: Context, defer, tick_secs: float = 0.2) -> None:
+        super().__init__(tick_secs)
         self.ctx = ctx
         self.defer = defer
-        self.tick_secs = tick_secs
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failing = False
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="l4e-fleet-dispatcher", daemon=True)
-        self._thread.start()
+    thread_name = "l4e-fleet-dispatcher"
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def tick_succeeded(self) -> None:
+        if self._failing:
+            log.info("dispatcher: database reachable again")
+            self._failing = False
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                if self._failing:
-                    log.info("dispatcher: database reachable again")
-                    self._failing = False
-            except Exception as exc:  # the database restarting, mostly: retry on the next tick
-                if not self._failing:
-                    log.warning("dispatcher tick failed: %s: %s", type(exc).__name__, exc)
-                    self._failing = True
-                else:
-                    log.debug("dispatcher tick failed again: %s", exc)
-            self._stop.wait(self.tick_secs)
+    def tick_failed(self, exc: Exception) -> None:
+        # the database restarting, mostly: retried on the next tick
+        if not self._failing:
+            log.warning("dispatcher tick failed: %s: %s", type(exc).__name__, exc)
+            self._failing = True
+        else:
+            log.debug("dispatcher tick failed again: %s", exc)
 
     def tick(self) -> int:
         """One pass over the due schedulers; returns the number of executions created."""

@@ -14,7 +14,6 @@ Status moves here too: PENDING → RUNNING, STOPPING → STOPPED.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import OrderedDict
 
@@ -25,6 +24,7 @@ from agent.lookout_local.errors import ApiError
 from agent.lookout_local.inference import InferenceFailed, InputConfig, run_window
 from agent.lookout_local.modeling import TrainedModel
 from agent.lookout_local.schema import parse_schema
+from agent.lookout_local.ticker import Ticker
 from agent.pipeline.windows import UPLOAD_FREQUENCIES, parse_offset, windows_between
 
 log = logging.getLogger(__name__)
@@ -47,34 +47,18 @@ def input_config(doc: dict) -> InputConfig:
     )
 
 
-class Scheduler:
-    """A daemon thread ticking every ``tick_secs`` wall seconds."""
+class Scheduler(Ticker):
+    """A daemon thread ticking every ``tick_secs`` wall seconds (agent.lookout_local.ticker)."""
+
+    thread_name = "l4e-local-scheduler"
 
     def __init__(self, ctx: Context, tick_secs: float = 0.2) -> None:
+        super().__init__(tick_secs)
         self.ctx = ctx
-        self.tick_secs = tick_secs
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._models = ModelCache(ctx)
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="l4e-local-scheduler", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a bad scheduler must not stop the others on the next tick
-                log.exception("scheduler tick failed")
-            self._stop.wait(self.tick_secs)
+    def tick_failed(self, exc: Exception) -> None:  # a bad scheduler must not stop the others on the next tick
+        log.error("scheduler tick failed", exc_info=exc)
 
     def tick(self) -> int:
         """One pass over all schedulers; returns the number of executions recorded."""
