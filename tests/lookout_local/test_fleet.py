@@ -217,7 +217,8 @@ def test_a_killed_replica_leaves_the_other_answering(fleet):
     assert again == names
     assert c2.list_inference_schedulers(InferenceSchedulerNameBeginsWith="rep-")["InferenceSchedulerSummaries"][1][
         "InferenceSchedulerArn"] == created["InferenceSchedulerArn"]
-    wait_for(lambda: any(e["Status"] == "SUCCESS" for e in all_executions(c2, names[0])), timeout=30)
+    # every scheduler has run a window through the surviving replica's state before they are stopped
+    wait_for(lambda: all(any(e["Status"] == "SUCCESS" for e in all_executions(c2, n)) for n in names), timeout=60)
     stop_all(c2, names)
     wait_for(lambda: settled(c2, names), timeout=60)
     check_windows(c2, names)
