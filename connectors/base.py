@@ -8,6 +8,7 @@ protocol library), a test against a real server on 127.0.0.1, and a ``tests/case
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -105,6 +106,20 @@ class ProbeReport:
                 text += f"\n      {key}: {val}"
             out.append(text)
         return "\n".join(out)
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError when the current task has a cancellation pending that something swallowed.
+
+    Cancellation is a connector's only stop signal, and protocol libraries lose it now and then: asyncua awaits
+    its own tasks under ``except CancelledError: pass``, and Python 3.11's ``asyncio.wait_for`` returns the
+    inner result when it completes in the same loop iteration as the cancel. The task still counts the request
+    (``Task.cancelling()``), so calling this at the points a loop passes on every cycle (each reconnect attempt,
+    each batch, each poll) gives the cancellation back within one cycle. Costs one C call.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Connector(Protocol):

@@ -40,7 +40,7 @@ from typing import Any
 from agent.core.clock import Backoff, Clock
 from agent.core.errors import ConnectionLost, TransitionLog
 from agent.core.model import Quality, Reading, validity_end
-from connectors.base import ProbeLine, ProbeReport, SourceStats
+from connectors.base import ProbeLine, ProbeReport, SourceStats, raise_if_cancelling
 from connectors.modbus.config import ModbusDevice, ModbusSourceConfig
 from connectors.modbus.io import ILLEGAL_ADDRESS, _ExceptionAnswer, _Link, _NoAnswer, _point_value, _read
 from connectors.modbus.planner import Request, Span, plan_device, plan_requests
@@ -145,6 +145,7 @@ class ModbusConnector:
             while True:
                 await self.clock.sleep_until(tick)
                 batch = await self._poll(state)
+                raise_if_cancelling()  # pymodbus may have swallowed a cancel: the finally of readings() awaits us
                 if batch:
                     queue.put_nowait(batch)
                 tick = self._next_tick(tick, interval)

@@ -73,7 +73,7 @@ from asyncua import Client, ua
 from agent.core.clock import Backoff, Clock
 from agent.core.errors import ConnectionLost, ConnectorError, TransitionLog
 from agent.core.model import Reading, validity_end
-from connectors.base import ProbeReport, SourceStats
+from connectors.base import ProbeReport, SourceStats, raise_if_cancelling
 from connectors.opcua.config import OpcUaSourceConfig
 from connectors.opcua.feed import _Feeds
 from connectors.opcua.session import (
@@ -137,6 +137,7 @@ class OpcUaConnector(_Feeds, _Values):
             client: Client | None = None
             vouched = False
             try:
+                raise_if_cancelling()  # a cancel asyncua swallowed in the last attempt ends the loop here
                 self.connect_attempts += 1
                 client = await _open_client(cfg, self._base_dir, self._trust)
                 handles = await self._resolve(client)
@@ -146,6 +147,7 @@ class OpcUaConnector(_Feeds, _Values):
                     vouched = True
                     while True:
                         batch = await feed.next()
+                        raise_if_cancelling()
                         if batch:
                             yield batch
                 else:
@@ -156,6 +158,7 @@ class OpcUaConnector(_Feeds, _Values):
                         async for batch in batches:
                             yield batch
             except _RETRIABLE as exc:
+                raise_if_cancelling()  # a TimeoutError/ConnectionLost raised while a cancel was pending is the cancel
                 self._session_failed(exc)
             finally:
                 self.stats.connected = False
@@ -164,6 +167,7 @@ class OpcUaConnector(_Feeds, _Values):
             if vouched:  # the session that vouched for the values is gone: they stop holding (rule 2a)
                 end = self.stats.last_alive_ts if self.stats.last_alive_ts is not None else self._clock.now()
                 yield [validity_end(sensor, end) for sensor in self._sensors]
+            raise_if_cancelling()
             await asyncio.sleep(backoff.next())
 
     def use_state_dir(self, state_dir: Path) -> None:

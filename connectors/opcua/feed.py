@@ -19,6 +19,7 @@ from asyncua import Client, ua
 
 from agent.core.errors import ConnectionLost
 from agent.core.model import Reading
+from connectors.base import raise_if_cancelling
 from connectors.opcua.session import _describe, _operation_limits, _read_values, _status_name
 
 
@@ -180,6 +181,7 @@ class _Feeds:
         due = time.monotonic()
         while True:
             values = await _read_values(client, node_ids, batch)
+            raise_if_cancelling()
             received = self.stats.last_alive_ts = self._clock.now()
             out: list[Reading] = []
             for sensor, dv in zip(sensors, values, strict=True):

@@ -24,7 +24,7 @@ from asyncua.ua.uaerrors import (
 )
 
 from agent.core.errors import ConnectionLost, ConnectorError
-from connectors.base import SourceStats
+from connectors.base import SourceStats, raise_if_cancelling
 from connectors.opcua.config import NodeConfig, OpcUaSourceConfig, browse_elements
 from connectors.opcua.trust import ServerTrust
 
@@ -185,9 +185,7 @@ async def _close(client: Client, timeout: float) -> None:
         client.disconnect_socket()
     # asyncua's disconnect() awaits its own tasks under `except CancelledError: pass`, which also swallows a
     # cancellation aimed at the caller. Cancellation is the connector's only stop signal: restore it.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+    raise_if_cancelling()
 
 
 async def _resolve_nodes(client: Client, nodes: Sequence[NodeConfig]) -> list[ua.NodeId | ua.StatusCode]:

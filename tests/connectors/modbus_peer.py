@@ -22,6 +22,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.core.clock import SystemClock
+from tests.ports import free_port
 
 Blocks = dict[int, Sequence[int]] | dict[int, Sequence[bool]]
 
@@ -159,11 +160,12 @@ class TcpPeer:
 
 
 async def start_tcp(devices: SimDevice | list[SimDevice], port: int = 0, **server_args) -> TcpPeer:
-    """A Modbus TCP server on 127.0.0.1 (``port`` 0: a free one), listening when this returns.
+    """A Modbus TCP server on 127.0.0.1 (``port`` 0: a free one below the ephemeral range, so that a restart on
+    the same port finds it free; see tests/ports.py), listening when this returns.
 
     ``server_args`` go to ModbusTcpServer (e.g. ``framer=FramerType.RTU`` for an RTU-over-TCP converter).
     """
-    server = ModbusTcpServer(devices, address=("127.0.0.1", port), **server_args)
+    server = ModbusTcpServer(devices, address=("127.0.0.1", port or free_port()), **server_args)
     await server.serve_forever(background=True)
     bound = server.transport.sockets[0].getsockname()[1]
     return TcpPeer(server, bound)

@@ -16,7 +16,6 @@ Server object), which is what a PLC runtime restart looks like from the network.
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,14 +23,11 @@ from pathlib import Path
 from asyncua import Node, Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
+from tests.ports import free_port
+
 NS_URI = "urn:l4e-agent:test"
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (bound then released; never the OPC-UA default 4840)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PasswordUsers:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from connectors.modbus.config import ModbusSourceConfig
 from connectors.modbus.connector import ModbusConnector
 from connectors.modbus.planner import Span, plan_requests
 from connectors.modbus.write_back import write_modbus
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,11 +51,6 @@ def values(batch) -> dict[str, float]:
     return {r.sensor: r.value for r in batch}
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------ decoding over TCP

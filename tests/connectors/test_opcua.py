@@ -327,6 +327,34 @@ async def test_cancellation_stops_the_connector_at_any_point_of_a_reconnect(peer
         assert task.cancelled()
 
 
+async def test_a_cancellation_a_library_swallows_is_given_back(peer: OpcUaPeer, monkeypatch) -> None:
+    """Python 3.11's wait_for (used all through asyncua) loses a cancel that lands as the awaited call
+    completes: the call returns and the connector would stream on forever. That race cannot be produced on
+    demand, so the session opening is wrapped to lose the cancel the same way; the connector must still stop
+    before it reads a value."""
+    import connectors.opcua.connector as module
+
+    real_open = module._open_client
+    swallowed = asyncio.Event()
+
+    async def open_losing_the_cancel(*args, **kwargs):
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:  # what the race does: the awaited call "completes", the cancel is gone
+            swallowed.set()
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_open_client", open_losing_the_cancel)
+    connector = OpcUaConnector(config(peer), SystemClock(), Path("."))
+    collector = Collector(connector)
+    task = asyncio.create_task(collector._run())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert swallowed.is_set() and done and task.cancelled()
+    assert collector.batches.empty() and connector.connect_attempts == 1
+
+
 async def test_teardown_does_not_swallow_a_cancellation(peer: OpcUaPeer) -> None:
     """asyncua's disconnect() swallows CancelledError while it awaits its own tasks (9 of 30 here before
     the fix); the connector's teardown must give the cancellation back, at every point of the teardown."""

@@ -197,7 +197,7 @@ def test_a_steady_plant_with_a_healthy_session_is_healthy(tmp_path):
         enabled = true
         port = {port}
         [health]
-        source_silent_secs = 60
+        source_silent_secs = 150
         [alarms.hooks.file]
         kind = "file"
         path = "{alarms}"
@@ -219,7 +219,9 @@ def test_a_steady_plant_with_a_healthy_session_is_healthy(tmp_path):
         while not notify.seen("READY=1"):
             assert time.monotonic() < deadline and proc.poll() is None, "no READY=1"
         base = f"http://127.0.0.1:{port}"
-        time.sleep(3)  # 3 min of clock: well past source_silent_secs with no new value from any tag
+        # source_silent_secs = 150 is 2.5 s of wall time at 60x: room for the first connect on a loaded machine
+        # (60 s, one wall second, was not); 4 s here is 4 min of clock, well past it with no new value from any tag
+        time.sleep(4)
         pings = []
         while proc.poll() is None:
             try:

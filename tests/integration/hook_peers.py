@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import http.server
 import json
-import socket
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ if str(ROOT) not in sys.path:  # when run as the child script
     sys.path.insert(0, str(ROOT))
 
 from agent.core.model import Diagnostic, Result  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 T0 = 1_700_000_000
 
@@ -159,10 +159,6 @@ async def modbus_peer() -> AsyncIterator[ModbusPeer]:
         await server.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -247,7 +247,9 @@ async def test_status_page_in_a_browser_shows_what_the_peers_hold(tmp_path):
                     and all(s["history"] for s in a["sensors"] if s["name"] != "vib"))
 
         await wait_for(ready, 60, "two windows, both alarms, the dead source down")
+        written_before = json.loads((state / "progress.json").read_text())["last_written"]
         page = await asyncio.to_thread(browser.load, base + "/")
+        written_after = json.loads((state / "progress.json").read_text())["last_written"]
 
         # what a person sees
         assert page.problems == []
@@ -268,11 +270,12 @@ async def test_status_page_in_a_browser_shows_what_the_peers_hold(tmp_path):
         assert {n: c[state_col] for n, c in sources.items()} == {"opc": "connected", "plc": "connected",
                                                                  "dead-plc": "down"}
         assert sources["opc"][2] == opc.endpoint and sources["plc"][2] == f"127.0.0.1:{plc.port}"
-        progress = json.loads((state / "progress.json").read_text())["last_written"]
         shown = dom.by_class["last-written"][0]
         assert re.fullmatch(r"\S+ \S+Z … \S+ \S+Z", shown)
         shown_end = parse_instant(shown.split(" … ")[1].replace(" ", "T"))
-        assert progress - 300 <= shown_end <= progress  # the page was rendered at most one window earlier
+        # the page shows what the agent held while the browser loaded it (windows close every 5 s of wall time,
+        # and a first start of Chromium can take longer than that)
+        assert written_before <= shown_end <= written_after
         assert int(dom.by_class["written-total"][0]) >= 2
         assert {a["data-rule"] for a, _ in dom.rows if a.get("class") == "open-alarm"} == {"anomaly", "source-silent"}
         executions = [cells for a, cells in dom.rows if a.get("class") == "execution"]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from tests.ports import free_port
 
 BIN_DIRS = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15", "14", "13")]
 
@@ -23,10 +24,6 @@ def pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgServer:
@@ -38,7 +35,7 @@ class PgServer:
             raise RuntimeError("PostgreSQL server binaries not found (Debian package postgresql; make system-deps)")
         self.root = Path(tempfile.mkdtemp(prefix="l4e-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._user = None
         if os.geteuid() == 0:
             self._user = "postgres"
@@ -57,16 +54,36 @@ class PgServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
+        """Start and wait until it accepts connections; a failure raises with pg_ctl's output and the log's tail."""
         opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "30", "start")
+        done = self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "60",
+                         "start", check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start (pg_ctl exit {done.returncode}): {done.stdout}"
+                               f"{done.stderr}\n--- server log ---\n{self.log_tail()}")
 
     def stop(self, mode: str = "fast") -> None:
+        """Stop and wait until the postmaster is gone (escalating to ``immediate`` if ``mode`` does not get there
+        in 30 s), so that a ``start`` right after never meets the old server."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop", check=False)
+        if self.running() and mode != "immediate":
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop", check=False)
+        if self.running():
+            raise RuntimeError(f"PostgreSQL did not stop\n--- server log ---\n{self.log_tail()}")
+
+    def running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.data), "status", check=False).returncode == 0
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join((self.root / "log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no server log: {exc})"
 
     def close(self) -> None:
         self.stop("immediate")
