@@ -203,11 +203,14 @@ def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_mo
                 time.sleep(0.5)
         time.sleep(8)  # warm-up: connections, subscriptions, first windows
         r0, c0, rss0 = readings_total(metrics_port), cpu_secs(agent.pid), rss_mb(agent.pid)
+        trace: list[tuple[float, float]] = []
         if rss_every > 0:  # a memory trace: is it flat once the first windows have been written?
-            t_end = time.monotonic() + seconds
+            t0 = time.monotonic()
+            t_end = t0 + seconds
             while (left := t_end - time.monotonic()) > 0:
                 time.sleep(min(rss_every, left))
-                print(f"  t={seconds - max(left - rss_every, 0):5.0f}s RSS {rss_mb(agent.pid):6.1f} MB", flush=True)
+                trace.append((time.monotonic() - t0, rss_mb(agent.pid)))
+                print(f"  t={trace[-1][0]:5.0f}s RSS {trace[-1][1]:6.1f} MB", flush=True)
         else:
             time.sleep(seconds)
         r1, c1 = readings_total(metrics_port), cpu_secs(agent.pid)
@@ -215,7 +218,7 @@ def run_agent(folder: Path, opc_port: int, mb_port: int, seconds: float, with_mo
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(60)
-    return {"readings": r1 - r0, "cpu": c1 - c0, "rss": rss, "rss0": rss0, "rss_max": rss_max}
+    return {"readings": r1 - r0, "cpu": c1 - c0, "rss": rss, "rss0": rss0, "rss_max": rss_max, "trace": trace}
 
 
 def main() -> None:
@@ -237,6 +240,13 @@ def main() -> None:
                 plant.wait(10)
         print(f"soak {args.seconds:g} s: {ours['cpu'] / ours['readings'] * 1e6:.1f} µs CPU/reading, "
               f"RSS {ours['rss0']:.0f} → {ours['rss']:.0f} MB (max {ours['rss_max']:.0f} MB)")
+        # PT5M windows: the first close is within 300 s of the start (+ the 8 s warm-up); flatness is judged
+        # from the first sample after it
+        after = [mb for t, mb in ours["trace"] if t >= 300 + 30]
+        if len(after) >= 2:
+            moved = after[-1] - after[0]
+            print(f"after the first window close: {after[0]:.1f} → {after[-1]:.1f} MB (moved {moved:+.1f} MB; "
+                  f"range {min(after):.1f}–{max(after):.1f} MB over {len(after)} samples)")
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
