@@ -17,6 +17,7 @@ Modules, one job each:
 Fleet mode (``--db postgresql://…``):
     pgstate     PostgreSQL persistence                                migrate     Alembic (migrations/)
     dispatch    due windows → executions + tasks                      fleet       procrastinate tasks, workers, leases
+    artifacts   datasets' and models' files for every host (PostgreSQL)
 """
 
 from agent.lookout_local.cli import serve_main

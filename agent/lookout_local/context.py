@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,3 @@ class Context:
 
     def model_dir(self, name: str) -> Path:
         return self.state_dir / "models" / name
-
-    def remove_dir(self, path: Path) -> None:
-        shutil.rmtree(path, ignore_errors=True)

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 SCHEDULER = "inference-scheduler"
 DEFAULT_LEASE_SECS = 30.0
+# A task whose body raised (the database went away between the work and its record, or a bug) runs again after
+# 2 + 2^(n+1) s: 4, 6, 10, ... 1026 s, about 35 minutes in all, so a database restart or a failover is ridden
+# out; after the last attempt the lease sweep records the resource FAILED (Tasks.abandon).
+RETRY = {"max_attempts": 10, "wait": 2, "exponential_wait": 2}
 KEEP_JOBS_HOURS = 1      # finished task records kept for inspection (procrastinate_jobs), then deleted
 CLEANUP_SECS = 600.0
 
@@ -75,6 +79,40 @@ class Tasks:
         with self.gate:
             return self._run_execution(scheduler, start, end)
 
+    def abandon(self, task_name: str, kwargs: dict, attempts: int) -> bool:
+        """Record FAILED the resource of a task that failed for good (its retries exhausted), so nothing stays
+        IN_PROGRESS for ever; True when a record was changed. Only what escaped the bodies ends here (the
+        database going away between the work and its record for longer than the retries, or a bug)."""
+        reason = (f"Internal error: the task failed {attempts} times without recording an outcome; "
+                  "see the workers' logs")
+        state = self.ctx.state
+        with self.gate, state.transaction():
+            if task_name == "l4e.run_execution":
+                execution = state.get_execution(kwargs["scheduler"], float(kwargs["start"]))
+                if execution is None or execution["Status"] != "IN_PROGRESS":
+                    return False
+                execution.update(Status="FAILED", FailedReason=reason, _finished_at=time.time())
+                return state.finish_execution(kwargs["scheduler"], float(kwargs["start"]), execution)
+            if task_name == "l4e.train":
+                model = state.get("model", kwargs["model"])
+                if model is None or model["Status"] != "IN_PROGRESS":
+                    return False
+                model.update(Status="FAILED", FailedReason=reason, LastUpdatedTime=float(self.ctx.clock.now()))
+                state.put("model", model["ModelName"], model["ModelArn"], model["CreatedAt"], model)
+                return True
+            if task_name == "l4e.ingest":
+                job = state.get_job(kwargs["job_id"])
+                if job is None or job["Status"] != "IN_PROGRESS":
+                    return False
+                job.update(Status="FAILED", FailedReason=reason)
+                state.put_job(kwargs["job_id"], job["DatasetName"], job["CreatedAt"], job)
+                dataset = state.get("dataset", job["DatasetName"])
+                if dataset is not None and dataset.get("Status") == "INGESTION_IN_PROGRESS":
+                    dataset["Status"] = "ACTIVE" if dataset.get("DataEndTime") is not None else "CREATED"
+                    state.put("dataset", dataset["DatasetName"], dataset["DatasetArn"], dataset["CreatedAt"], dataset)
+                return True
+        return False
+
     def _run_execution(self, scheduler: str, start: int, end: int) -> str:
         state = self.ctx.state
         execution = state.get_execution(scheduler, float(start))
@@ -100,7 +138,7 @@ def worker_app(db_url: str, tasks: Tasks):
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=db_url))
     # the bodies record data problems themselves: what escapes is the infrastructure (the database restarting
     # between the work and its record), worth another attempt
-    retry = procrastinate.RetryStrategy(max_attempts=10, wait=2)
+    retry = procrastinate.RetryStrategy(**RETRY)
     app.task(name="l4e.ingest", queue=QUEUE, retry=retry)(tasks.ingest)
     app.task(name="l4e.train", queue=QUEUE, retry=retry)(tasks.train)
     app.task(name="l4e.run_execution", queue=QUEUE, retry=retry)(tasks.run_execution)
@@ -180,18 +218,30 @@ class FleetWorker:
                 self._worker = None
                 sweep.cancel()
 
+    async def _abandon_failed(self, app, seen: set[int]) -> None:
+        """Tasks failed for good (retries exhausted) whose resource is still IN_PROGRESS: record it FAILED."""
+        for job in await app.job_manager.list_jobs_async(queue=QUEUE, status="failed"):
+            if job.id in seen:
+                continue
+            if await asyncio.to_thread(self.tasks.abandon, job.task_name, job.task_kwargs, job.attempts):
+                log.error("task %s %s failed %d times: its resource is recorded FAILED", job.id, job.call_string,
+                          job.attempts)
+            seen.add(job.id)
+
     async def _sweep(self, app) -> None:
         """Put the tasks of workers silent for a lease back in the queue (every lease/4 s); drop finished
         task records older than KEEP_JOBS_HOURS (every CLEANUP_SECS)."""
         failing = False
         loop = asyncio.get_running_loop()
         cleaned = loop.time()
+        abandoned: set[int] = set()  # failed tasks already looked at by this worker
         while True:
             await asyncio.sleep(self.lease_secs / 4)
             try:
                 if loop.time() - cleaned > CLEANUP_SECS:
                     await app.job_manager.delete_old_jobs(nb_hours=KEEP_JOBS_HOURS, queue=QUEUE)
                     cleaned = loop.time()
+                await self._abandon_failed(app, abandoned)
                 for job in await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self.lease_secs):
                     try:
                         await app.job_manager.retry_job(job)

@@ -29,6 +29,7 @@ import json
 import uuid
 from collections.abc import Callable
 
+from agent.lookout_local import artifacts
 from agent.lookout_local.context import Context
 from agent.lookout_local.errors import (
     ConflictException,
@@ -149,7 +150,7 @@ class Operations:
                                             f"dataset {name!r} through model {model['ModelName']!r}")
         self.state.delete(DATASET, name)
         self.state.delete_jobs(name)
-        self.ctx.remove_dir(self.ctx.dataset_dir(name))
+        artifacts.forget(self.ctx, "dataset", name, self.ctx.dataset_dir(name))
         return {}
 
     # ingestion ----------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class Operations:
         if users:
             raise ConflictException(f"model {name!r} is used by inference scheduler(s) {users}; delete them first")
         self.state.delete(MODEL, name)
-        self.ctx.remove_dir(self.ctx.model_dir(name))
+        artifacts.forget(self.ctx, "model", name, self.ctx.model_dir(name))
         return {}
 
     # inference schedulers ------------------------------------------------------------------------------

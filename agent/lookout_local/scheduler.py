@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from agent.core.errors import L4EAgentError
 from agent.core.model import Window
+from agent.lookout_local import artifacts
 from agent.lookout_local.context import Context
 from agent.lookout_local.errors import ApiError
 from agent.lookout_local.inference import InferenceFailed, InputConfig, run_window
@@ -130,7 +131,8 @@ class ModelCache:
         if key in self._models:
             self._models.move_to_end(key)
         else:
-            self._models[key] = (TrainedModel.load(self.ctx.model_dir(name)), parse_schema(model["Schema"]))
+            folder = artifacts.fetch(self.ctx, "model", name, self.ctx.model_dir(name))
+            self._models[key] = (TrainedModel.load(folder), parse_schema(model["Schema"]))
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
         return self._models[key]

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from agent.lookout_local import artifacts
 from agent.lookout_local.context import Context
 from agent.lookout_local.ingest import IngestionFailed, ingest
 from agent.lookout_local.modeling import OffCondition, TrainingFailed, infer_rate, read_labels, train
@@ -121,6 +122,8 @@ class Worker:
                 job.update(Status="SUCCESS", IngestedDataSize=quality.size_bytes, **summary)
                 dataset.update(Status="ACTIVE", Schema=schema, RoleArn=job["RoleArn"],
                                IngestionInputConfiguration=job["IngestionInputConfiguration"], **summary)
+                artifacts.publish(self.ctx, "dataset", dataset["DatasetName"],
+                                  self.ctx.dataset_dir(dataset["DatasetName"]))
             else:
                 job.update(Status="FAILED", FailedReason=error[:5000])
                 # a failed re-ingestion keeps the data of the last good one
@@ -139,7 +142,8 @@ class Worker:
         error, metrics, rate_name = None, None, None
         try:
             components = parse_schema(model["Schema"])
-            data_dir = self.ctx.dataset_dir(model["DatasetName"])
+            data_dir = artifacts.fetch(self.ctx, "dataset", model["DatasetName"],
+                                       self.ctx.dataset_dir(model["DatasetName"]))
             rate_name = (model.get("DataPreProcessingConfiguration") or {}).get("TargetSamplingRate") \
                 or infer_rate(data_dir, components, SAMPLING_RATES)
             labels = []
@@ -165,6 +169,7 @@ class Worker:
                 version_arn = f"{model['ModelArn']}/model-version/1"
                 # the effective rate is reported even when it was inferred: clients size their windows by it
                 model["DataPreProcessingConfiguration"] = {"TargetSamplingRate": rate_name}
+                artifacts.publish(self.ctx, "model", name, self.ctx.model_dir(name))
                 model.update(Status="SUCCESS", ModelMetrics=json.dumps(metrics), _rate=rate_name,
                              ModelQuality=_quality(metrics),
                              ActiveModelVersion=1, ActiveModelVersionArn=version_arn, ModelVersionActivatedAt=now)

@@ -82,11 +82,11 @@ def fleet(tmp_path_factory, history, own_pg_server):
     svc.stop()
 
 
-def create_schedulers(client, prefix: str, count: int) -> list[str]:
+def create_schedulers(client, prefix: str, count: int, model: str = "fm") -> list[str]:
     names = [f"{prefix}-{i:02d}" for i in range(count)]
     for name in names:
         client.create_inference_scheduler(
-            ModelName="fm", InferenceSchedulerName=name, DataUploadFrequency="PT5M", DataDelayOffsetInMinutes=0,
+            ModelName=model, InferenceSchedulerName=name, DataUploadFrequency="PT5M", DataDelayOffsetInMinutes=0,
             DataInputConfiguration={"S3InputConfiguration": {"Bucket": BUCKET, "Prefix": IN_PREFIX}},
             DataOutputConfiguration={"S3OutputConfiguration": {"Bucket": BUCKET, "Prefix": f"{name}/out/"}},
             RoleArn="arn:aws:iam::123456789012:role/l4e", ClientToken=f"token-{name}")
@@ -263,6 +263,77 @@ def test_workers_and_replicas_recover_from_a_database_restart(fleet):
     wait_for(lambda: settled(remote, names), timeout=60)
     check_windows(remote, names)
     assert all(p.poll() is None for p in procs.procs[-2:])  # neither process had to restart
+
+
+def test_a_task_that_fails_for_good_leaves_its_execution_failed_not_in_progress(fleet, monkeypatch):
+    """What escapes a task body (a bug; the database gone longer than the retries) is retried, and after the
+    last attempt the lease sweep records the execution FAILED: nothing stays IN_PROGRESS for ever. A bug on
+    demand is a fault no real peer produces, so the body is replaced by one that raises."""
+    from agent.lookout_local import fleet as fleet_module
+
+    procs = fleet["procs"]
+    for proc in procs.procs:  # the other tests' workers would run the task without the bug
+        if proc.poll() is None:
+            procs.stop(proc)
+    monkeypatch.setattr(fleet_module, "RETRY", {"max_attempts": 1, "wait": 0})
+
+    def broken(self, scheduler, start, end):
+        raise RuntimeError("a bug in the task body")
+
+    monkeypatch.setattr(fleet_module.Tasks, "_run_execution", broken)
+    worker = LocalLookoutService(fleet["state_dir"], fleet["svc"].store_url, clock=fleet["clock"], db_url=fleet["db"],
+                                 lease_secs=1.0).start()
+    client = fleet["client"]
+    try:
+        names = create_schedulers(client, "bug", 1)
+        wait_for(lambda: any(e["Status"] == "FAILED" for e in all_executions(client, names[0])), timeout=30)
+        stop_all(client, names)
+    finally:
+        worker.stop()
+    failed = [e for e in all_executions(client, names[0]) if e["Status"] == "FAILED"]
+    assert failed and all("the task failed 2 times" in e["FailedReason"] for e in failed), failed
+    rows = jobs(fleet["db"], "SELECT status, attempts FROM procrastinate_jobs WHERE task_name='l4e.run_execution' "
+                             "AND args->>'scheduler' = %s AND status = 'failed'", (names[0],))
+    assert rows and all(attempts == 2 for _, attempts in rows), rows  # the first run and its one retry
+
+
+def test_workers_on_hosts_without_a_shared_folder(fleet, tmp_path):
+    """The dataset one host ingested trains on a second host, and the model it trained scores on a third:
+    each worker has its own state folder (only the scaled clock's anchor is copied: a demo-clock detail)."""
+    client, db = fleet["client"], fleet["db"]
+    procs = fleet["procs"]
+    for proc in procs.procs:
+        if proc.poll() is None:
+            procs.stop(proc)
+    hosts = []
+    for host in ("b", "c"):
+        state = tmp_path / host / "state"
+        state.mkdir(parents=True)
+        (state / "clock.json").write_bytes((fleet["state_dir"] / "clock.json").read_bytes())
+        hosts.append((state, Fleet(db, state, fleet["svc"].store_url, CLOCK_START, SPEED, LEASE)))
+    (b_state, b), (c_state, c) = hosts
+    try:
+        b.worker()
+        assert train(client, "fm-b", "fleet-data")["Status"] == "SUCCESS"
+        fetched = [p.name for p in (b_state / "datasets").iterdir()]
+        assert len(fetched) == 1 and fetched[0].startswith("fleet-data@"), fetched  # fetched from the database
+        b.stop(b.procs[0])
+        c.worker()
+        names = create_schedulers(client, "hosts", 1, model="fm-b")
+        wait_for(lambda: any(e["Status"] == "SUCCESS" for e in all_executions(client, names[0])), timeout=30)
+        stop_all(client, names)
+        wait_for(lambda: settled(client, names), timeout=30)
+    finally:
+        b.close()
+        c.close()
+    fetched = [p.name for p in (c_state / "models").iterdir()]
+    assert len(fetched) == 1 and fetched[0].startswith("fm-b@"), fetched
+    assert not (c_state / "datasets").exists()  # inference needs the model only
+    done = [e for e in all_executions(client, names[0]) if e["Status"] == "SUCCESS"]
+    assert all(fleet["store"].get(e["CustomerResultObject"]["Key"]) for e in done)
+    client.delete_inference_scheduler(InferenceSchedulerName=names[0])
+    client.delete_model(ModelName="fm-b")
+    assert jobs(db, "SELECT count(*) FROM lookout_artifacts WHERE kind='model' AND name='fm-b'") == [(0,)]
 
 
 def _answers(client, name: str) -> bool:
