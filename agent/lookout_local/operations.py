@@ -12,15 +12,13 @@ Semantics follow the botocore documentation:
 - lifecycles: dataset CREATED → INGESTION_IN_PROGRESS → ACTIVE; ingestion job and model IN_PROGRESS →
   SUCCESS | FAILED (run by the worker); scheduler PENDING → RUNNING, STOPPING → STOPPED (moved by the
   scheduler's next tick). CreateInferenceScheduler creates and starts.
-- ListInferenceExecutions is newest DataStartTime first: a choice, the API documents no order (clients that
-  need one sort, as agent.lookout.results does). Filters are inclusive: DataStartTime ≥ DataStartTimeAfter,
-  DataEndTime ≤ DataEndTimeBefore. An unknown scheduler gives an empty list, as the API documentation says.
-  Other lists: datasets, models, schedulers by name; ingestion jobs newest first.
+- ListInferenceExecutions is newest DataStartTime first (the API documents no order: clients sort, as
+  agent.lookout.results does); inclusive filters: DataStartTime ≥ DataStartTimeAfter, DataEndTime ≤ DataEndTimeBefore;
+  an unknown scheduler gives an empty list. Other lists: by name; ingestion jobs newest first.
 - local rules where AWS's are unpublished: at most 50 tags per resource (ServiceQuotaExceededException on
-  TagResource, ValidationException on Create*); CreateModel needs an ACTIVE dataset and CreateInferenceScheduler
-  a SUCCESS model (ValidationException otherwise); LabelGroupName is ResourceNotFoundException (no Label API
-  here; labels come from S3); a scheduler starts only when STOPPED, stops unless STOPPED/STOPPING, is
-  deleted only when STOPPED.
+  TagResource, ValidationException on Create*); CreateModel needs an ACTIVE dataset, CreateInferenceScheduler a
+  SUCCESS model (ValidationException otherwise); LabelGroupName is ResourceNotFoundException (no Label API: labels
+  come from S3); a scheduler starts only when STOPPED, stops unless STOPPED/STOPPING, is deleted only when STOPPED.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from agent.lookout_local.errors import (
     ValidationException,
 )
 from agent.lookout_local.modeling import OffCondition
-from agent.lookout_local.pagination import paginate
+from agent.lookout_local.pagination import next_token, page_window, paginate
 from agent.lookout_local.schema import dump_schema, parse_schema, subset
 from agent.pipeline.windows import UPLOAD_FREQUENCIES, parse_offset
 
@@ -361,14 +359,16 @@ class Operations:
         return {}
 
     def op_ListInferenceExecutions(self, p: dict) -> dict:
-        items = self.state.executions(p["InferenceSchedulerName"])
-        if p.get("DataStartTimeAfter") is not None:
-            items = [e for e in items if e["DataStartTime"] >= p["DataStartTimeAfter"]]
-        if p.get("DataEndTimeBefore") is not None:
-            items = [e for e in items if e["DataEndTime"] <= p["DataEndTimeBefore"]]
-        if p.get("Status"):
-            items = [e for e in items if e["Status"] == p["Status"]]
-        page, token = paginate(items, p, "ListInferenceExecutions")
+        # filters and paging in the database (a year of PT5M windows: 105,120 executions per scheduler)
+        op, name, before = "ListInferenceExecutions", p["InferenceSchedulerName"], p.get("DataEndTimeBefore")
+        query = {"start_after": p.get("DataStartTimeAfter"), "status": p.get("Status") or None}
+        if before is not None:  # a window ends after it starts: "start < before" narrows, the end is checked here
+            items = [e for e in self.state.executions(name, start_before=before, **query) if e["DataEndTime"] <= before]
+            page, token = paginate(items, p, op)
+        else:
+            offset, size = page_window(p, op)
+            rows = self.state.executions(name, offset=offset, limit=size + 1, **query)  # one more: a next page?
+            page, token = rows[:size], next_token(op, offset + size) if len(rows) > size else None
         return {"InferenceExecutionSummaries": page, "NextToken": token}
 
     # tags ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from agent.lookout_local.errors import ValidationException
 DEFAULT_PAGE = 50
 
 
-def paginate(items: list, params: dict, op: str, default: int = DEFAULT_PAGE) -> tuple[list, str | None]:
-    """(this page, the NextToken or None when it is the last page)."""
+def page_window(params: dict, op: str, default: int = DEFAULT_PAGE) -> tuple[int, int]:
+    """(offset, page size) from NextToken/MaxResults; a token from another operation is a ValidationException."""
     offset = 0
     token = params.get("NextToken")
     if token:
@@ -28,9 +28,18 @@ def paginate(items: list, params: dict, op: str, default: int = DEFAULT_PAGE) ->
             offset = doc["offset"]
         except (ValueError, UnicodeDecodeError, AttributeError):
             raise ValidationException(f"invalid NextToken for {op}") from None
-    size = params.get("MaxResults") or default
+    return offset, params.get("MaxResults") or default
+
+
+def next_token(op: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"op": op, "offset": offset}).encode()).decode()
+
+
+def paginate(items: list, params: dict, op: str, default: int = DEFAULT_PAGE) -> tuple[list, str | None]:
+    """(this page, the NextToken or None when it is the last page)."""
+    offset, size = page_window(params, op, default)
     page = items[offset:offset + size]
     nxt = offset + size
     if nxt >= len(items):
         return page, None
-    return page, base64.urlsafe_b64encode(json.dumps({"op": op, "offset": nxt}).encode()).decode()
+    return page, next_token(op, nxt)

@@ -181,9 +181,18 @@ class PgState:
                            (scheduler, data_start))
         return json.loads(rows[0][0]) if rows else None
 
-    def executions(self, scheduler: str) -> list[dict]:
-        rows = self._query("SELECT doc FROM lookout_executions WHERE scheduler=%s ORDER BY data_start DESC",
-                           (scheduler,))
+    def executions(self, scheduler: str, *, start_after: float | None = None, start_before: float | None = None,
+                   status: str | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
+        """As ``State.executions``: filters, order and paging in SQL (the primary key's index serves them)."""
+        sql, args = "SELECT doc FROM lookout_executions WHERE scheduler=%s", [scheduler]
+        if start_after is not None:
+            sql, args = sql + " AND data_start >= %s", [*args, start_after]
+        if start_before is not None:
+            sql, args = sql + " AND data_start < %s", [*args, start_before]
+        if status is not None:
+            sql, args = sql + " AND status = %s", [*args, status]
+        sql += " ORDER BY data_start DESC LIMIT %s OFFSET %s"
+        rows = self._query(sql, (*args, limit, offset))
         return [json.loads(r[0]) for r in rows]
 
     def delete_executions(self, scheduler: str) -> None:

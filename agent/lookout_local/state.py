@@ -124,9 +124,19 @@ class State:
             self._db.execute("INSERT OR REPLACE INTO executions (scheduler, data_start, doc) VALUES (?,?,?)",
                              (scheduler, data_start, json.dumps(doc)))
 
-    def executions(self, scheduler: str) -> list[dict]:
-        """Executions of a scheduler, newest DataStartTime first."""
-        rows = self._query("SELECT doc FROM executions WHERE scheduler=? ORDER BY data_start DESC", (scheduler,))
+    def executions(self, scheduler: str, *, start_after: float | None = None, start_before: float | None = None,
+                   status: str | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
+        """Executions of a scheduler, newest DataStartTime first: DataStartTime >= ``start_after`` and
+        < ``start_before``, of ``status``; ``offset``/``limit`` page through them (in SQL, not in Python)."""
+        sql, args = "SELECT doc FROM executions WHERE scheduler=?", [scheduler]
+        if start_after is not None:
+            sql, args = sql + " AND data_start >= ?", [*args, start_after]
+        if start_before is not None:
+            sql, args = sql + " AND data_start < ?", [*args, start_before]
+        if status is not None:
+            sql, args = sql + " AND json_extract(doc, '$.Status') = ?", [*args, status]
+        sql += " ORDER BY data_start DESC LIMIT ? OFFSET ?"
+        rows = self._query(sql, (*args, -1 if limit is None else limit, offset))
         return [json.loads(r[0]) for r in rows]
 
     def delete_executions(self, scheduler: str) -> None:

@@ -135,3 +135,40 @@ def test_list_schedulers_and_executions(trained):
         "InferenceSchedulerSummaries"] == []
     # the API documents an empty list (not an error) for a scheduler that does not exist
     assert client.list_inference_executions(InferenceSchedulerName="ghost")["InferenceExecutionSummaries"] == []
+
+
+def test_execution_lists_filter_and_page_in_the_database(trained):
+    """Filters and pages over many executions (both backends): every page is the next slice of the filtered,
+    newest-first list, whatever the combination of Status, DataStartTimeAfter and DataEndTimeBefore."""
+    svc, client, _store = trained
+    t0, step, count = 1_767_225_600.0, 300.0, 23
+    docs = []
+    for k in range(count):
+        start = t0 + k * step
+        doc = {"InferenceSchedulerName": "s-page", "ModelName": "m1", "DataStartTime": start,
+               "DataEndTime": start + step, "Status": "FAILED" if k % 3 == 0 else "SUCCESS"}
+        svc.ctx.state.put_execution("s-page", start, doc)
+        docs.append(doc)
+
+    def listed(**filters) -> list[float]:
+        out, token = [], None
+        for _ in range(count + 1):
+            page = client.list_inference_executions(InferenceSchedulerName="s-page", MaxResults=4, **filters,
+                                                    **({"NextToken": token} if token else {}))
+            out += [e["DataStartTime"].timestamp() for e in page["InferenceExecutionSummaries"]]
+            token = page.get("NextToken")
+            if not token:
+                return out
+        raise AssertionError("pagination did not end")
+
+    def expected(keep) -> list[float]:
+        return [d["DataStartTime"] for d in reversed(docs) if keep(d)]
+
+    after, before = t0 + 5 * step, t0 + 17 * step
+    assert listed() == expected(lambda d: True)
+    assert listed(Status="FAILED") == expected(lambda d: d["Status"] == "FAILED")
+    assert listed(Status="SUCCESS", DataStartTimeAfter=after) == expected(
+        lambda d: d["Status"] == "SUCCESS" and d["DataStartTime"] >= after)
+    assert listed(DataStartTimeAfter=after, DataEndTimeBefore=before) == expected(
+        lambda d: d["DataStartTime"] >= after and d["DataEndTime"] <= before)
+    assert len(listed(DataStartTimeAfter=after, DataEndTimeBefore=before)) == 12  # inclusive at both ends
