@@ -85,14 +85,22 @@ def find_files(store, cfg: InputConfig, component: str, window: Window, frequenc
     that the window's own file (named with its start) comes last: where files overlap (the agent writes
     [start, end], so a window's end row is also the next file's start row) its rows win."""
     head = f"{cfg.prefix}{component}{cfg.delimiter}"
+    low, high = window.start - frequency, window.end + frequency
+    # Names sort by time within a component (fixed-width calendar formats; EPOCH while it has 10 digits), so
+    # the listing starts just before the range and stops after it: an execution costs the same in the first
+    # week and after a year of files under the prefix.
+    ordered = cfg.timestamp_format != "EPOCH"
+    before = format_name_timestamp(low - 60, cfg.timestamp_format, cfg.offset_secs) if low > 60 else None
     found = []
-    for key in store.list(head):
+    for key in store.list(head, start_after=head + before if before else None):
         name = key[len(cfg.prefix):]
         if "/" in name:
             continue  # files sit directly under the prefix (rule 3)
         start = parse_object_name(name, component, cfg.delimiter, cfg.timestamp_format, cfg.offset_secs)
-        if start is not None and window.start - frequency <= start <= window.end + frequency:
+        if start is not None and low <= start <= high:
             found.append((start, key))
+        elif start is not None and start > high and ordered:
+            break
     found.sort(key=lambda item: (item[0] == window.start, item[0], item[1]))
     return [key for _start, key in found]
 

@@ -38,8 +38,9 @@ class ObjectStore(Protocol):
     def get(self, key: str) -> bytes:
         """The object's bytes. Raises KeyError when absent, StoreUnavailable or StoreError otherwise."""
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        """Keys that start with ``prefix``, in lexicographic order."""
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        """Keys that start with ``prefix``, in lexicographic order; only those > ``start_after`` when given
+        (S3's StartAfter: a store skips what comes before instead of sending it)."""
 
     def delete(self, key: str) -> None:
         """Remove the object; absent is not an error."""
@@ -79,7 +80,7 @@ class FileStore:
         except OSError as exc:
             raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
         # walk only the folder the prefix names (not the whole bucket): listing runs on every window
         start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not start.is_dir():
@@ -91,7 +92,7 @@ class FileStore:
                 if name.startswith(".") and name.endswith(".tmp"):
                     continue
                 key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
-                if key.startswith(prefix):
+                if key.startswith(prefix) and (start_after is None or key > start_after):
                     keys.append(key)
         return iter(sorted(keys))
 
@@ -132,12 +133,14 @@ class S3Store:
     def get(self, key: str) -> bytes:
         return self._call(self.client.get_object, Key=key)["Body"].read()
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
         token = None
         while True:
             kwargs = {"Prefix": prefix}
             if token:
                 kwargs["ContinuationToken"] = token
+            elif start_after is not None:
+                kwargs["StartAfter"] = start_after
             page = self._call(self.client.list_objects_v2, **kwargs)
             for item in page.get("Contents", []):
                 yield item["Key"]

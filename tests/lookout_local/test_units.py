@@ -175,6 +175,40 @@ def test_input_naming_with_offset_delimiter_and_epoch(tmp_path):
     assert find_files(store, epoch, "pump", window, 300) == [f"pump{window.start}.csv"]
 
 
+@pytest.mark.parametrize("fmt", ["yyyyMMddHHmmss", "yyyy-MM-dd-HH-mm-ss", "EPOCH"])
+def test_input_listing_reads_only_the_files_near_the_window(tmp_path, fmt):
+    """A year of files under one prefix costs an execution what a day does: the listing starts just before
+    the window's range and (for calendar names) stops after it, and finds what a full scan finds."""
+    from agent.core.model import Window
+    from agent.lookout_local.inference import InputConfig, find_files
+    from agent.pipeline.windows import object_name, parse_object_name
+
+    cfg = InputConfig("b4b", "in/", "_", fmt, 3600)
+    t0, step, count = 1767225600, 300, 400
+    names = {object_name(c, "_", t0 + k * step, fmt, 3600): b"x" for k in range(count) for c in ("pump", "pumpx")}
+    names["pump_junk.csv"] = names["pump_20260101.csv"] = b"x"
+    store = _window_input(tmp_path, cfg, names)
+    listed = []
+
+    class Counting:
+        def list(self, prefix="", start_after=None):
+            for key in store.list(prefix, start_after):
+                listed.append(key)
+                yield key
+
+    for k in (0, 1, 200, count - 2, count - 1, count + 3):
+        window = Window(t0 + k * step, t0 + (k + 1) * step)
+        listed.clear()
+        got = find_files(Counting(), cfg, "pump", window, step)
+        every = sorted((s, "in/" + n) for n in names
+                       if (s := parse_object_name(n, "pump", "_", fmt, 3600)) is not None
+                       and window.start - step <= s <= window.end + step)
+        assert got == [key for s, key in sorted(every, key=lambda e: (e[0] == window.start, e))], (k, got)
+        # calendar names: the window's files and one past them; EPOCH: no early stop, but nothing before them
+        bound = len(got) + 2 if fmt != "EPOCH" else max(count - k + 1, 0) + 2
+        assert len(listed) <= bound, (k, len(listed), bound)
+
+
 def test_unreadable_input_fails_with_a_reason(tmp_path):
     from agent.core.model import Window
     from agent.lookout_local.inference import InferenceFailed, InputConfig, window_frame
