@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.core.atomic import replace_with
+
 SHRINK = 0.01
 QUANTILE = 0.995
 MARGIN = 1.5
@@ -91,8 +93,13 @@ class Detector:
         return scores, shares
 
     def save(self, path: Path) -> None:
-        np.savez(path, names=np.array(self.names, dtype=object).astype(str), median=self.median,
-                 scale=self.scale, whiten=self.whiten, threshold=np.array(self.threshold))
+        """Write ``path`` atomically (file and folder fsynced): a crash leaves the old detector or the new."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to the temporary's name
+                np.savez(fh, names=np.array(self.names, dtype=object).astype(str), median=self.median,
+                         scale=self.scale, whiten=self.whiten, threshold=np.array(self.threshold))
+
+        replace_with(path, write)
 
     @classmethod
     def load(cls, path: Path) -> Detector:
