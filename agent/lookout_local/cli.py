@@ -46,6 +46,9 @@ def _fleet_options(parser: argparse.ArgumentParser) -> None:
                              "(default: SQLite in --state-dir)")
     parser.add_argument("--lease-secs", type=float, default=None,
                         help="with --db: a worker silent this long loses its task to another (default 30)")
+    parser.add_argument("--keep-executions-days", type=float, default=None, metavar="DAYS",
+                        help="delete finished inference executions older than DAYS (default: keep them all; "
+                             "the results objects stay in the bucket)")
 
 
 def build_worker_parser() -> argparse.ArgumentParser:
@@ -53,7 +56,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
                                      description="A fleet worker of the local L4E service: ingestion, training and "
                                                  "scheduled inference tasks from PostgreSQL")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                        help="datasets and models: the same (shared) folder as the API replicas'")
+                        help="this host's copies of the datasets and models (fetched from PostgreSQL)")
     parser.add_argument("--store", default=None, help="as for serve")
     parser.add_argument("--clock-start", default=None, help="as for serve (the same anchor file in --state-dir)")
     parser.add_argument("--speed", type=float, default=None, help="as for serve")
@@ -67,6 +70,8 @@ def _clock_and_store(args) -> tuple[object, str]:
     """The clock and store URL the options name; also checks the fleet options (ConfigError)."""
     if args.lease_secs is not None and not args.lease_secs > 0:
         raise ConfigError(f"--lease-secs {args.lease_secs}: must be > 0 seconds")
+    if args.keep_executions_days is not None and not args.keep_executions_days > 0:
+        raise ConfigError(f"--keep-executions-days {args.keep_executions_days}: must be > 0 days")
     if getattr(args, "tick_secs", 1.0) <= 0:
         raise ConfigError(f"--tick-secs {args.tick_secs}: must be > 0 seconds")
     state_dir = Path(args.state_dir)
@@ -114,7 +119,7 @@ def worker_main(argv: list[str]) -> int:
         return 1
     stop, previous = _until_signal()
     state = PgState(args.db, pool_size=4)
-    ctx = Context(state, stores, clock, Path(args.state_dir))
+    ctx = Context(state, stores, clock, Path(args.state_dir), keep_executions_days=args.keep_executions_days)
     worker = fleet.FleetWorker(ctx, args.db, tick_secs=args.tick_secs,
                                lease_secs=args.lease_secs or fleet.DEFAULT_LEASE_SECS).start()
     print(f"worker {worker.name} running", flush=True)
@@ -150,7 +155,7 @@ def serve_main(argv: list[str]) -> int:
         clock, store = _clock_and_store(args)
         service = LocalLookoutService(Path(args.state_dir), store, host=args.host, port=args.port, clock=clock,
                                       access_keys=keys, db_url=args.db, embedded_worker=args.workers == 1,
-                                      lease_secs=args.lease_secs)
+                                      lease_secs=args.lease_secs, keep_executions_days=args.keep_executions_days)
     except (ConfigError, ValueError) as exc:
         log.error("%s", exc)
         return ConfigError.exit_code

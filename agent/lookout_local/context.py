@@ -20,6 +20,7 @@ class Context:
     state_dir: Path
     region: str = "us-east-1"
     account: str = "123456789012"
+    keep_executions_days: float | None = None  # None: executions are kept for ever (as the API documents none)
 
     def arn(self, kind: str, name: str) -> str:
         """``arn:aws:lookoutequipment:<region>:<account>:<kind>/<name>/<uuid>`` (kind: dataset, model,

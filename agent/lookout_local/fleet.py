@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from agent.core.model import Window
 from agent.lookout_local.context import Context
 from agent.lookout_local.dispatch import QUEUE, Dispatcher
-from agent.lookout_local.scheduler import ModelCache, perform
+from agent.lookout_local.scheduler import ModelCache, perform, prune_executions
 from agent.lookout_local.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -233,13 +233,14 @@ class FleetWorker:
         task records older than KEEP_JOBS_HOURS (every CLEANUP_SECS)."""
         failing = False
         loop = asyncio.get_running_loop()
-        cleaned = loop.time()
+        cleaned = -CLEANUP_SECS  # the first pass cleans up at once
         abandoned: set[int] = set()  # failed tasks already looked at by this worker
         while True:
             await asyncio.sleep(self.lease_secs / 4)
             try:
                 if loop.time() - cleaned > CLEANUP_SECS:
                     await app.job_manager.delete_old_jobs(nb_hours=KEEP_JOBS_HOURS, queue=QUEUE)
+                    await asyncio.to_thread(prune_executions, self.ctx)
                     cleaned = loop.time()
                 await self._abandon_failed(app, abandoned)
                 for job in await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self.lease_secs):

@@ -195,6 +195,11 @@ class PgState:
         rows = self._query(sql, (*args, limit, offset))
         return [json.loads(r[0]) for r in rows]
 
+    def prune_executions(self, before: float) -> int:
+        """Delete finished executions whose window started before ``before`` (the retention rule)."""
+        return self._count("DELETE FROM lookout_executions WHERE data_start < %s AND status <> 'IN_PROGRESS'",
+                           (before,))
+
     def delete_executions(self, scheduler: str) -> None:
         self._query("DELETE FROM lookout_executions WHERE scheduler=%s", (scheduler,))
 

@@ -48,6 +48,20 @@ def input_config(doc: dict) -> InputConfig:
     )
 
 
+PRUNE_EVERY_SECS = 600.0  # wall seconds between two passes of the retention rule
+
+
+def prune_executions(ctx: Context) -> int:
+    """With ``keep_executions_days``: delete the finished executions whose window started more than that many
+    days before now (service clock); their results objects stay in the customer's bucket. Returns the count."""
+    if ctx.keep_executions_days is None:
+        return 0
+    deleted = ctx.state.prune_executions(float(ctx.clock.now()) - 86400.0 * ctx.keep_executions_days)
+    if deleted:
+        log.info("retention: deleted %d executions older than %g days", deleted, ctx.keep_executions_days)
+    return deleted
+
+
 class Scheduler(Ticker):
     """A daemon thread ticking every ``tick_secs`` wall seconds (agent.lookout_local.ticker)."""
 
@@ -57,12 +71,16 @@ class Scheduler(Ticker):
         super().__init__(tick_secs)
         self.ctx = ctx
         self._models = ModelCache(ctx)
+        self._next_prune = 0.0  # the first tick applies the retention rule
 
     def tick_failed(self, exc: Exception) -> None:  # a bad scheduler must not stop the others on the next tick
         log.error("scheduler tick failed", exc_info=exc)
 
     def tick(self) -> int:
         """One pass over all schedulers; returns the number of executions recorded."""
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECS
+            prune_executions(self.ctx)
         count = 0
         for doc in self.ctx.state.all("inference-scheduler"):
             if self._stop.is_set():

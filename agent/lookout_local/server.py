@@ -100,15 +100,16 @@ class LocalLookoutService:
     store_url: ``file:///root/`` (bucket b = folder root/b) or ``s3`` (boto3, standard credential chain).
     clock: time source for the API's timestamps and the scheduler (default SystemClock).
     access_keys: {key id: secret}; when given, every request must carry a valid SigV4 signature.
-    db_url: ``postgresql://…`` for fleet mode (state, queue and leases in PostgreSQL; ``state_dir`` then
-    holds only datasets and models and must be shared by every process); ``embedded_worker`` runs a
-    FleetWorker in this process; ``lease_secs`` is how long a silent worker keeps its task.
+    db_url: ``postgresql://…`` for fleet mode (state, queue, leases and the datasets' and models' files in
+    PostgreSQL; ``state_dir`` then holds this host's copies); ``embedded_worker`` runs a FleetWorker in this
+    process; ``lease_secs`` is how long a silent worker keeps its task. keep_executions_days: finished
+    executions older than that are deleted (default: kept for ever).
     """
 
     def __init__(self, state_dir, store_url: str, host: str = "127.0.0.1", port: int = 0, clock=None,
                  access_keys: dict[str, str] | None = None, s3_client_factory=None, tick_secs: float = 0.2,
                  region: str = "us-east-1", db_url: str | None = None, embedded_worker: bool = True,
-                 lease_secs: float | None = None) -> None:
+                 lease_secs: float | None = None, keep_executions_days: float | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store_url = store_url
         self.host, self.port = host, port
@@ -120,6 +121,7 @@ class LocalLookoutService:
         self.db_url = db_url
         self.embedded_worker = embedded_worker
         self.lease_secs = lease_secs
+        self.keep_executions_days = keep_executions_days
         self._httpd: ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self.ctx: Context | None = None
@@ -141,7 +143,8 @@ class LocalLookoutService:
 
     def start(self) -> LocalLookoutService:
         if self.db_url is None:
-            self.ctx = Context(State(self.state_dir), self._stores, self.clock, self.state_dir, region=self.region)
+            self.ctx = Context(State(self.state_dir), self._stores, self.clock, self.state_dir, region=self.region,
+                               keep_executions_days=self.keep_executions_days)
             self.worker = Worker(self.ctx)
             self.operations = Operations(self.ctx, self.worker.submit)
             self.scheduler = Scheduler(self.ctx, self._tick_secs)
@@ -168,7 +171,8 @@ class LocalLookoutService:
         migrate.upgrade(self.db_url)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = PgState(self.db_url)
-        self.ctx = Context(state, self._stores, self.clock, self.state_dir, region=self.region)
+        self.ctx = Context(state, self._stores, self.clock, self.state_dir, region=self.region,
+                           keep_executions_days=self.keep_executions_days)
         defer = fleet.deferrer(state)
         tasks = {"ingest": "l4e.ingest", "train": "l4e.train"}
         args = {"ingest": "job_id", "train": "model"}

@@ -139,6 +139,12 @@ class State:
         rows = self._query(sql, (*args, -1 if limit is None else limit, offset))
         return [json.loads(r[0]) for r in rows]
 
+    def prune_executions(self, before: float) -> int:
+        """Delete finished executions whose window started before ``before`` (the retention rule)."""
+        with self._lock:
+            return self._db.execute("DELETE FROM executions WHERE data_start < ? AND "
+                                    "json_extract(doc, '$.Status') <> 'IN_PROGRESS'", (before,)).rowcount
+
     def delete_executions(self, scheduler: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM executions WHERE scheduler=?", (scheduler,))

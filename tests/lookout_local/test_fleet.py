@@ -356,6 +356,8 @@ def test_worker_refuses_to_start_without_a_database(tmp_path, caplog):
     assert main(["lookout", "worker", *db, "--lease-secs", "0"]) == 78
     assert "--lease-secs 0.0: must be > 0" in caplog.text
     assert main(["lookout", "worker", *db, "--tick-secs", "-1"]) == 78
+    assert main(["lookout", "worker", *db, "--keep-executions-days", "0"]) == 78
+    assert "--keep-executions-days 0.0: must be > 0 days" in caplog.text
     assert main(["lookout", "worker", *db]) == 1  # valid options, no database there: not a config error
     assert "cannot prepare the database" in caplog.text
 

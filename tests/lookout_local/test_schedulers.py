@@ -172,3 +172,39 @@ def test_execution_lists_filter_and_page_in_the_database(trained):
     assert listed(DataStartTimeAfter=after, DataEndTimeBefore=before) == expected(
         lambda d: d["DataStartTime"] >= after and d["DataEndTime"] <= before)
     assert len(listed(DataStartTimeAfter=after, DataEndTimeBefore=before)) == 12  # inclusive at both ends
+
+
+def test_old_finished_executions_are_deleted_when_a_retention_is_set(tmp_path, db_factory):
+    """``keep_executions_days``: finished executions whose window started longer ago than that go (the first
+    pass runs when the service starts); an old one still IN_PROGRESS and the recent ones stay. Both backends."""
+    import time
+
+    from agent.lookout_local import migrate
+    from agent.lookout_local.pgstate import PgState
+    from agent.lookout_local.state import State
+
+    from .conftest import make_client, start_service
+
+    db_url = db_factory()
+    if db_url is None:
+        state = State(tmp_path / "state")
+    else:
+        migrate.upgrade(db_url)
+        state = PgState(db_url)
+    now = time.time() // 300 * 300
+    for age, status in ((5 * 86400, "SUCCESS"), (3 * 86400, "FAILED"), (4 * 86400, "IN_PROGRESS"), (86400, "SUCCESS")):
+        start = now - age
+        state.put_execution("s-keep", start, {"InferenceSchedulerName": "s-keep", "DataStartTime": start,
+                                              "DataEndTime": start + 300, "Status": status})
+    state.close()
+    svc = start_service(tmp_path / "state", (tmp_path / "store").as_uri() + "/", db_url, keep_executions_days=2)
+    try:
+        client = make_client(svc.endpoint_url)
+
+        def left() -> set[float]:
+            page = client.list_inference_executions(InferenceSchedulerName="s-keep")
+            return {e["DataStartTime"].timestamp() for e in page["InferenceExecutionSummaries"]}
+
+        wait_for(lambda: left() == {now - 4 * 86400, now - 86400}, timeout=15)
+    finally:
+        svc.stop()
