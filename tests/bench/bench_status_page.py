@@ -73,6 +73,38 @@ path = "history.csv"
     return runner, sensors, min(close_secs)
 
 
+def history_bytes(history) -> tuple[int, int]:
+    """tracemalloc bytes of a copy of the kept sensor history, and of the same points held as a deque of
+    (ts, value) tuples per sensor (the layout before Series), built in this process."""
+    import collections
+    import tracemalloc
+
+    from agent.runtime.status_history import Series
+
+    def measure(build) -> int:
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        kept = build()
+        size = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        del kept
+        return size
+
+    def compact():
+        out = {}
+        for name, series in history.series.items():
+            copy = out[name] = Series(series.capacity)
+            for ts, value in series:
+                copy.append(ts, value)
+        return out
+
+    def tuples():
+        return {name: collections.deque(((float(ts), None if v is None else float(v)) for ts, v in series),
+                                        maxlen=series.capacity) for name, series in history.series.items()}
+
+    return measure(compact), measure(tuples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sensors", type=int, default=2200)
@@ -94,6 +126,10 @@ def main() -> None:
         print(f"render_page:    {render * 1e3:.1f} ms  (×{render / baseline:.2f} baseline; budget 50 ms: "
               f"{'OK' if render <= 0.050 else 'OVER'})")
         print(f"history per window close ({len(runner.plan.components)} CSV files): {history_secs * 1e3:.1f} ms")
+        kept, as_tuples = history_bytes(runner.history)
+        print(f"sensor history memory: {kept / 1e6:.2f} MB for {points} points ({kept / points:.0f} B/point); "
+              f"the same points as a deque of (ts, value) tuples per sensor: {as_tuples / 1e6:.2f} MB "
+              f"(×{kept / as_tuples:.2f})")
 
     batch = [Reading(s, 1.0, 1000.0) for s in sensors]
     last: dict = {}

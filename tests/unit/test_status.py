@@ -202,7 +202,11 @@ def test_a_validity_end_marker_ends_the_hold(tmp_path):
     from agent.runtime.status_data import collect_status
 
     runner = runner_with(tmp_path, SourceStats(connected=True, readings=Counter(flow=2)))
-    runner.history.series["flow"] = __import__("collections").deque([(T0 - 60, 4.0), (T0, 5.0)])
+    from agent.runtime.status_history import Series
+
+    runner.history.series["flow"] = flow = Series(4)
+    flow.append(T0 - 60, 4.0)
+    flow.append(T0, 5.0)
     runner.history.latest_grid_ts = T0
     runner.last_readings["flow"] = Reading("flow", float("nan"), T0 + 1)
     runner.last_readings["temp"] = Reading("temp", 3.0, T0 - 30)
