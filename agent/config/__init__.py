@@ -34,6 +34,7 @@ from agent.config import env as config_env
 from agent.config.errors import format_problems, format_validation
 from agent.config.files import check_text_file, describe_read_error, read_text, toml_problems
 from agent.config.schema import literal_problems
+from agent.config.side_files import check_side_files
 from agent.core.errors import ConfigError
 from agent.pipeline.store import parse_location
 from agent.pipeline.windows import SAMPLING_RATES, UPLOAD_FREQUENCIES, parse_offset
@@ -306,6 +307,7 @@ def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str
         raise error from None
     if check_sources:
         check_sensor_coverage(config, path)
+        check_side_files(config, path, base_dir_of(path))
     config = _resolve_metrics_token(config, path)
     return config
 

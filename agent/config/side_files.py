@@ -1,0 +1,65 @@
+"""The files an asset file points at besides its own data: checked when the file is loaded, not at first use.
+
+A missing OPC-UA client certificate, private key, trusted server certificate or password file, a webhook's
+secret file, or an exec hook's program given as a path would otherwise surface only when the agent first
+connects or fires (an endless retry, or an alarm that is never delivered). ``load`` (and so ``check`` and
+``run``) refuses them as configuration errors naming the key, the resolved path and the reason (exit 78).
+
+Checked: each is a file this process can open and read. Not checked: a ``trust_dir`` (read at every connect, it
+may be filled later), a program given as a bare name (looked up in the unit's PATH when it runs), what is inside
+the files (a certificate is parsed when it is used).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.config.files import describe_read_error
+from agent.core.errors import ConfigError
+
+
+def _opcua(i: int, source) -> Iterator[tuple[str, Path]]:
+    sec = source.security
+    for name in ("certificate", "private_key"):
+        if getattr(sec, name) is not None:
+            yield f"sources[{i}].security.{name}", getattr(sec, name)
+    trusted = sec.server_certificate
+    if isinstance(trusted, list):
+        for k, path in enumerate(trusted):
+            yield f"sources[{i}].security.server_certificate[{k}]", path
+    elif trusted is not None:
+        yield f"sources[{i}].security.server_certificate", trusted
+    if source.password_file is not None:
+        yield f"sources[{i}].password_file", source.password_file
+
+
+def side_files(config) -> Iterator[tuple[str, Path, bool]]:
+    """(key, path as written, must be executable) for every side file of ``config``."""
+    for i, source in enumerate(config.sources):
+        if source.kind == "opcua":
+            for key, path in _opcua(i, source):
+                yield key, Path(path), False
+    for name, hook in config.alarms.hooks.items():
+        secret = getattr(hook, "secret_file", None)
+        if secret is not None:
+            yield f"alarms.hooks.{name}.secret_file", Path(secret), False
+        argv = getattr(hook, "argv", None)
+        if argv and "/" in argv[0]:
+            yield f"alarms.hooks.{name}.argv[0]", Path(argv[0]), True
+
+
+def check_side_files(config, path: Path, base_dir: Path) -> None:
+    """Raise ConfigError for the first side file that cannot be read (or run); relative paths are taken from
+    ``base_dir``, the asset file's folder, as the agent resolves them."""
+    for key, written, executable in side_files(config):
+        where = written if written.is_absolute() else base_dir / written
+        try:
+            with open(where, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise ConfigError(describe_read_error(exc, where), file=str(path), key=key) from None
+        if executable and not os.access(where, os.X_OK):
+            raise ConfigError(f"{where}: not executable (chmod +x, or give the interpreter as argv[0])",
+                              file=str(path), key=key)
