@@ -6,7 +6,9 @@ started before the whole file validated: an agent never runs half-configured.
 
 Types are strict, as TOML spells them: a boolean is not an integer (``fill_limit = true``), a float is not an
 integer (``fill_limit = 2.0``), a string is not a number. Every file the configuration names is read as UTF-8
-text; a missing, binary, unreadable or directory path is a ConfigError naming it (agent.config.files).
+text; a missing, binary, unreadable or directory path is a ConfigError naming it (agent.config.files). Side
+files (certificates, password and secret files, an exec hook's program) must be readable at load time
+(agent.config.side_files).
 
 Environment overrides: ``L4E_AGENT_<KEY>``, nested keys joined by ``__``, e.g.
 ``L4E_AGENT_LOOKOUT__INPUT=s3://bucket/prefix/`` or ``L4E_AGENT_WINDOW__GRACE_SECS=30``. They win over the file;
