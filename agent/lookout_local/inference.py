@@ -21,9 +21,10 @@ import pandas as pd
 
 from agent.core.model import Window
 from agent.lookout_local.ingest import read_component_csv
-from agent.lookout_local.modeling import TrainedModel, join, resample
+from agent.lookout_local.modeling import TrainedModel
 from agent.lookout_local.schema import Component
 from agent.lookout_local.stores import location
+from agent.lookout_local.window_grid import fill_both_ways, grid_means
 from agent.pipeline.windows import format_name_timestamp, grid_points, parse_object_name, results_key
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
                  rate: int) -> pd.DataFrame:
     """The window's resampled rows: index = every grid point in (start, end], columns ``component\\sensor``.
     Raises InferenceFailed with the service's wording when a component has no file or no row in range."""
-    parts = []
+    grid_s = np.asarray(grid_points(window, rate), dtype=np.int64)
+    parts, columns = [], []
     for comp in components:
         keys = find_files(store, cfg, comp.name, window, frequency)
         if not keys:
@@ -153,9 +155,13 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
             seen = (float(secs.min()), float(secs.max())) if len(secs) else None
             raise InferenceFailed(no_rows_reason(comp.name, window, seen))
         in_window = in_window.sort_values("timestamp", kind="stable").drop_duplicates("timestamp", keep="last")
-        parts.append(resample(in_window, comp.name, comp.sensors, rate))
-    grid = pd.DatetimeIndex(pd.to_datetime(grid_points(window, rate), unit="s"))
-    return join(parts).reindex(grid).ffill().bfill()
+        # modeling.resample + join + reindex + ffill/bfill, in numpy (agent.lookout_local.window_grid)
+        ts_ns = in_window["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        values = in_window[list(comp.sensors)].to_numpy(dtype=np.float64)
+        parts.append(fill_both_ways(grid_means(ts_ns, values, grid_s, rate)))
+        columns += [f"{comp.name}\\{sensor}" for sensor in comp.sensors]
+    grid = pd.DatetimeIndex(pd.to_datetime(grid_s, unit="s"))
+    return pd.DataFrame(np.hstack(parts), index=grid, columns=columns)
 
 
 def run_window(store, out_store, cfg: InputConfig, out_prefix: str, components: list[Component],
