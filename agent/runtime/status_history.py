@@ -62,34 +62,49 @@ def source_state(stats, silent: bool, bad_quality: bool) -> str:
 
 
 class Series:
-    """One sensor's kept grid rows, compact: an array of grid seconds (int64) and one of values (double), 16
-    bytes a point where a deque of (ts, value) tuples costs about 110 (29 MB at 2,200 sensors × 120 points);
-    at most ``capacity`` points, the oldest dropped first. Iterates as (grid ts, value | None); an empty cell
-    is stored as NaN."""
+    """One sensor's kept grid rows, compact and allocated once: a ring of ``capacity`` grid seconds (int64) and
+    values (double), 16 bytes a point where a deque of (ts, value) tuples costs about 110 (29 MB at 2,200
+    sensors × 120 points). The whole ring is allocated when the sensor's first row arrives, so the agent's
+    memory does not grow while the history fills its hour. Iterates oldest first as (grid ts, value | None);
+    an empty cell is stored as NaN."""
 
-    __slots__ = ("capacity", "ts", "values")
+    __slots__ = ("capacity", "size", "start", "ts", "values")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.ts = array("q")  # grid points: whole seconds
-        self.values = array("d")
+        self.ts = array("q", bytes(8 * capacity))  # grid points: whole seconds
+        self.values = array("d", [math.nan]) * capacity
+        self.start = 0
+        self.size = 0
 
     def append(self, ts: float, value: float | None) -> None:
-        if len(self.ts) >= self.capacity:
-            del self.ts[0], self.values[0]
-        self.ts.append(round(ts))
-        self.values.append(math.nan if value is None else value)
+        if self.size < self.capacity:
+            slot = (self.start + self.size) % self.capacity
+            self.size += 1
+        else:  # full: overwrite the oldest
+            slot = self.start
+            self.start = (self.start + 1) % self.capacity
+        self.ts[slot] = round(ts)
+        self.values[slot] = math.nan if value is None else value
 
     def __len__(self) -> int:
-        return len(self.ts)
+        return self.size
 
-    def __iter__(self) -> Iterator[tuple[float, float | None]]:
+    def __iter__(self) -> Iterator[tuple[int, float | None]]:
         return iter(self.after(-math.inf))
 
-    def after(self, cut: float) -> list[tuple[float, float | None]]:
+    def _ordered(self) -> tuple[array, array]:
+        end = self.start + self.size
+        if end <= self.capacity:
+            return self.ts[self.start:end], self.values[self.start:end]
+        wrap = end - self.capacity
+        return self.ts[self.start:] + self.ts[:wrap], self.values[self.start:] + self.values[:wrap]
+
+    def after(self, cut: float) -> list[tuple[int, float | None]]:
         """The points with ts > ``cut``, oldest first."""
-        i = bisect.bisect_right(self.ts, cut)
-        return list(zip(self.ts[i:], [None if v != v else v for v in self.values[i:]], strict=True))  # NaN: empty
+        ts, values = self._ordered()
+        i = bisect.bisect_right(ts, cut)
+        return list(zip(ts[i:], [None if v != v else v for v in values[i:]], strict=True))  # NaN: empty
 
 
 class StatusHistory:

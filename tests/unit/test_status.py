@@ -214,3 +214,18 @@ def test_a_validity_end_marker_ends_the_hold(tmp_path):
     assert (sensors["flow"]["value"], sensors["flow"]["ts"], sensors["flow"]["quality"]) == (5.0, T0, "ended")
     assert sensors["flow"]["holds"] is False  # fill_limit 0: not carried past the marker's grid step
     assert (sensors["temp"]["value"], sensors["temp"]["quality"], sensors["temp"]["holds"]) == (3.0, "good", False)
+
+
+def test_a_sensor_series_is_a_ring_allocated_once():
+    """The last ``capacity`` points, oldest first, an empty cell as None, and no growth while it fills."""
+    from agent.runtime.status_history import Series
+
+    series = Series(4)
+    before = (series.ts.buffer_info(), series.values.buffer_info())
+    for k in range(7):
+        series.append(T0 + 60 * k, None if k == 5 else float(k))
+        assert len(series) == min(k + 1, 4)
+    assert (series.ts.buffer_info(), series.values.buffer_info()) == before  # same buffers, same sizes
+    assert list(series) == [(T0 + 180, 3.0), (T0 + 240, 4.0), (T0 + 300, None), (T0 + 360, 6.0)]
+    assert series.after(T0 + 240) == [(T0 + 300, None), (T0 + 360, 6.0)]
+    assert Series(3).after(0) == []
