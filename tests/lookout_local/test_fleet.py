@@ -140,38 +140,44 @@ def test_a_worker_killed_mid_execution_leaves_it_to_another(fleet):
     # certainly in the middle of an execution when it is killed
     wait_for(lambda: fleet["clock"].now() > client.describe_inference_scheduler(
         InferenceSchedulerName=names[0])["CreatedAt"].timestamp() + 4 * F, timeout=10)
-    stuck = []
-    for _attempt in range(3):  # a kill that lands between two tasks leaves none stuck: try again (bounded)
-        victim = procs.worker()
-        # every scheduler dispatched (its executions created), then killed in the middle of an execution
+    cut, stuck_ids = None, []
+    for _attempt in range(5):  # bounded: a kill can land between two tasks, or after a record and before the
+        victim = procs.worker()  # task's own end; only a kill in the middle of an execution is the case here
+        # every scheduler dispatched (its executions created), then killed while it runs a task
         wait_for(lambda: jobs(db, "SELECT count(*) FROM lookout_resources WHERE name LIKE 'kill-%%' AND due_at > 0")
                  == [(len(names),)], timeout=30, interval=0.01)
         wait_for(lambda: jobs(db, "SELECT id FROM procrastinate_jobs WHERE status='doing' AND "
-                                  "task_name='l4e.run_execution'"), timeout=30, interval=0.005)
+                                  "task_name='l4e.run_execution' AND NOT (id = ANY(%s))", (stuck_ids,)),
+                 timeout=30, interval=0.005)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
-        # a dead worker finishes nothing: what is 'doing' now was cut in the middle
-        stuck = jobs(db, "SELECT id, args FROM procrastinate_jobs WHERE status='doing' AND "
-                         "task_name='l4e.run_execution'")
-        if stuck:
+        # a dead worker finishes nothing: what is 'doing' now was cut, in the middle or after its record
+        for job_id, args in jobs(db, "SELECT id, args FROM procrastinate_jobs WHERE status='doing' AND "
+                                     "task_name='l4e.run_execution' AND NOT (id = ANY(%s))", (stuck_ids,)):
+            stuck_ids.append(job_id)
+            execution = next(e for e in all_executions(client, args["scheduler"])
+                             if e["DataStartTime"].timestamp() == args["start"])
+            if execution["Status"] == "IN_PROGRESS" and cut is None:
+                cut = (job_id, args)
+        if cut is not None:
             break
-    assert len(stuck) == 1, stuck
-    job_id, args = stuck[0]
-    killed = next(e for e in all_executions(client, args["scheduler"])
-                  if e["DataStartTime"].timestamp() == args["start"])
-    assert killed["Status"] == "IN_PROGRESS"
+    assert cut is not None, f"no kill landed in the middle of an execution in 5 tries (cut tasks: {stuck_ids})"
+    job_id, args = cut
     # the dead worker's last sign of life, on the database's clock
     (last_beat,), = jobs(db, "SELECT w.last_heartbeat FROM procrastinate_workers w JOIN procrastinate_jobs j "
                              "ON j.worker_id = w.id WHERE j.id = %s", (job_id,))
     procs.worker()
     stop_all(client, names)
     wait_for(lambda: settled(client, names), timeout=60)
+    # a task cut after its record is run again too (and finds it finished): wait until none is left
+    wait_for(lambda: jobs(db, "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND "
+                              "args->>'scheduler' LIKE 'kill-%%'") == [(0,)], timeout=60)
     # the lease, not luck: it ran again only after the dead worker's heartbeat was older than the lease, and
-    # it is the only task that needed a second attempt (procrastinate counts the finishing one too)
-    status, attempts = jobs(db, "SELECT status, attempts FROM procrastinate_jobs WHERE id=%s", (job_id,))[0]
-    assert (status, attempts) == ("succeeded", 2)
-    assert jobs(db, "SELECT DISTINCT attempts FROM procrastinate_jobs WHERE id<>%s AND args->>'scheduler' LIKE "
-                    "'kill-%%'", (job_id,)) == [(1,)]
+    # only the cut tasks needed a second attempt (procrastinate counts the finishing one too)
+    for cut_id in stuck_ids:
+        assert jobs(db, "SELECT status, attempts FROM procrastinate_jobs WHERE id=%s", (cut_id,)) == [("succeeded", 2)]
+    assert jobs(db, "SELECT DISTINCT attempts FROM procrastinate_jobs WHERE NOT (id = ANY(%s)) AND "
+                    "args->>'scheduler' LIKE 'kill-%%'", (stuck_ids,)) == [(1,)]
     started = [at for (at,) in jobs(db, "SELECT at FROM procrastinate_events WHERE job_id = %s AND type = 'started' "
                                         "ORDER BY at", (job_id,))]
     assert len(started) == 2 and (started[1] - last_beat).total_seconds() >= LEASE, (last_beat, started)
@@ -327,7 +333,8 @@ def test_workers_on_hosts_without_a_shared_folder(fleet, tmp_path):
         b.close()
         c.close()
     fetched = [p.name for p in (c_state / "models").iterdir()]
-    assert len(fetched) == 1 and fetched[0].startswith("fm-b@"), fetched
+    # fm-b, fetched from the database (a scheduler of an earlier test still running on fm may add fm@…)
+    assert [n for n in fetched if n.startswith("fm-b")] == [n for n in fetched if n.startswith("fm-b@")] != [], fetched
     assert not (c_state / "datasets").exists()  # inference needs the model only
     done = [e for e in all_executions(client, names[0]) if e["Status"] == "SUCCESS"]
     assert all(fleet["store"].get(e["CustomerResultObject"]["Key"]) for e in done)
