@@ -63,7 +63,7 @@ path = "/var/lib/l4e-agent/alarms.jsonl"
 # [alarms.hooks.ops]
 # kind = "webhook"
 # url = "http://127.0.0.1:8080/alarm"
-# secret_file = "/etc/l4e-agent/hook.secret"   # HMAC-SHA256 in X-L4E-Signature
+# secret_file = "/etc/l4e-agent/hook.secret"   # HMAC-SHA256 in X-L4E-Signature (must exist at load)
 # [alarms.hooks.horn]
 # kind = "write_back"                         # set on raise, reset on clear, through a [[sources]] entry
 # source = "plc1"

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from agent.lookout_local.state import executions_query
 from agent.pipeline.windows import UPLOAD_FREQUENCIES
 
 SCHEDULER = "inference-scheduler"
@@ -184,15 +185,9 @@ class PgState:
     def executions(self, scheduler: str, *, start_after: float | None = None, start_before: float | None = None,
                    status: str | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
         """As ``State.executions``: filters, order and paging in SQL (the primary key's index serves them)."""
-        sql, args = "SELECT doc FROM lookout_executions WHERE scheduler=%s", [scheduler]
-        if start_after is not None:
-            sql, args = sql + " AND data_start >= %s", [*args, start_after]
-        if start_before is not None:
-            sql, args = sql + " AND data_start < %s", [*args, start_before]
-        if status is not None:
-            sql, args = sql + " AND status = %s", [*args, status]
-        sql += " ORDER BY data_start DESC LIMIT %s OFFSET %s"
-        rows = self._query(sql, (*args, limit, offset))
+        sql, args = executions_query("lookout_executions", "%s", "status", scheduler, start_after, start_before,
+                                     status)
+        rows = self._query(sql + " LIMIT %s OFFSET %s", (*args, limit, offset))
         return [json.loads(r[0]) for r in rows]
 
     def prune_executions(self, before: float) -> int:

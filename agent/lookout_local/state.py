@@ -33,6 +33,17 @@ CREATE TABLE IF NOT EXISTS tokens (
 """
 
 
+def executions_query(table: str, mark: str, status_expr: str, scheduler: str, start_after: float | None,
+                     start_before: float | None, status: str | None) -> tuple[str, list]:
+    """SELECT of a scheduler's execution documents, newest first, with the optional filters; ``mark`` is the
+    driver's placeholder, ``status_expr`` where the backend keeps the status. Both backends use it."""
+    sql, args = f"SELECT doc FROM {table} WHERE scheduler={mark}", [scheduler]
+    for clause, value in (("data_start >=", start_after), ("data_start <", start_before), (f"{status_expr} =", status)):
+        if value is not None:
+            sql, args = f"{sql} AND {clause} {mark}", [*args, value]
+    return sql + " ORDER BY data_start DESC", args
+
+
 class State:
     """The SQLite store. Every method is atomic; ``transaction()`` groups several into one."""
 
@@ -128,15 +139,9 @@ class State:
                    status: str | None = None, offset: int = 0, limit: int | None = None) -> list[dict]:
         """Executions of a scheduler, newest DataStartTime first: DataStartTime >= ``start_after`` and
         < ``start_before``, of ``status``; ``offset``/``limit`` page through them (in SQL, not in Python)."""
-        sql, args = "SELECT doc FROM executions WHERE scheduler=?", [scheduler]
-        if start_after is not None:
-            sql, args = sql + " AND data_start >= ?", [*args, start_after]
-        if start_before is not None:
-            sql, args = sql + " AND data_start < ?", [*args, start_before]
-        if status is not None:
-            sql, args = sql + " AND json_extract(doc, '$.Status') = ?", [*args, status]
-        sql += " ORDER BY data_start DESC LIMIT ? OFFSET ?"
-        rows = self._query(sql, (*args, -1 if limit is None else limit, offset))
+        sql, args = executions_query("executions", "?", "json_extract(doc, '$.Status')", scheduler, start_after,
+                                     start_before, status)
+        rows = self._query(sql + " LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit, offset))
         return [json.loads(r[0]) for r in rows]
 
     def prune_executions(self, before: float) -> int:

@@ -182,7 +182,8 @@ class OpcUaSourceConfig(SourceConfig):
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="Secure channel.")
     username: str | None = Field(default=None, description="User name for a UserName identity token.")
     password_file: Path | None = Field(
-        default=None, description="File holding the password (first line; relative to the asset file)."
+        default=None, description="File holding the password (first line; relative to the asset file; must be "
+        "readable when the asset file is loaded)."
     )
     password_env: str | None = Field(default=None, description="Environment variable holding the password.")
     timeout_secs: float = Field(default=5, gt=0, description="Per-request timeout (s).")
