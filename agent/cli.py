@@ -67,6 +67,7 @@ SUB_PROGRAMS = {
 LOOKOUT_PROGRAMS = {  # l4e-agent lookout SUBCOMMAND, each with its own parser
     "serve": "serve the L4E API on HTTP until SIGTERM",
     "worker": "run fleet-mode workers on a PostgreSQL state (--db) until SIGTERM",
+    "evaluate": "judge the detector on labelled runs: pooled F1, false and missed alarm rates, events",
 }
 
 
@@ -144,6 +145,10 @@ def _sub_program(argv: list[str]) -> int | None:
         from agent.lookout_local.cli import worker_main
 
         return worker_main(argv[2:])
+    if argv[:2] == ["lookout", "evaluate"]:
+        from agent.commands.evaluate import evaluate_main
+
+        return evaluate_main(argv[2:])
     if argv[:1] == ["simulate"]:
         from agent.demo.simulate import simulate_main
 

@@ -5,6 +5,11 @@ Per the README's Decisions: for each schema component, input files are found by 
 range the real service lists, README, L4E contract §1); only rows with timestamps in (start, end] are used,
 resampled to the model's rate (label right, closed right), missing grid points filled from the nearest
 earlier (else later) point of the same window. Results go to ``results_key(OutputPrefix, window)``.
+
+The detector's score of a row also uses the rows before it (smoothing and its recent-past reference,
+``Detector.context_rows``): the files of the windows before this one are read for that history, the grid points
+in (start − context, start], filled forward only. History that is not there (the first window, a gap) is simply
+shorter; it never fails the execution, and its rows are never scored or written.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from agent.lookout_local.ingest import read_component_csv
 from agent.lookout_local.modeling import TrainedModel
 from agent.lookout_local.schema import Component
 from agent.lookout_local.stores import location
-from agent.lookout_local.window_grid import fill_both_ways, grid_means
+from agent.lookout_local.window_grid import fill_both_ways, fill_forward, grid_means
 from agent.pipeline.windows import format_name_timestamp, grid_points, parse_object_name, results_key
 
 log = logging.getLogger(__name__)
@@ -81,12 +86,13 @@ def iso_utc_minutes(ts: float) -> str:
     return pd.Timestamp(int(ts), unit="s").strftime("%Y-%m-%dT%H:%MZ")
 
 
-def find_files(store, cfg: InputConfig, component: str, window: Window, frequency: int) -> list[str]:
-    """Keys of ``component``'s files whose name timestamp lies in [start − F, end + F], oldest first, except
-    that the window's own file (named with its start) comes last: where files overlap (the agent writes
+def find_files(store, cfg: InputConfig, component: str, window: Window, frequency: int,
+               history: int = 0) -> list[str]:
+    """Keys of ``component``'s files whose name timestamp lies in [start − F − history, end + F], oldest first,
+    except that the window's own file (named with its start) comes last: where files overlap (the agent writes
     [start, end], so a window's end row is also the next file's start row) its rows win."""
     head = f"{cfg.prefix}{component}{cfg.delimiter}"
-    low, high = window.start - frequency, window.end + frequency
+    low, high = window.start - frequency - history, window.end + frequency
     # Names sort by time within a component (fixed-width calendar formats; EPOCH while it has 10 digits), so
     # the listing starts just before the range and stops after it: an execution costs the same in the first
     # week and after a year of files under the prefix.
@@ -127,23 +133,36 @@ def no_rows_reason(component: str, window: Window, seen: tuple[float, float] | N
             "ensure there is data within the expected time range.")
 
 
+def _history_secs(context_rows: int, rate: int, frequency: int) -> int:
+    """Seconds of history before a window the detector's context needs, rounded up to whole windows."""
+    secs = context_rows * rate
+    return -(-secs // frequency) * frequency if secs else 0
+
+
 def window_frame(store, cfg: InputConfig, components: list[Component], window: Window, frequency: int,
-                 rate: int) -> pd.DataFrame:
-    """The window's resampled rows: index = every grid point in (start, end], columns ``component\\sensor``.
-    Raises InferenceFailed with the service's wording when a component has no file or no row in range."""
+                 rate: int, context_rows: int = 0) -> tuple[pd.DataFrame, int]:
+    """(rows, context): the window's resampled rows, index = the grid points in (start − context × rate, end],
+    columns ``component\\sensor``; the first ``context`` rows are history (filled forward only, empty where
+    there was none), the rest every grid point in (start, end] (filled both ways, as before).
+    Raises InferenceFailed with the service's wording when a component has no file or no row in the window."""
     grid_s = np.asarray(grid_points(window, rate), dtype=np.int64)
-    parts, columns = [], []
+    history_s = np.asarray(grid_s[0] - rate * np.arange(context_rows, 0, -1), dtype=np.int64)
+    history = _history_secs(context_rows, rate, frequency)
+    parts, past_parts, columns = [], [], []
     for comp in components:
-        keys = find_files(store, cfg, comp.name, window, frequency)
-        if not keys:
+        keys = find_files(store, cfg, comp.name, window, frequency, history)
+        in_range = [k for k in keys if _named_near(k, cfg, comp.name, window, frequency)]
+        if not in_range:
             raise InferenceFailed(missing_file_reason(cfg, comp.name, window, frequency, store))
-        frames, problems = [], []
+        frames, read, problems = [], [], []
         for key in keys:
             try:
                 frames.append(_PARSED.parse(store.get(key), comp))
+                read.append(key)
             except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as exc:
                 log.info("skipping unreadable input %s: %s", location(store, cfg.bucket, key), exc)
-                problems.append(f"{location(store, cfg.bucket, key)}: {exc}")
+                if key in in_range:
+                    problems.append(f"{location(store, cfg.bucket, key)}: {exc}")
         if not frames:
             # local wording (the real service's text for this case is not documented)
             raise InferenceFailed(f"Could not read any data file for sensor {comp.name} within expected range of "
@@ -152,24 +171,42 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
         secs = rows["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9 if len(rows) else np.array([])
         in_window = rows[(secs > window.start) & (secs <= window.end)]
         if in_window.empty:
-            seen = (float(secs.min()), float(secs.max())) if len(secs) else None
+            near = secs[np.concatenate([np.full(len(f), k in in_range) for k, f in zip(read, frames, strict=True)])]
+            seen = (float(near.min()), float(near.max())) if len(near) else None
             raise InferenceFailed(no_rows_reason(comp.name, window, seen))
+        sensors = list(comp.sensors)
         in_window = in_window.sort_values("timestamp", kind="stable").drop_duplicates("timestamp", keep="last")
         # modeling.resample + join + reindex + ffill/bfill, in numpy (agent.lookout_local.window_grid)
         ts_ns = in_window["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-        values = in_window[list(comp.sensors)].to_numpy(dtype=np.float64)
-        parts.append(fill_both_ways(grid_means(ts_ns, values, grid_s, rate)))
+        parts.append(fill_both_ways(grid_means(ts_ns, in_window[sensors].to_numpy(dtype=np.float64), grid_s, rate)))
+        if context_rows:
+            past = rows[(secs > window.start - context_rows * rate) & (secs <= window.start)]
+            past = past.sort_values("timestamp", kind="stable").drop_duplicates("timestamp", keep="last")
+            past_ns = past["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+            past_parts.append(fill_forward(grid_means(past_ns, past[sensors].to_numpy(dtype=np.float64),
+                                                      history_s, rate)))
         columns += [f"{comp.name}\\{sensor}" for sensor in comp.sensors]
-    grid = pd.DatetimeIndex(pd.to_datetime(grid_s, unit="s"))
-    return pd.DataFrame(np.hstack(parts), index=grid, columns=columns)
+    values = np.hstack(parts)
+    if context_rows:
+        values = np.vstack([np.hstack(past_parts), values])
+    grid = pd.DatetimeIndex(pd.to_datetime(np.concatenate([history_s, grid_s]), unit="s"))
+    return pd.DataFrame(values, index=grid, columns=columns), context_rows
+
+
+def _named_near(key: str, cfg: InputConfig, component: str, window: Window, frequency: int) -> bool:
+    """Whether ``key``'s name timestamp is in [start − F, end + F] (the files the window itself needs)."""
+    start = parse_object_name(key[len(cfg.prefix):], component, cfg.delimiter, cfg.timestamp_format,
+                              cfg.offset_secs)
+    return start is not None and window.start - frequency <= start <= window.end + frequency
 
 
 def run_window(store, out_store, cfg: InputConfig, out_prefix: str, components: list[Component],
                model: TrainedModel, window: Window, frequency: int) -> tuple[str, bool]:
     """Infer one window and write its results; returns (results key, any anomalous line).
     Raises InferenceFailed for data problems (the execution FAILS with that reason)."""
-    frame = window_frame(store, cfg, components, window, frequency, model.rate)
-    lines = model.result_lines(frame)
+    frame, context = window_frame(store, cfg, components, window, frequency, model.rate,
+                                  model.detector.context_rows)
+    lines = model.result_lines(frame, context)
     key = results_key(out_prefix, window)
     out_store.put(key, "".join(json.dumps(line) + "\n" for line in lines).encode())
     return key, any(line["prediction"] == 1 for line in lines)

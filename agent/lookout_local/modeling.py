@@ -1,9 +1,11 @@
-"""Model training, evaluation and scoring around the Detector: the data side of CreateModel and inference.
+"""Model training, evaluation and scoring around the Detector (``agent.detection``): the data side of
+CreateModel and inference.
 
 Data are resampled to the model's TargetSamplingRate on a grid aligned to the UTC hour, label right and
 closed right (grid point t holds the mean of the readings in (t − rate, t], README, Decisions rule 2), then
-the components are joined on the grid. A fitted model is a folder: ``detector.npz`` + ``model.json``
-(sensor names, rate in seconds, the off condition).
+the components are joined on the grid. The detector reads consecutive grid rows, so the training rows are laid
+on the full grid (a grid point without data is an empty row) unless the history is mostly gaps. A fitted model
+is a folder: ``detector.npz`` + ``model.json`` (sensor names, rate in seconds, the off condition).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from agent.core.atomic import write_json_atomic
-from agent.lookout_local.detector import Detector, rounded_shares
+from agent.detection import Detector, rounded_shares
+from agent.detection.metrics import count
 from agent.lookout_local.schema import Component
 from agent.lookout_local.timestamps import parse_column
 from agent.pipeline.windows import format_csv_time
@@ -146,38 +149,78 @@ def _runs(times: np.ndarray, flags: np.ndarray, rate: int) -> list[tuple[float, 
     return runs
 
 
+def on_grid(frame: pd.DataFrame, rate: int) -> pd.DataFrame:
+    """``frame`` reindexed on every grid point between its first and last row (missing points as empty rows),
+    so that the detector's durations count real time; kept as it is when that would more than quadruple it (a
+    history of a few days spread over a year: its gaps would only cost memory)."""
+    if len(frame) < 2:
+        return frame
+    first, last = frame.index[0], frame.index[-1]
+    points = int((last - first).total_seconds() // rate) + 1
+    if points > 4 * len(frame):
+        return frame
+    return frame.reindex(pd.date_range(first, last, freq=f"{rate}s"))
+
+
+def _outside(frame: pd.DataFrame, labels: list[tuple[float, float]]) -> np.ndarray:
+    """Rows of ``frame`` outside every labelled range."""
+    idx = frame.index.asi8 / 1e9 if len(frame) else np.array([])
+    keep = np.ones(len(frame), dtype=bool)
+    for start, end in labels:
+        keep &= ~((idx >= start) & (idx <= end))
+    return keep
+
+
 def train(data_dir: Path, components: list[Component], rate: int, train_range: tuple[float | None, float | None],
           eval_range: tuple[float | None, float | None], labels: list[tuple[float, float]],
           off: OffCondition | None, model_dir: Path) -> dict:
-    """Fit, evaluate and save the model; returns the ModelMetrics document. Raises TrainingFailed."""
+    """Fit, evaluate and save the model; returns the ModelMetrics document. Raises TrainingFailed.
+
+    Labelled ranges and machine-off rows do not define normal behaviour: they are emptied (kept as grid rows,
+    so durations stay true) before the fit. When an evaluation range is given, its rows outside labelled ranges
+    calibrate the threshold too (at most 0.5 % of them alarm), and ModelMetrics judge the model on it."""
     frame = load_dataset(data_dir, components, rate)
     names = list(frame.columns)
     if off is not None and off.sensor not in names:
         raise TrainingFailed(f"OffCondition sensor {off.sensor} is not in the model's schema")
-    train_rows = _between(frame, *train_range)
-    for start, end in labels:  # labelled anomalies do not define normal behaviour
-        idx = train_rows.index.asi8 / 1e9
-        train_rows = train_rows[~((idx >= start) & (idx <= end))]
+    train_rows = on_grid(_between(frame, *train_range), rate)
+    fit_values = train_rows.to_numpy(dtype=np.float64, copy=True)
+    fit_values[~_outside(train_rows, labels)] = np.nan  # labelled anomalies do not define normal behaviour
     if off is not None:
-        train_rows = train_rows[~off.mask(train_rows)]
+        fit_values[off.mask(train_rows)] = np.nan
+    has_eval = eval_range != (None, None)
+    eval_rows = on_grid(_between(frame, *eval_range), rate) if has_eval else None
+    calibration = None
+    if eval_rows is not None and len(eval_rows):
+        calibration = eval_rows.to_numpy(dtype=np.float64, copy=True)
+        calibration[~_outside(eval_rows, labels)] = np.nan
+        if off is not None:
+            calibration[off.mask(eval_rows)] = np.nan
     try:
-        detector = Detector.fit(train_rows.to_numpy(dtype=np.float64), names)
+        detector = Detector.fit(fit_values, names, float(rate), calibration=calibration)
     except ValueError as exc:
         raise TrainingFailed(f"training failed: {exc}") from None
     model_dir.mkdir(parents=True, exist_ok=True)
     detector.save(model_dir / "detector.npz")
     write_json_atomic(model_dir / "model.json", {"names": names, "rate": rate, "off": off.text() if off else None})
-    has_eval = eval_range != (None, None)
-    eval_rows = _between(frame, *eval_range) if has_eval else train_rows
-    return metrics(detector, eval_rows, labels, off, rate)
+    if eval_rows is not None:
+        return metrics(detector, eval_rows, labels, off, rate)
+    scored = train_rows.copy()
+    scored[:] = fit_values  # the model's own normal rows: how often it alarms on what it learned
+    return metrics(detector, scored, [], off, rate)
 
 
 def metrics(detector: Detector, rows: pd.DataFrame, labels: list[tuple[float, float]],
             off: OffCondition | None, rate: int) -> dict:
-    """ModelMetrics in the layout the L4E SDK's evaluation reads: labeled/predicted ranges + event counts."""
+    """ModelMetrics in the layout the L4E SDK's evaluation reads (labeled/predicted ranges + event counts), plus
+    ``evaluation``: the figures ``l4e-agent lookout evaluate`` reports (point-wise F1, FAR, MAR, events)."""
     times = rows.index.asi8 / 1e9 if len(rows) else np.array([])
-    scores, shares = detector.score(rows.to_numpy(dtype=np.float64)) if len(rows) else (np.array([]), None)
-    flags = scores >= 0.5
+    if len(rows):
+        scores, shares = detector.score(rows.to_numpy(dtype=np.float64))
+        present = ~rows.isna().all(axis=1).to_numpy()
+    else:
+        scores, shares, present = np.array([]), None, np.array([], dtype=bool)
+    flags = (np.round(scores, 5) >= 0.5) & present
     if off is not None and len(rows):
         flags &= ~off.mask(rows)
     predicted = []
@@ -191,15 +234,18 @@ def metrics(detector: Detector, rows: pd.DataFrame, labels: list[tuple[float, fl
            if not len(times) or (e >= times[0] and s <= times[-1])]
     detected = sum(1 for s, e in labels if any(ps <= e and pe >= s for ps, pe in _runs(times, flags, rate)))
     overlap = sum(1 for ps, pe in _runs(times, flags, rate) if any(ps <= e and pe >= s for s, e in labels))
+    truth = ~_outside(rows, labels) if len(rows) else np.array([], dtype=bool)
+    figures = count(truth[present], flags[present], float(rate)).figures() if present.any() else None
     return {
         "labeled_ranges": lab,
         "predicted_ranges": predicted,
         "unknown_label_ranges": [],
         "labeled_event_metrics": {"num_labeled": len(lab), "num_labeled_detected": detected},
         "predicted_event_metrics": {"num_predicted": len(predicted), "num_predicted_with_label_overlap": overlap},
-        "evaluated_points": len(rows),
+        "evaluated_points": int(present.sum()),
         "anomalous_points": int(flags.sum()),
         "score_threshold": 0.5,
+        "evaluation": figures,
     }
 
 
@@ -216,10 +262,13 @@ class TrainedModel:
         meta = json.loads((model_dir / "model.json").read_text())
         return cls(Detector.load(model_dir / "detector.npz"), int(meta["rate"]), OffCondition.parse(meta["off"]))
 
-    def result_lines(self, frame: pd.DataFrame) -> list[dict]:
-        """One results.jsonl record per row of a grid-indexed frame (columns = qualified sensor names)."""
+    def result_lines(self, frame: pd.DataFrame, context: int = 0) -> list[dict]:
+        """One results.jsonl record per row of a grid-indexed frame (columns = qualified sensor names) after its
+        first ``context`` rows, which are history the scores may use (consecutive grid rows, empty where there
+        was no data; see ``Detector.context_rows``)."""
         frame = frame.reindex(columns=self.detector.names)
-        scores, shares = self.detector.score(frame.to_numpy(dtype=np.float64))
+        scores, shares = self.detector.score(frame.to_numpy(dtype=np.float64), context=context)
+        frame = frame.iloc[context:]
         off = self.off.mask(frame) if self.off is not None else np.zeros(len(frame), dtype=bool)
         lines = []
         for i, ts in enumerate(frame.index.asi8 // 10**9):

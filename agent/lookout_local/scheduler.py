@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from agent.core.errors import L4EAgentError
 from agent.core.model import Window
+from agent.detection import ModelFormatError
 from agent.lookout_local import artifacts
 from agent.lookout_local.context import Context
 from agent.lookout_local.errors import ApiError
@@ -210,7 +211,7 @@ def perform(ctx: Context, models: ModelCache, execution: dict, window: Window) -
         key, anomalous = run_window(ctx.stores.bucket(cfg.bucket), ctx.stores.bucket(out["Bucket"]), cfg,
                                     out.get("Prefix", ""), components, model, window, window.end - window.start)
         execution.update(Status="SUCCESS", CustomerResultObject={"Bucket": out["Bucket"], "Key": key})
-    except InferenceFailed as exc:
+    except (InferenceFailed, ModelFormatError) as exc:  # the data's or the model's fault: its own words
         execution.update(Status="FAILED", FailedReason=str(exc)[:5000])
     except (ApiError, L4EAgentError, OSError, ValueError, KeyError) as exc:
         log.exception("scheduler %s window %s", execution["InferenceSchedulerName"], window)

@@ -54,6 +54,16 @@ def grid_means(ts_ns: np.ndarray, values: np.ndarray, grid_s: np.ndarray, rate: 
     return out
 
 
+def fill_forward(matrix: np.ndarray) -> np.ndarray:
+    """Each column filled forward (pandas' ffill()); cells before a column's first value stay NaN."""
+    n = len(matrix)
+    if n == 0:
+        return matrix
+    idx = np.where(~np.isnan(matrix), np.arange(n)[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    return np.take_along_axis(matrix, idx, axis=0)
+
+
 def fill_both_ways(matrix: np.ndarray) -> np.ndarray:
     """Each column filled forward, then backward (pandas' ffill().bfill()); all-NaN columns stay NaN."""
     n = len(matrix)

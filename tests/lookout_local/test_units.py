@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from agent.detection import Detector, rounded_shares
 from agent.lookout_local import serve_main
-from agent.lookout_local.detector import Detector, rounded_shares
 from agent.lookout_local.ingest import IngestionFailed, component_prefix
 from agent.lookout_local.modeling import OffCondition, TrainedModel, resample
 from agent.lookout_local.sigv4 import parse_access_keys
