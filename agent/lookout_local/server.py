@@ -6,7 +6,8 @@ training), the scheduler thread and a ThreadingHTTPServer speaking AWS JSON 1.0 
 goes to procrastinate workers instead of the two threads (fleet.py). ``start()`` returns once the socket listens;
 ``endpoint_url`` is then what a boto3 ``lookoutequipment`` client takes as ``endpoint_url``.
 
-Per request: size limit (MAX_BODY_BYTES, else 413), optional SigV4 check (403), X-Amz-Target →
+Per request: one copy of each header that decides anything (protocol.header_view, else 403), size limit
+(MAX_BODY_BYTES, else 413), optional SigV4 check (403), X-Amz-Target →
 operation (UnknownOperationException), JSON parse (SerializationException), model validation
 (ValidationException), the operation, the response projected onto the output shape. Any unexpected
 exception is logged and answered as InternalServerException (500), never as a traceback.
@@ -70,7 +71,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         service: LocalLookoutService = self.server.service  # type: ignore[attr-defined]
-        length_text = self.headers.get("Content-Length")
+        try:
+            headers = protocol.header_view(self.headers.items())
+        except ApiError as exc:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            return self._error(exc)
+        length_text = headers.get("content-length")
         try:
             length = int(length_text) if length_text is not None else -1
         except ValueError:
@@ -84,13 +90,13 @@ class _Handler(BaseHTTPRequestHandler):
                                         "RequestEntityTooLargeException", 413))
         body = self.rfile.read(length)
         try:
-            status, headers, payload = 200, {}, service.handle(self.command, self.path, self.headers, body)
+            status, out_headers, payload = 200, {}, service.handle(self.command, self.path, headers, body)
         except ApiError as exc:
-            status, headers, payload = protocol.error_body(exc)
+            status, out_headers, payload = protocol.error_body(exc)
         except Exception:
-            log.exception("unexpected error handling %s", self.headers.get("X-Amz-Target"))
-            status, headers, payload = protocol.error_body(InternalServerException("internal error"))
-        self._send(status, headers, payload)
+            log.exception("unexpected error handling %s", headers.get("x-amz-target"))
+            status, out_headers, payload = protocol.error_body(InternalServerException("internal error"))
+        self._send(status, out_headers, payload)
 
 
 class LocalLookoutService:
@@ -206,17 +212,18 @@ class LocalLookoutService:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def handle(self, method: str, path: str, headers, body: bytes) -> bytes:
-        """One API request → response body. Raises ApiError for anything the client must hear about."""
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        """One API request → response body. ``headers`` is protocol.header_view's {lower-case name: value}: the
+        signature check and the dispatcher read the very same values. Raises ApiError for anything the client
+        must hear about."""
         operations = self.operations
         if operations is None:  # a kept-alive connection outliving stop()
             raise ApiError("the service is stopping", "ServiceUnavailableException", 503)
         if self.access_keys:
-            lower = {k.lower(): v for k, v in headers.items()}
-            verify(self.access_keys, method, path, lower, body)
+            verify(self.access_keys, method, path, headers, body)
         if path.split("?")[0] != "/":
             raise UnknownOperationException(f"path {path!r}: the API is served at POST /")
-        op = protocol.operation_name(headers.get("X-Amz-Target"), set(Operations.names))
+        op = protocol.operation_name(headers.get("x-amz-target"), set(Operations.names))
         model = protocol.service_model().operation_model(op)
         params = validate(model.input_shape, protocol.parse_body(body))
         result = operations.call(op, params)
