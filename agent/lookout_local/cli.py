@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from agent.lookout_local.sigv4 import parse_access_keys
 
 DEFAULT_PORT = 8765
 DEFAULT_STATE_DIR = "/var/lib/l4e-lookout"
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")  # us-east-1, eu-central-2, us-gov-west-1, …
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require SigV4 signatures made with this key pair (repeatable)")
     parser.add_argument("--access-keys-file", default=None, metavar="PATH",
                         help="ID:SECRET pairs, one per line (keeps secrets out of the process list)")
+    parser.add_argument("--region", default="us-east-1",
+                        help="the region this service is (ARNs; signatures must be scoped to it; default us-east-1)")
     parser.add_argument("--log-level", default="INFO")
     _fleet_options(parser)
     parser.add_argument("--workers", type=int, choices=(0, 1), default=1,
@@ -148,14 +152,17 @@ def serve_main(argv: list[str]) -> int:
                 raise ConfigError(f"--access-keys-file: {exc}") from None
             pairs += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         keys = parse_access_keys(pairs)
+        if not _REGION.match(args.region):
+            raise ConfigError(f"--region {args.region!r}: expected a region name such as us-east-1 or eu-west-1")
         if args.db:
             from agent.lookout_local.migrate import sqlalchemy_url
 
             sqlalchemy_url(args.db)  # refuses another scheme with the allowed form
         clock, store = _clock_and_store(args)
         service = LocalLookoutService(Path(args.state_dir), store, host=args.host, port=args.port, clock=clock,
-                                      access_keys=keys, db_url=args.db, embedded_worker=args.workers == 1,
-                                      lease_secs=args.lease_secs, keep_executions_days=args.keep_executions_days)
+                                      access_keys=keys, region=args.region, db_url=args.db,
+                                      embedded_worker=args.workers == 1, lease_secs=args.lease_secs,
+                                      keep_executions_days=args.keep_executions_days)
     except (ConfigError, ValueError) as exc:
         log.error("%s", exc)
         return ConfigError.exit_code

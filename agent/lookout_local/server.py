@@ -105,7 +105,8 @@ class LocalLookoutService:
     state_dir: folder for SQLite state, ingested data (Parquet) and models (created if missing).
     store_url: ``file:///root/`` (bucket b = folder root/b) or ``s3`` (boto3, standard credential chain).
     clock: time source for the API's timestamps and the scheduler (default SystemClock).
-    access_keys: {key id: secret}; when given, every request must carry a valid SigV4 signature.
+    access_keys: {key id: secret}; when given, every request must carry a valid SigV4 signature, scoped to
+    ``region`` (which the ARNs name too) and the ``lookoutequipment`` service.
     db_url: ``postgresql://…`` for fleet mode (state, queue, leases and the datasets' and models' files in
     PostgreSQL; ``state_dir`` then holds this host's copies); ``embedded_worker`` runs a FleetWorker in this
     process; ``lease_secs`` is how long a silent worker keeps its task. keep_executions_days: finished
@@ -220,7 +221,7 @@ class LocalLookoutService:
         if operations is None:  # a kept-alive connection outliving stop()
             raise ApiError("the service is stopping", "ServiceUnavailableException", 503)
         if self.access_keys:
-            verify(self.access_keys, method, path, headers, body)
+            verify(self.access_keys, method, path, headers, body, self.region)
         if path.split("?")[0] != "/":
             raise UnknownOperationException(f"path {path!r}: the API is served at POST /")
         op = protocol.operation_name(headers.get("x-amz-target"), set(Operations.names))

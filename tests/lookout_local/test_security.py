@@ -7,12 +7,15 @@ import http.client
 import json
 from urllib.parse import urlparse
 
+import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
-from agent.lookout_local import LocalLookoutService
+from agent.lookout_local import LocalLookoutService, serve_main
 
 from .conftest import make_client
 
@@ -84,3 +87,47 @@ def test_a_repeated_signed_header_is_refused(signed_service, name, value):
     assert (status, answer.get("__type")) == (403, "AccessDeniedException"), answer
     assert name.lower() in answer["message"]
     assert client.describe_dataset(DatasetName="victim")["DatasetName"] == "victim"
+
+
+@pytest.mark.parametrize(("region", "service"), [("eu-west-1", "lookoutequipment"), ("us-east-1", "s3"),
+                                                 ("us-east-1", "execute-api")])
+def test_a_signature_scoped_to_another_region_or_service_is_refused(signed_service, region, service):
+    body = b"{}"
+    headers = signed_headers(signed_service.endpoint_url, "ListDatasets", body, region=region, service=service)
+    status, answer = send(signed_service.endpoint_url, headers, body)
+    assert (status, answer.get("__type")) == (403, "AccessDeniedException"), answer
+    assert "Credential should be scoped" in answer["message"]
+
+
+def test_boto3_in_another_region_is_refused_and_in_the_pinned_one_served(tmp_path):
+    svc = LocalLookoutService(tmp_path / "state", (tmp_path / "store").as_uri() + "/", region="eu-central-1",
+                              access_keys={KEY_ID: SECRET}).start()
+    try:
+        def client(region):
+            return boto3.client("lookoutequipment", endpoint_url=svc.endpoint_url, region_name=region,
+                                aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+                                config=Config(retries={"total_max_attempts": 1}))
+
+        with pytest.raises(ClientError) as err:
+            client("us-east-1").list_datasets()
+        assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert client("eu-central-1").list_datasets()["DatasetSummaries"] == []
+    finally:
+        svc.stop()
+
+
+def test_unsigned_payload_is_refused(signed_service):
+    """A signature over UNSIGNED-PAYLOAD leaves the body free: a DescribeDataset signature would carry any body
+    (here a DeleteDataset's parameters). Refused; the dataset stays."""
+    endpoint = signed_service.endpoint_url
+    make_client(endpoint, KEY_ID, SECRET).create_dataset(DatasetName="victim")
+    signed_body = json.dumps({"DatasetName": "other"}).encode()
+    headers = signed_headers(endpoint, "DeleteDataset", signed_body, extra={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    status, answer = send(endpoint, headers, json.dumps({"DatasetName": "victim"}).encode())
+    assert (status, answer.get("__type")) == (403, "AccessDeniedException"), answer
+    assert "UNSIGNED-PAYLOAD" in answer["message"]
+    assert make_client(endpoint, KEY_ID, SECRET).describe_dataset(DatasetName="victim")["DatasetName"] == "victim"
+
+
+def test_serve_refuses_a_malformed_region(tmp_path):
+    assert serve_main(["--state-dir", str(tmp_path), "--region", "mars"]) == 78
