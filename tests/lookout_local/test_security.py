@@ -15,7 +15,9 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from agent.core.errors import StoreError
 from agent.lookout_local import LocalLookoutService, serve_main
+from agent.pipeline.store import FileStore
 
 from .conftest import make_client
 
@@ -131,3 +133,102 @@ def test_unsigned_payload_is_refused(signed_service):
 
 def test_serve_refuses_a_malformed_region(tmp_path):
     assert serve_main(["--state-dir", str(tmp_path), "--region", "mars"]) == 78
+
+
+BAD_PREFIXES = ["../", "in/../../", "/etc/", "//", "in//x/", "in\\..\\x/", ".//", "in/./x/"]
+ROLE = "arn:aws:iam::123456789012:role/l4e"
+
+
+def prefix_requests(prefix: str) -> dict[str, dict]:
+    """Every operation and place where a request carries an S3 prefix, with ``prefix`` there."""
+    s3 = {"Bucket": "plant-data", "Prefix": prefix}
+    return {
+        "ingestion input": ("start_data_ingestion_job", {
+            "DatasetName": "d", "RoleArn": ROLE, "IngestionInputConfiguration": {"S3InputConfiguration": s3}}),
+        "labels": ("create_model", {"ModelName": "m", "DatasetName": "d",
+                                    "LabelsInputConfiguration": {"S3InputConfiguration": s3}}),
+        "scheduler input": ("create_inference_scheduler", {
+            "ModelName": "m", "InferenceSchedulerName": "s", "DataUploadFrequency": "PT5M", "RoleArn": ROLE,
+            "DataInputConfiguration": {"S3InputConfiguration": s3},
+            "DataOutputConfiguration": {"S3OutputConfiguration": {"Bucket": "plant-data", "Prefix": "out/"}}}),
+        "scheduler output": ("update_inference_scheduler", {
+            "InferenceSchedulerName": "s",
+            "DataOutputConfiguration": {"S3OutputConfiguration": s3}}),
+    }
+
+
+@pytest.fixture
+def open_service(tmp_path):
+    svc = LocalLookoutService(tmp_path / "state", (tmp_path / "store").as_uri() + "/").start()
+    yield svc
+    svc.stop()
+
+
+@pytest.mark.parametrize("prefix", BAD_PREFIXES)
+def test_a_prefix_that_climbs_out_of_the_bucket_is_a_validation_error(open_service, prefix):
+    """Checked before anything else (the old service started the ingestion job, 200, and walked the parent
+    folders, or the whole filesystem for '//')."""
+    client = make_client(open_service.endpoint_url)
+    client.create_dataset(DatasetName="d", DatasetSchema={"InlineDataSchema": json.dumps({"Components": [
+        {"ComponentName": "pump", "Columns": [{"Name": "ts", "Type": "DATETIME"},
+                                              {"Name": "p", "Type": "DOUBLE"}]}]})})
+    for where, (method, params) in prefix_requests(prefix).items():
+        with pytest.raises(ClientError) as err:
+            getattr(client, method)(**params)
+        error = err.value.response["Error"]
+        assert error["Code"] == "ValidationException", (where, error)
+        assert "Prefix" in error["Message"], (where, error)
+    assert client.list_data_ingestion_jobs()["DataIngestionJobSummaries"] == []
+
+
+def test_a_component_named_dot_dot_is_refused(open_service):
+    client = make_client(open_service.endpoint_url)
+    with pytest.raises(ClientError) as err:
+        client.create_dataset(DatasetName="d", DatasetSchema={"InlineDataSchema": json.dumps({"Components": [
+            {"ComponentName": "..", "Columns": [{"Name": "ts", "Type": "DATETIME"},
+                                                {"Name": "p", "Type": "DOUBLE"}]}]})})
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+
+
+@pytest.fixture
+def jail(tmp_path):
+    """A bucket folder (FileStore root) with one object, a folder outside it with a secret, and symlinks from
+    inside the bucket to the outside: a file link, a folder link, and a link inside the bucket (kept)."""
+    root = tmp_path / "store" / "plant-data"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "pump_1.csv").write_text("ok\n")
+    outside = tmp_path / "outside"
+    (outside / "in").mkdir(parents=True)
+    (outside / "in" / "pump_secret.csv").write_text("secret\n")
+    (root / "in" / "pump_link.csv").symlink_to(outside / "in" / "pump_secret.csv")
+    (root / "in" / "pump_inner.csv").symlink_to(root / "in" / "pump_1.csv")
+    (root / "escape").symlink_to(outside)
+    (root / "in" / "sub").symlink_to(outside / "in")
+    return FileStore(root)
+
+
+@pytest.mark.parametrize("prefix", ["../", "../../outside/", "//", "/", "in/../", "in\\", "in\x00"])
+def test_the_folder_store_never_lists_outside_its_root(jail, prefix):
+    with pytest.raises(StoreError):
+        list(jail.list(prefix))
+
+
+@pytest.mark.parametrize("key", ["../outside/in/pump_secret.csv", "/etc/passwd", "in//pump_1.csv",
+                                 "in\\pump_1.csv", "in/pump_1.csv\x00", "in/./pump_1.csv"])
+def test_the_folder_store_refuses_keys_that_leave_or_alias_its_root(jail, key):
+    for call in (jail.get, jail.delete, lambda k: jail.put(k, b"x")):
+        with pytest.raises(StoreError):
+            call(key)
+
+
+def test_symlinks_inside_the_folder_store_are_not_followed_out_of_it(jail):
+    assert list(jail.list("")) == ["in/pump_1.csv", "in/pump_inner.csv"]
+    assert list(jail.list("in/pump")) == ["in/pump_1.csv", "in/pump_inner.csv"]
+    assert list(jail.list("escape/in/")) == [] and list(jail.list("in/sub/")) == []
+    assert jail.get("in/pump_inner.csv") == b"ok\n"
+    for key in ("in/pump_link.csv", "escape/in/pump_secret.csv", "in/sub/pump_secret.csv"):
+        with pytest.raises(StoreError):
+            jail.get(key)
+    with pytest.raises(StoreError):
+        jail.put("escape/in/planted.csv", b"x")
+    assert not (jail.root.parent.parent / "outside" / "in" / "planted.csv").exists()
