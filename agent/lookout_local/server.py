@@ -2,9 +2,10 @@
 
 ``LocalLookoutService`` owns the state (SQLite under ``state_dir``), the worker thread (ingestion,
 training), the scheduler thread and a ThreadingHTTPServer speaking AWS JSON 1.0 on ``host:port``
-(127.0.0.1 and an OS-chosen port by default); with ``db_url`` the state is in PostgreSQL and the work
-goes to procrastinate workers instead of the two threads (fleet.py). ``start()`` returns once the socket listens;
-``endpoint_url`` is then what a boto3 ``lookoutequipment`` client takes as ``endpoint_url``.
+(127.0.0.1 and an OS-chosen port by default), over HTTPS when given a TLS context; with ``db_url`` the state
+is in PostgreSQL and the work goes to procrastinate workers instead of the two threads (fleet.py).
+``start()`` returns once the socket listens; ``endpoint_url`` is then what a boto3 ``lookoutequipment``
+client takes as ``endpoint_url``.
 
 Per request: one copy of each header that decides anything (protocol.header_view, else 403), size limit
 (MAX_BODY_BYTES, else 413), optional SigV4 check (403), X-Amz-Target →
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from agent.core.clock import SystemClock
+from agent.core.errors import ConfigError
 from agent.lookout_local import protocol
 from agent.lookout_local.context import Context
 from agent.lookout_local.errors import ApiError, InternalServerException, UnknownOperationException
@@ -99,6 +102,46 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, out_headers, payload)
 
 
+HANDSHAKE_TIMEOUT_SECS = 10  # a client that opens a TLS connection and says nothing holds its thread this long
+
+
+def tls_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later) from a PEM certificate chain and its private key. Raises
+    ConfigError naming --tls-cert/--tls-key when either cannot be read or they do not belong together."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: {exc}; allowed: a PEM certificate (chain) and "
+                          "its PEM private key") from None
+    return context
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer, optionally over TLS. The handshake runs in the connection's own thread with a
+    timeout, never in the accepting thread, so a client that stalls it delays nobody else."""
+
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request, client_address) -> None:
+        if self.tls is not None:
+            try:
+                request.settimeout(HANDSHAKE_TIMEOUT_SECS)
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:  # plain HTTP on the TLS port, a scanner, a timeout
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
+
 class LocalLookoutService:
     """The local L4E-compatible service, embeddable: ``start()``/``stop()``, ``endpoint_url``.
 
@@ -110,13 +153,15 @@ class LocalLookoutService:
     db_url: ``postgresql://…`` for fleet mode (state, queue, leases and the datasets' and models' files in
     PostgreSQL; ``state_dir`` then holds this host's copies); ``embedded_worker`` runs a FleetWorker in this
     process; ``lease_secs`` is how long a silent worker keeps its task. keep_executions_days: finished
-    executions older than that are deleted (default: kept for ever).
+    executions older than that are deleted (default: kept for ever). tls: a server SSLContext (``tls_context``)
+    to serve HTTPS instead of HTTP.
     """
 
     def __init__(self, state_dir, store_url: str, host: str = "127.0.0.1", port: int = 0, clock=None,
                  access_keys: dict[str, str] | None = None, s3_client_factory=None, tick_secs: float = 0.2,
                  region: str = "us-east-1", db_url: str | None = None, embedded_worker: bool = True,
-                 lease_secs: float | None = None, keep_executions_days: float | None = None) -> None:
+                 lease_secs: float | None = None, keep_executions_days: float | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store_url = store_url
         self.host, self.port = host, port
@@ -129,7 +174,8 @@ class LocalLookoutService:
         self.embedded_worker = embedded_worker
         self.lease_secs = lease_secs
         self.keep_executions_days = keep_executions_days
-        self._httpd: ThreadingHTTPServer | None = None
+        self.tls = tls
+        self._httpd: _Server | None = None
         self._http_thread: threading.Thread | None = None
         self.ctx: Context | None = None
         self.worker: Worker | None = None
@@ -146,7 +192,7 @@ class LocalLookoutService:
         if self._httpd is None:
             raise RuntimeError("service not started")
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls is not None else 'http'}://{host}:{port}"
 
     def start(self) -> LocalLookoutService:
         if self.db_url is None:
@@ -159,8 +205,8 @@ class LocalLookoutService:
             self.scheduler.start()
         else:
             self._start_fleet()
-        self._httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((self.host, self.port), _Handler)
+        self._httpd.tls = self.tls
         self._httpd.service = self  # type: ignore[attr-defined]
         self._http_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                              name="l4e-local-http", daemon=True)
