@@ -2,7 +2,8 @@
 
 The canonical request is rebuilt from what arrived (method, path, query, the headers the client listed
 as signed, the body) and signed again with botocore's own SigV4Auth, using the secret of the access key
-named in the credential scope; the signatures must be equal (compared in constant time). The scope must
+named in the credential scope; the signatures must be equal (compared in constant time). Host, X-Amz-Date
+and X-Amz-Target must be among the signed headers. The scope must
 name the service's own region (``lookout serve --region``, default us-east-1) and SERVICE, as AWS requires:
 a signature made for another region or service is not replayable here. The payload is always signed:
 ``X-Amz-Content-SHA256``, when sent, must be the body's SHA-256 (``UNSIGNED-PAYLOAD`` is refused).
@@ -27,6 +28,9 @@ from agent.lookout_local.errors import AccessDeniedException
 _AUTH = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+)/aws4_request,\s*"
                    r"SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})\s*$")
 MAX_SKEW_SECS = 15 * 60
+# what a signature must cover: the target (else a captured DescribeDataset could be replayed as a DeleteDataset
+# with the same body), the time (the replay window) and the host; boto3 and AWS's SDKs sign all three
+MUST_SIGN = ("host", "x-amz-date", "x-amz-target")
 SERVICE = "lookoutequipment"  # the signing name in botocore's model: what boto3 puts in the credential scope
 
 
@@ -66,8 +70,9 @@ def verify(keys: dict[str, str], method: str, path: str, headers: dict[str, str]
     if abs(when - time.time()) > MAX_SKEW_SECS or amz_date[:8] != date:
         raise AccessDeniedException("Signature expired or X-Amz-Date does not match the credential scope")
     names = signed.split(";")
-    if "host" not in names:
-        raise AccessDeniedException("the host header must be signed")
+    unsigned = [name for name in MUST_SIGN if name not in names]
+    if unsigned:
+        raise AccessDeniedException(f"header(s) {', '.join(unsigned)} must be signed")
     missing = [n for n in names if n not in headers]
     if missing:
         raise AccessDeniedException(f"signed headers missing from the request: {missing}")

@@ -232,3 +232,20 @@ def test_symlinks_inside_the_folder_store_are_not_followed_out_of_it(jail):
     with pytest.raises(StoreError):
         jail.put("escape/in/planted.csv", b"x")
     assert not (jail.root.parent.parent / "outside" / "in" / "planted.csv").exists()
+
+
+def test_a_signature_that_leaves_the_target_out_is_refused(signed_service):
+    """Signed without X-Amz-Target (the header added afterwards): the signature would fit any operation taking
+    the same body, so a captured DescribeDataset could be replayed as a DeleteDataset."""
+    endpoint = signed_service.endpoint_url
+    make_client(endpoint, KEY_ID, SECRET).create_dataset(DatasetName="victim")
+    body = json.dumps({"DatasetName": "victim"}).encode()
+    request = AWSRequest(method="POST", url=endpoint + "/", data=body,
+                         headers={"Content-Type": "application/x-amz-json-1.0"})
+    SigV4Auth(Credentials(KEY_ID, SECRET), "lookoutequipment", "us-east-1").add_auth(request)
+    headers = [("Host", urlparse(endpoint).netloc), *request.headers.items(),
+               ("X-Amz-Target", TARGET + "DeleteDataset")]
+    status, answer = send(endpoint, headers, body)
+    assert (status, answer.get("__type")) == (403, "AccessDeniedException"), answer
+    assert "x-amz-target must be signed" in answer["message"]
+    assert make_client(endpoint, KEY_ID, SECRET).describe_dataset(DatasetName="victim")["DatasetName"] == "victim"
