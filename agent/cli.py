@@ -229,7 +229,7 @@ def cmd_provision(args) -> int:
     from agent.lookout.provision import provision
 
     config = load(args.config)
-    client = make_client(config.lookout.endpoint_url, config.lookout.region)
+    client = make_client(config.lookout.endpoint_url, config.lookout.region, config.lookout.ca_bundle)
     result = provision(config, args.config, client, dry_run=args.dry_run, history=args.history, labels=args.labels,
                        from_windows=args.from_windows,
                        training_range=tuple(args.training_range) if args.training_range else None,
@@ -246,6 +246,7 @@ def cmd_status(args) -> int:
 
     config = load(args.config)
     state_dir = args.state_dir or config.state_dir or DEFAULT_STATE_ROOT / config.asset
-    client = make_client(config.lookout.endpoint_url, config.lookout.region) if config.lookout.scheduler else None
+    lk = config.lookout
+    client = make_client(lk.endpoint_url, lk.region, lk.ca_bundle) if lk.scheduler else None
     print(status(config, state_dir, client))
     return 0

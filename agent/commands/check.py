@@ -24,7 +24,7 @@ def cmd_check(args) -> int:
         if config.lookout.scheduler and args.online:
             from agent.lookout.client import make_client, scheduler_status
 
-            client = make_client(config.lookout.endpoint_url, config.lookout.region)
+            client = make_client(config.lookout.endpoint_url, config.lookout.region, config.lookout.ca_bundle)
             config = discovered(config, path, DEFAULT_STATE_ROOT / config.asset)
             state = scheduler_status(client, config.lookout.scheduler)
             print(f"{path}: scheduler {state.name}: {state.status}")

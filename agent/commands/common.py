@@ -28,7 +28,8 @@ def discovered(config, path: Path, state_dir: Path):
         return config
     from agent.lookout.client import discover, make_client
 
-    return discover(config, path, state_dir, make_client(config.lookout.endpoint_url, config.lookout.region))
+    lk = config.lookout
+    return discover(config, path, state_dir, make_client(lk.endpoint_url, lk.region, lk.ca_bundle))
 
 
 def load_all(paths: list[Path], state_dirs: list[Path] | None = None):

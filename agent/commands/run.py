@@ -18,7 +18,7 @@ def make_runner(config, path: Path, state_dir: Path, clock):
         from agent.lookout.client import make_client
         from agent.lookout.results import ResultsPoller
 
-        client = make_client(lk.endpoint_url, lk.region) if lk.scheduler else None
+        client = make_client(lk.endpoint_url, lk.region, lk.ca_bundle) if lk.scheduler else None
         runner.results_poller = ResultsPoller(config.asset, lk, state_dir, clock, client=client)
     return runner
 

@@ -60,6 +60,10 @@ class LookoutConfig(_Section):
                                   "reads the settings below from the Lookout API (values given here must agree).")
     endpoint_url: str | None = Field(default=None, description="Lookout for Equipment API endpoint (default: "
                                      "AWS; e.g. http://127.0.0.1:8787 for the local service).")
+    ca_bundle: Path | None = Field(default=None, description="PEM file of the certificate authorities that "
+                                   "signed the endpoint's TLS certificate (e.g. the local service's --tls-cert); "
+                                   "default: botocore's bundle, or AWS_CA_BUNDLE. Relative to the asset file's "
+                                   "folder; must exist at load.")
     upload_frequency: Literal["PT5M", "PT10M", "PT15M", "PT30M", "PT1H"] | None = Field(
         default=None, description="DataUploadFrequency of the scheduler: the window length.")
     delay_offset_minutes: int = Field(default=0, ge=0, le=60, description="DataDelayOffsetInMinutes: the "
@@ -311,7 +315,16 @@ def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str
         check_sensor_coverage(config, path)
         check_side_files(config, path, base_dir_of(path))
     config = _resolve_metrics_token(config, path)
-    return config
+    return _resolve_ca_bundle(config, path)
+
+
+def _resolve_ca_bundle(config: AssetConfig, path: Path) -> AssetConfig:
+    """[lookout] ca_bundle relative to the asset file's folder (its readability is a side-file check)."""
+    bundle = config.lookout.ca_bundle
+    if bundle is None or bundle.is_absolute():
+        return config
+    lookout = config.lookout.model_copy(update={"ca_bundle": base_dir_of(path) / bundle})
+    return config.model_copy(update={"lookout": lookout})
 
 
 def base_dir_of(path: str | Path) -> Path:

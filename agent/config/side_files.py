@@ -1,9 +1,10 @@
 """The files an asset file points at besides its own data: checked when the file is loaded, not at first use.
 
-A missing OPC-UA client certificate, private key, trusted server certificate or password file, a webhook's
-secret file, or an exec hook's program given as a path would otherwise surface only when the agent first
-connects or fires (an endless retry, or an alarm that is never delivered). ``load`` (and so ``check`` and
-``run``) refuses them as configuration errors naming the key, the resolved path and the reason (exit 78).
+A missing OPC-UA client certificate, private key, trusted server certificate or password file, the Lookout
+endpoint's CA bundle, a webhook's secret file, or an exec hook's program given as a path would otherwise
+surface only when the agent first connects or fires (an endless retry, or an alarm that is never delivered).
+``load`` (and so ``check`` and ``run``) refuses them as configuration errors naming the key, the resolved path
+and the reason (exit 78).
 
 Checked: each is a file this process can open and read. Not checked: a ``trust_dir`` (read at every connect, it
 may be filled later), a program given as a bare name (looked up in the unit's PATH when it runs), what is inside
@@ -41,6 +42,8 @@ def side_files(config) -> Iterator[tuple[str, Path, bool]]:
         if source.kind == "opcua":
             for key, path in _opcua(i, source):
                 yield key, Path(path), False
+    if config.lookout.ca_bundle is not None:
+        yield "lookout.ca_bundle", Path(config.lookout.ca_bundle), False
     for name, hook in config.alarms.hooks.items():
         secret = getattr(hook, "secret_file", None)
         if secret is not None:

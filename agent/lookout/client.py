@@ -49,16 +49,18 @@ class LookoutUnavailable(LookoutError):
 # --------------------------------------------------------------------------------------------------------
 
 
-def make_client(endpoint_url: str | None, region: str | None = None):
+def make_client(endpoint_url: str | None, region: str | None = None, ca_bundle: str | Path | None = None):
     """A boto3 ``lookoutequipment`` client. ``endpoint_url`` None → AWS's endpoint for the region; region
-    defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1. Standard retry mode with 3 attempts and
-    short timeouts (connect 5 s, read 20 s): a caller polling every few minutes must not hang on a dead link.
-    Credentials come from the standard chain, never from the asset file."""
+    defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1. ``ca_bundle``: PEM file of the CAs an https
+    endpoint's certificate is checked against (default: botocore's, or AWS_CA_BUNDLE). Standard retry mode with
+    3 attempts and short timeouts (connect 5 s, read 20 s): a caller polling every few minutes must not hang on a
+    dead link. Credentials come from the standard chain, never from the asset file."""
     import boto3
     from botocore.config import Config
 
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     return boto3.client("lookoutequipment", endpoint_url=endpoint_url, region_name=region,
+                        verify=str(ca_bundle) if ca_bundle is not None else None,
                         config=Config(retries={"mode": "standard", "max_attempts": 3},
                                       connect_timeout=5, read_timeout=20))
 

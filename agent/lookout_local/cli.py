@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import threading
 from pathlib import Path
 
 from agent.core.clock import ScaledClock, SystemClock, parse_instant
 from agent.core.errors import ConfigError
-from agent.lookout_local.server import LocalLookoutService
+from agent.lookout_local.server import LocalLookoutService, tls_context
 from agent.lookout_local.sigv4 import parse_access_keys
+from agent.runtime.metrics_config import is_loopback
 
 DEFAULT_PORT = 8765
 DEFAULT_STATE_DIR = "/var/lib/l4e-lookout"
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")  # us-east-1, eu-central-2, us-gov-west-1, …
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require SigV4 signatures made with this key pair (repeatable)")
     parser.add_argument("--access-keys-file", default=None, metavar="PATH",
                         help="ID:SECRET pairs, one per line (keeps secrets out of the process list)")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="off loopback, serve without access keys anyway (anyone reaching the port may "
+                             "delete models; a warning is logged at every start)")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM",
+                        help="serve HTTPS with this certificate (chain); with --tls-key")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--region", default="us-east-1",
+                        help="the region this service is (ARNs; signatures must be scoped to it; default us-east-1)")
     parser.add_argument("--log-level", default="INFO")
     _fleet_options(parser)
     parser.add_argument("--workers", type=int, choices=(0, 1), default=1,
@@ -133,6 +144,33 @@ def worker_main(argv: list[str]) -> int:
             signal.signal(sig, handler)
 
 
+def _tls(args):
+    """The server TLS context --tls-cert/--tls-key name, or None without them (ConfigError for one alone)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    return tls_context(args.tls_cert, args.tls_key)
+
+
+def _exposure(args, keys: dict[str, str], tls: bool) -> None:
+    """Who may call the service. Off loopback: access keys are required (ConfigError naming the flags) unless
+    --allow-anonymous, which warns at every start; keys over plain HTTP off loopback warn once, at start."""
+    if is_loopback(args.host):
+        return
+    if not keys and not args.allow_anonymous:
+        raise ConfigError(f"--host {args.host!r} is reachable from the network: give --access-key ID:SECRET or "
+                          "--access-keys-file PATH (clients then sign with them), or --allow-anonymous to let "
+                          "anyone who reaches the port read, change and delete datasets, models and schedulers")
+    if not keys:
+        log.warning("serving %s without access keys (--allow-anonymous): anyone who reaches this port may read, "
+                    "change and delete datasets, models and schedulers", args.host)
+    elif not tls:
+        log.warning("access keys in use over plain HTTP on %s: requests and responses travel readable on the "
+                    "network (the secrets do not, but a captured request can be replayed for 15 min); "
+                    "serve TLS with --tls-cert and --tls-key", args.host)
+
+
 def serve_main(argv: list[str]) -> int:
     """Run until SIGTERM/SIGINT. Exit codes: 0 after a signal, 78 (EX_CONFIG) for bad options, 1 when the
     port cannot be bound."""
@@ -148,14 +186,19 @@ def serve_main(argv: list[str]) -> int:
                 raise ConfigError(f"--access-keys-file: {exc}") from None
             pairs += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         keys = parse_access_keys(pairs)
+        if not _REGION.match(args.region):
+            raise ConfigError(f"--region {args.region!r}: expected a region name such as us-east-1 or eu-west-1")
+        tls = _tls(args)
+        _exposure(args, keys, tls is not None)
         if args.db:
             from agent.lookout_local.migrate import sqlalchemy_url
 
             sqlalchemy_url(args.db)  # refuses another scheme with the allowed form
         clock, store = _clock_and_store(args)
         service = LocalLookoutService(Path(args.state_dir), store, host=args.host, port=args.port, clock=clock,
-                                      access_keys=keys, db_url=args.db, embedded_worker=args.workers == 1,
-                                      lease_secs=args.lease_secs, keep_executions_days=args.keep_executions_days)
+                                      access_keys=keys, region=args.region, db_url=args.db,
+                                      embedded_worker=args.workers == 1, lease_secs=args.lease_secs,
+                                      keep_executions_days=args.keep_executions_days, tls=tls)
     except (ConfigError, ValueError) as exc:
         log.error("%s", exc)
         return ConfigError.exit_code

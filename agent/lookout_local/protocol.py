@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import botocore.session
 
-from agent.lookout_local.errors import ApiError, SerializationException, UnknownOperationException
+from agent.lookout_local.errors import (
+    AccessDeniedException,
+    ApiError,
+    SerializationException,
+    UnknownOperationException,
+)
 
 TARGET_PREFIX = "AWSLookoutEquipmentFrontendService."
 CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -25,6 +32,31 @@ CONTENT_TYPE = "application/x-amz-json-1.0"
 def service_model():
     """The installed botocore model of ``lookoutequipment`` (API version 2020-12-15)."""
     return botocore.session.get_session().get_service_model("lookoutequipment")
+
+
+# Headers whose value decides who calls, what is done or where the body ends: each may arrive once. Two copies
+# would let the signature check read one and the dispatcher another (a DescribeDataset signature carrying a
+# second X-Amz-Target: …DeleteDataset).
+SINGLE_HEADERS = frozenset({"authorization", "host", "x-amz-target", "content-type", "content-length", "x-amz-date",
+                            "x-amz-content-sha256", "x-amz-security-token"})
+_SIGNED_HEADERS = re.compile(r"SignedHeaders=([^,\s]+)")
+
+
+def header_view(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The request's headers as {lower-case name: value}, the one view that both the signature check and the
+    dispatcher read. Raises AccessDeniedException when a header of SINGLE_HEADERS, or one the Authorization
+    header lists as signed, arrives more than once. Other repeated headers are left out (nothing reads them)."""
+    values: dict[str, list[str]] = {}
+    for name, value in items:
+        values.setdefault(name.lower(), []).append(value)
+    guarded = set(SINGLE_HEADERS)
+    for auth in values.get("authorization", ()):
+        for match in _SIGNED_HEADERS.finditer(auth):
+            guarded.update(match.group(1).lower().split(";"))
+    repeated = sorted(name for name, copies in values.items() if len(copies) > 1 and name in guarded)
+    if repeated:
+        raise AccessDeniedException(f"header(s) {', '.join(repeated)} sent more than once; each may appear once")
+    return {name: copies[0] for name, copies in values.items() if len(copies) == 1}
 
 
 def operation_name(target: str | None, supported: set[str]) -> str:

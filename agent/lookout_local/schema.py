@@ -38,6 +38,8 @@ def parse_schema(text: str) -> list[Component]:
         name = comp.get("ComponentName") if isinstance(comp, dict) else None
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValidationException(f"ComponentName {name!r} must match {_NAME.pattern}")
+        if name in (".", ".."):  # a component's files are found under <prefix><component>/: not a folder alias
+            raise ValidationException(f"ComponentName {name!r} names a folder of the store, not a component")
         if name in seen:
             raise ValidationException(f"component {name!r} appears twice in the schema")
         seen.add(name)

@@ -2,11 +2,13 @@
 
 ``LocalLookoutService`` owns the state (SQLite under ``state_dir``), the worker thread (ingestion,
 training), the scheduler thread and a ThreadingHTTPServer speaking AWS JSON 1.0 on ``host:port``
-(127.0.0.1 and an OS-chosen port by default); with ``db_url`` the state is in PostgreSQL and the work
-goes to procrastinate workers instead of the two threads (fleet.py). ``start()`` returns once the socket listens;
-``endpoint_url`` is then what a boto3 ``lookoutequipment`` client takes as ``endpoint_url``.
+(127.0.0.1 and an OS-chosen port by default), over HTTPS when given a TLS context; with ``db_url`` the state
+is in PostgreSQL and the work goes to procrastinate workers instead of the two threads (fleet.py).
+``start()`` returns once the socket listens; ``endpoint_url`` is then what a boto3 ``lookoutequipment``
+client takes as ``endpoint_url``.
 
-Per request: size limit (MAX_BODY_BYTES, else 413), optional SigV4 check (403), X-Amz-Target →
+Per request: one copy of each header that decides anything (protocol.header_view, else 403), size limit
+(MAX_BODY_BYTES, else 413), optional SigV4 check (403), X-Amz-Target →
 operation (UnknownOperationException), JSON parse (SerializationException), model validation
 (ValidationException), the operation, the response projected onto the output shape. Any unexpected
 exception is logged and answered as InternalServerException (500), never as a traceback.
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from agent.core.clock import SystemClock
+from agent.core.errors import ConfigError
 from agent.lookout_local import protocol
 from agent.lookout_local.context import Context
 from agent.lookout_local.errors import ApiError, InternalServerException, UnknownOperationException
@@ -70,7 +74,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         service: LocalLookoutService = self.server.service  # type: ignore[attr-defined]
-        length_text = self.headers.get("Content-Length")
+        try:
+            headers = protocol.header_view(self.headers.items())
+        except ApiError as exc:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            return self._error(exc)
+        length_text = headers.get("content-length")
         try:
             length = int(length_text) if length_text is not None else -1
         except ValueError:
@@ -84,13 +93,53 @@ class _Handler(BaseHTTPRequestHandler):
                                         "RequestEntityTooLargeException", 413))
         body = self.rfile.read(length)
         try:
-            status, headers, payload = 200, {}, service.handle(self.command, self.path, self.headers, body)
+            status, out_headers, payload = 200, {}, service.handle(self.command, self.path, headers, body)
         except ApiError as exc:
-            status, headers, payload = protocol.error_body(exc)
+            status, out_headers, payload = protocol.error_body(exc)
         except Exception:
-            log.exception("unexpected error handling %s", self.headers.get("X-Amz-Target"))
-            status, headers, payload = protocol.error_body(InternalServerException("internal error"))
-        self._send(status, headers, payload)
+            log.exception("unexpected error handling %s", headers.get("x-amz-target"))
+            status, out_headers, payload = protocol.error_body(InternalServerException("internal error"))
+        self._send(status, out_headers, payload)
+
+
+HANDSHAKE_TIMEOUT_SECS = 10  # a client that opens a TLS connection and says nothing holds its thread this long
+
+
+def tls_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later) from a PEM certificate chain and its private key. Raises
+    ConfigError naming --tls-cert/--tls-key when either cannot be read or they do not belong together."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: {exc}; allowed: a PEM certificate (chain) and "
+                          "its PEM private key") from None
+    return context
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer, optionally over TLS. The handshake runs in the connection's own thread with a
+    timeout, never in the accepting thread, so a client that stalls it delays nobody else."""
+
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request, client_address) -> None:
+        if self.tls is not None:
+            try:
+                request.settimeout(HANDSHAKE_TIMEOUT_SECS)
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:  # plain HTTP on the TLS port, a scanner, a timeout
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
 
 
 class LocalLookoutService:
@@ -99,17 +148,20 @@ class LocalLookoutService:
     state_dir: folder for SQLite state, ingested data (Parquet) and models (created if missing).
     store_url: ``file:///root/`` (bucket b = folder root/b) or ``s3`` (boto3, standard credential chain).
     clock: time source for the API's timestamps and the scheduler (default SystemClock).
-    access_keys: {key id: secret}; when given, every request must carry a valid SigV4 signature.
+    access_keys: {key id: secret}; when given, every request must carry a valid SigV4 signature, scoped to
+    ``region`` (which the ARNs name too) and the ``lookoutequipment`` service.
     db_url: ``postgresql://…`` for fleet mode (state, queue, leases and the datasets' and models' files in
     PostgreSQL; ``state_dir`` then holds this host's copies); ``embedded_worker`` runs a FleetWorker in this
     process; ``lease_secs`` is how long a silent worker keeps its task. keep_executions_days: finished
-    executions older than that are deleted (default: kept for ever).
+    executions older than that are deleted (default: kept for ever). tls: a server SSLContext (``tls_context``)
+    to serve HTTPS instead of HTTP.
     """
 
     def __init__(self, state_dir, store_url: str, host: str = "127.0.0.1", port: int = 0, clock=None,
                  access_keys: dict[str, str] | None = None, s3_client_factory=None, tick_secs: float = 0.2,
                  region: str = "us-east-1", db_url: str | None = None, embedded_worker: bool = True,
-                 lease_secs: float | None = None, keep_executions_days: float | None = None) -> None:
+                 lease_secs: float | None = None, keep_executions_days: float | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store_url = store_url
         self.host, self.port = host, port
@@ -122,7 +174,8 @@ class LocalLookoutService:
         self.embedded_worker = embedded_worker
         self.lease_secs = lease_secs
         self.keep_executions_days = keep_executions_days
-        self._httpd: ThreadingHTTPServer | None = None
+        self.tls = tls
+        self._httpd: _Server | None = None
         self._http_thread: threading.Thread | None = None
         self.ctx: Context | None = None
         self.worker: Worker | None = None
@@ -139,7 +192,7 @@ class LocalLookoutService:
         if self._httpd is None:
             raise RuntimeError("service not started")
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls is not None else 'http'}://{host}:{port}"
 
     def start(self) -> LocalLookoutService:
         if self.db_url is None:
@@ -152,8 +205,8 @@ class LocalLookoutService:
             self.scheduler.start()
         else:
             self._start_fleet()
-        self._httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((self.host, self.port), _Handler)
+        self._httpd.tls = self.tls
         self._httpd.service = self  # type: ignore[attr-defined]
         self._http_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                              name="l4e-local-http", daemon=True)
@@ -206,17 +259,18 @@ class LocalLookoutService:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def handle(self, method: str, path: str, headers, body: bytes) -> bytes:
-        """One API request → response body. Raises ApiError for anything the client must hear about."""
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        """One API request → response body. ``headers`` is protocol.header_view's {lower-case name: value}: the
+        signature check and the dispatcher read the very same values. Raises ApiError for anything the client
+        must hear about."""
         operations = self.operations
         if operations is None:  # a kept-alive connection outliving stop()
             raise ApiError("the service is stopping", "ServiceUnavailableException", 503)
         if self.access_keys:
-            lower = {k.lower(): v for k, v in headers.items()}
-            verify(self.access_keys, method, path, lower, body)
+            verify(self.access_keys, method, path, headers, body, self.region)
         if path.split("?")[0] != "/":
             raise UnknownOperationException(f"path {path!r}: the API is served at POST /")
-        op = protocol.operation_name(headers.get("X-Amz-Target"), set(Operations.names))
+        op = protocol.operation_name(headers.get("x-amz-target"), set(Operations.names))
         model = protocol.service_model().operation_model(op)
         params = validate(model.input_shape, protocol.parse_body(body))
         result = operations.call(op, params)

@@ -2,9 +2,13 @@
 
 The canonical request is rebuilt from what arrived (method, path, query, the headers the client listed
 as signed, the body) and signed again with botocore's own SigV4Auth, using the secret of the access key
-named in the credential scope and the region/service the client put in that scope; the signatures must be
-equal (compared in constant time). X-Amz-Date must be within 15 minutes of the wall clock (not the
-service's scaled clock: clients sign with real time). Any failure is AccessDeniedException (403).
+named in the credential scope; the signatures must be equal (compared in constant time). Host, X-Amz-Date
+and X-Amz-Target must be among the signed headers. The scope must
+name the service's own region (``lookout serve --region``, default us-east-1) and SERVICE, as AWS requires:
+a signature made for another region or service is not replayable here. The payload is always signed:
+``X-Amz-Content-SHA256``, when sent, must be the body's SHA-256 (``UNSIGNED-PAYLOAD`` is refused).
+X-Amz-Date must be within 15 minutes of the wall clock (not the service's scaled clock: clients sign with
+real time). Any failure is AccessDeniedException (403).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from agent.lookout_local.errors import AccessDeniedException
 _AUTH = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+)/aws4_request,\s*"
                    r"SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})\s*$")
 MAX_SKEW_SECS = 15 * 60
+# what a signature must cover: the target (else a captured DescribeDataset could be replayed as a DeleteDataset
+# with the same body), the time (the replay window) and the host; boto3 and AWS's SDKs sign all three
+MUST_SIGN = ("host", "x-amz-date", "x-amz-target")
+SERVICE = "lookoutequipment"  # the signing name in botocore's model: what boto3 puts in the credential scope
 
 
 def parse_access_keys(pairs: list[str]) -> dict[str, str]:
@@ -37,9 +45,10 @@ def parse_access_keys(pairs: list[str]) -> dict[str, str]:
     return keys
 
 
-def verify(keys: dict[str, str], method: str, path: str, headers: dict[str, str], body: bytes) -> str:
-    """The access key id of a correctly signed request. Raises AccessDeniedException otherwise.
-    ``headers`` is a case-insensitive view (lower-case keys)."""
+def verify(keys: dict[str, str], method: str, path: str, headers: dict[str, str], body: bytes,
+           expected_region: str = "us-east-1") -> str:
+    """The access key id of a request correctly signed for ``expected_region`` and SERVICE. Raises AccessDeniedException
+    otherwise. ``headers`` is protocol.header_view's {lower-case name: value}."""
     auth = headers.get("authorization", "")
     m = _AUTH.match(auth)
     if not m:
@@ -48,6 +57,11 @@ def verify(keys: dict[str, str], method: str, path: str, headers: dict[str, str]
     secret = keys.get(key_id)
     if secret is None:
         raise AccessDeniedException("The security token included in the request is invalid.")
+    if region != expected_region:  # AWS's wording
+        raise AccessDeniedException(f"Credential should be scoped to a valid region, not '{region}'; this "
+                                    f"service signs for '{expected_region}'.")
+    if service != SERVICE:
+        raise AccessDeniedException(f"Credential should be scoped to correct service: '{SERVICE}'.")
     amz_date = headers.get("x-amz-date", "")
     try:
         when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
@@ -56,14 +70,18 @@ def verify(keys: dict[str, str], method: str, path: str, headers: dict[str, str]
     if abs(when - time.time()) > MAX_SKEW_SECS or amz_date[:8] != date:
         raise AccessDeniedException("Signature expired or X-Amz-Date does not match the credential scope")
     names = signed.split(";")
-    if "host" not in names:
-        raise AccessDeniedException("the host header must be signed")
+    unsigned = [name for name in MUST_SIGN if name not in names]
+    if unsigned:
+        raise AccessDeniedException(f"header(s) {', '.join(unsigned)} must be signed")
     missing = [n for n in names if n not in headers]
     if missing:
         raise AccessDeniedException(f"signed headers missing from the request: {missing}")
     content_sha = headers.get("x-amz-content-sha256")
-    if content_sha is not None and content_sha != hashlib.sha256(body).hexdigest() and \
-            content_sha != "UNSIGNED-PAYLOAD":
+    # the canonical request takes this header's value as the payload hash: UNSIGNED-PAYLOAD (or any value but
+    # the body's own hash) would leave the body out of the signature
+    if content_sha == "UNSIGNED-PAYLOAD":
+        raise AccessDeniedException("UNSIGNED-PAYLOAD is refused: the body must be signed")
+    if content_sha is not None and content_sha != hashlib.sha256(body).hexdigest():
         raise AccessDeniedException("X-Amz-Content-SHA256 does not match the body")
     request = AWSRequest(method=method, url=f"http://{headers['host']}{path}",
                          headers={n: headers[n] for n in names}, data=body)

@@ -6,6 +6,9 @@ pattern, a value outside its enum, a number outside its range, a list with too f
 JSON 1.0 protocol timestamps travel as epoch seconds (numbers); ISO strings are accepted too and turned
 into epoch seconds, so operations only ever see floats for timestamps.
 
+S3 prefixes (the ``S3Prefix`` shape) must also pass agent.pipeline.store.unsafe_key_reason: no leading '/',
+'//', '.' or '..' segment, backslash or NUL.
+
 Patterns in the model are Java regular expressions; the few Java-only constructs they use are translated
 (``\\p{ASCII}``, ``[\\P{M}\\p{M}]`` = any character). Smithy patterns are not implicitly anchored, so
 they are applied with ``re.search``, as AWS does.
@@ -20,6 +23,11 @@ from typing import Any
 
 from agent.core.clock import parse_instant
 from agent.lookout_local.errors import ValidationException
+from agent.pipeline.store import unsafe_key_reason
+
+# every S3 prefix a request carries (ingestion input, labels, scheduler input and output, model diagnostics) is
+# of this shape; the folder store maps it to folders, so it must not climb out of the bucket's folder
+PATH_SHAPES = frozenset({"S3Prefix"})
 
 _JAVA_FIXES = (
     (r"[\P{M}\p{M}]", r"[\s\S]"),
@@ -83,6 +91,9 @@ def _check(shape, value: Any, path: str) -> Any:
         pattern = meta.get("pattern")
         if pattern and not _compile(pattern).search(value):
             raise _fail(path, f"Member must satisfy regular expression pattern: {pattern}")
+        if shape.name in PATH_SHAPES and (reason := unsafe_key_reason(value)):
+            raise _fail(path, f"Member must be a relative S3 prefix without '.', '..' or empty segments, "
+                              f"backslashes or NUL; this one {reason}")
         return value
     if kind in ("integer", "long"):
         if isinstance(value, bool) or not isinstance(value, int):

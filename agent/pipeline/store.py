@@ -49,16 +49,47 @@ class ObjectStore(Protocol):
         """A human-readable location, for logs."""
 
 
+def unsafe_key_reason(key: str) -> str | None:
+    """Why ``key`` (an object key, or a prefix ending in '/') could name something outside a folder store's root
+    or alias another key there, or None when it cannot: a leading '/', '//', a '.' or '..' segment, a backslash
+    or NUL. S3 itself takes such keys literally; the local service and FileStore refuse them."""
+    if key.startswith("/"):
+        return "starts with '/'"
+    if "//" in key:
+        return "contains '//'"
+    if "\\" in key:
+        return "contains a backslash"
+    if "\x00" in key:
+        return "contains NUL"
+    if any(segment in (".", "..") for segment in key.split("/")):
+        return "has a '.' or '..' segment"
+    return None
+
+
 class FileStore:
-    """A local folder as a bucket. Keys map to paths below ``root``."""
+    """A local folder as a bucket. Keys map to paths below ``root``.
+
+    Nothing outside ``root`` is ever listed, read, written or deleted: keys and prefixes failing
+    ``unsafe_key_reason`` are refused (StoreError), a path whose symlinks lead out of ``root`` is refused, and
+    listing neither descends into symlinked folders nor reports a symlink whose target is outside ``root``.
+    """
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
+    def _inside(self, path: Path | str) -> bool:
+        """Whether ``path``, its symlinks resolved, is ``root`` or below it (root resolved too: the root itself
+        may be a link an operator made, e.g. to another disk)."""
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(self.root))
+
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise StoreError(f"invalid object key {key!r}")
-        return self.root / key
+        reason = "empty" if not key else unsafe_key_reason(key)
+        if reason:
+            raise StoreError(f"invalid object key {key!r}: {reason}")
+        path = self.root / key
+        if not self._inside(path):
+            raise StoreError(f"object key {key!r} leads out of {self.root} through a symlink")
+        return path
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -81,18 +112,35 @@ class FileStore:
             raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        reason = unsafe_key_reason(prefix)
+        if reason:
+            raise StoreError(f"invalid prefix {prefix!r}: {reason}")
         # walk only the folder the prefix names (not the whole bucket): listing runs on every window
-        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
-        if not start.is_dir():
+        folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        start = self.root / folder
+        if not start.is_dir() or not self._inside(start):
             return iter(())
         keys = []
-        for dirpath, _dirs, files in os.walk(start):
-            rel = os.path.relpath(dirpath, self.root)
-            for name in files:
-                if name.startswith(".") and name.endswith(".tmp"):
+        pending = [(start, folder)]
+        while pending:
+            path, rel = pending.pop()
+            try:
+                with os.scandir(path) as entries:
+                    found = list(entries)
+            except OSError:  # vanished or unreadable meanwhile: as os.walk, skipped
+                continue
+            for entry in found:
+                key = rel + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((Path(entry.path), key + "/"))
                     continue
-                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
-                if key.startswith(prefix) and (start_after is None or key > start_after):
+                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    continue
+                if not key.startswith(prefix) or (start_after is not None and key <= start_after):
+                    continue
+                if entry.is_symlink() and not (self._inside(entry.path) and os.path.isfile(entry.path)):
+                    continue  # a link out of the store (or to a folder) is not an object of it
+                if entry.is_symlink() or entry.is_file(follow_symlinks=False):
                     keys.append(key)
         return iter(sorted(keys))
 
