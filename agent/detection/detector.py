@@ -13,7 +13,7 @@ operation).
 
 Training (``Detector.fit``) on rows of an (n × p) matrix on a regular grid of ``rate`` seconds (NaN allowed,
 a row of NaN is a grid point without data):
-1. per sensor, centre on the mean and scale by the standard deviation of the training rows (a floor of 0.1 %
+1. per sensor, centre on the mean and scale by the standard deviation of the training rows (a floor of 10⁻⁶
    of the level keeps a constant sensor finite); an empty cell counts as the training mean (z = 0);
 2. rows are smoothed by a trailing mean over ``smooth_secs``; the covariance of the smoothed training rows,
    eigenvalues lifted by ``shrink`` × their mean (collinear sensors would otherwise make the inverse explode),
