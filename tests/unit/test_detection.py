@@ -228,3 +228,11 @@ def test_a_training_time_range_and_labelled_training_rows(tmp_path):
     out = evaluate_cli("--format", "skab", "--train-range", "2026-03-01T10:00:00", "2026-03-01T10:06:39",
                        str(tmp_path / "r.csv"), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["runs"][0]["scored"] == 800
+
+
+def test_the_detection_room_imports_nothing_of_the_service_or_the_agent():
+    code = ("import sys, agent.detection, agent.detection.evaluate, agent.detection.runs, agent.detection.metrics;"
+            "print(sorted(m for m in sys.modules if m.startswith('agent.') and not m.startswith("
+            "('agent.detection', 'agent.core'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
