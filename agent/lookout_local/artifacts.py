@@ -61,7 +61,10 @@ def _shared(ctx) -> bool:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    """The files to publish: hidden names (the marker, temporaries, a staging folder left by a killed
+    ingestion) are not part of a dataset or model."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def publish(ctx, kind: str, name: str, folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> str | None:

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from agent.pipeline.store import FileStore, S3Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+STAGING = ".staging."  # in the name of the hidden folder a component is staged in, beside the output
 _KEY_PATTERN = re.compile(r"^\{prefix\}/?\{component_name\}(?:\[(.)\]|(.))\*$")
 
 
@@ -221,11 +223,13 @@ def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components:
     later file, then the later row, wins) gives."""
     quality = Quality()
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f".*{STAGING}*"):  # what an ingestion killed in the middle left
+        shutil.rmtree(stale, ignore_errors=True)
     start, end = None, None
     for comp in components:
         list_prefix = component_prefix(prefix, comp.name, key_pattern)
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{comp.name}.staging.") as tmp:
-            staging = Staging(Path(tmp) / "rows.arrow")
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{comp.name}{STAGING}") as tmp, \
+                contextlib.closing(Staging(Path(tmp) / "rows.arrow")) as staging:
             ingested = 0
             for key in store.list(list_prefix):
                 quality.total_files += 1

@@ -45,7 +45,7 @@ class Staging:
     def append(self, frame: pd.DataFrame) -> None:
         if frame.empty:
             return
-        batch = pa.RecordBatch.from_pandas(frame, schema=self.schema, preserve_index=False)
+        batch = pa.RecordBatch.from_pandas(frame, schema=self.schema, preserve_index=False, nthreads=1)
         if self._writer is None:
             self.schema = batch.schema
             self._sink = pa.OSFile(str(self.path), "wb")

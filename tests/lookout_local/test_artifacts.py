@@ -48,23 +48,30 @@ def write_random(path: Path, mib: int) -> None:
             fh.write(os.urandom(1024 * 1024))
 
 
+def visible(folder: Path) -> list[Path]:
+    return sorted(p.relative_to(folder) for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def same_tree(a: Path, b: Path) -> bool:
-    """Same relative file names and byte-identical contents (compared in small blocks), marker aside."""
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != artifacts.MARKER)
-    others = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != artifacts.MARKER)
-    return files == others and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+    """Same relative file names and byte-identical contents (compared in small blocks), hidden names aside."""
+    files = visible(a)
+    return files == visible(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
 
 
 @pytest.fixture(scope="module")
 def big(pg_server, tmp_path_factory):
     """A database with dataset ``big`` published by a child process: a BIG_MIB MiB file, a small one in a
-    subfolder and an empty one."""
+    subfolder, an empty one (and hidden leftovers, which are not published)."""
     db = pg_server.new_database()
     src = tmp_path_factory.mktemp("writer") / "datasets" / "big"
     write_random(src / "c0.parquet", BIG_MIB)
     (src / "sub").mkdir()
     (src / "sub" / "small.bin").write_bytes(os.urandom(100_000))
     (src / "empty.bin").write_bytes(b"")
+    (src / ".c0.parquet.tmp").write_bytes(b"a temporary a crash left")  # hidden: never published
+    (src / ".c0.staging.x").mkdir()
+    (src / ".c0.staging.x" / "rows.arrow").write_bytes(b"staging a killed ingestion left")
     report = run_child("publish", db, str(src), "dataset", "big", str(CHUNK))
     return SimpleNamespace(db=db, src=src, version=report["result"], publish=report)
 

@@ -133,14 +133,18 @@ def test_seeds_cover_discards_duplicates_and_disorder(tmp_path):
     assert all(count >= 3 for count in seen.values()), seen
 
 
-def test_a_file_broken_after_its_first_chunks_is_discarded_whole(tmp_path):
+def test_a_file_broken_after_its_first_blocks_is_discarded_whole_and_stale_staging_removed(tmp_path):
     store = FileStore(tmp_path / "store")
     comp = Component("pump", "ts", ("a",))
     good = "ts,a\n" + "".join(f"2026-01-01 00:{m:02d}:00,{m}\n" for m in range(30))
     store.put("in/pump/a.csv", good.encode())
     broken = "ts,a\n" + "".join(f"2026-01-02 00:{m:02d}:00,{m}\n" for m in range(50)) + "2026-01-03 00:00:00,1,2\n"
     store.put("in/pump/b.csv", broken.encode())
+    stale = tmp_path / "out" / ".pump.staging.k1ll3d"  # the staging of an ingestion killed in the middle
+    stale.mkdir(parents=True)
+    (stale / "rows.arrow").write_bytes(b"partial")
     quality, _, end = ingest(store, "b", "in/", None, [comp], tmp_path / "out", block_bytes=60, out_cells=10)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pump.parquet"]
     assert quality.files_summary()["DiscardedFiles"] == [{"Bucket": "b", "Key": "in/pump/b.csv"}]
     assert quality.missing_by_sensor == {"pump\\a": 0}
     frame = pd.read_parquet(tmp_path / "out" / "pump.parquet")
