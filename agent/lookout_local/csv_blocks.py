@@ -2,10 +2,11 @@
 
 Why not pandas' own ``chunksize``: its C parser does not check the field count of the first row of a chunk
 (pandas 2.3: ``a,b\\n1,2\\n5,6,7\\n`` read two rows at a time yields ``[5, 6]`` and drops the 7 silently),
-and neither does one ``read_csv`` of a whole file at its internal ``low_memory`` boundaries. Here every block is
-parsed by its own ``read_csv(low_memory=False)`` of the header, one record already parsed (the last of the
-block before, so that the block's own first record is checked like any other, and a file whose rows carry an
-index column keeps that layout) and the block; the caller drops that first record.
+and one ``read_csv`` of a whole file was seen doing the same at an internal ``low_memory`` boundary (row
+262,144 of a two-column file). Here every block is parsed by its own ``read_csv(low_memory=False)`` of the
+header, one record already parsed (the last of the block before, so that the block's own first record is
+checked like any other, and a file whose rows carry an index column keeps that layout) and the block; the
+caller drops that first record.
 
 Records end at a newline outside quotes: a newline is a record boundary when the quotes before it are even in
 number (RFC 4180 quoting, which pandas reads by default: ``""`` inside a quoted field keeps the parity).

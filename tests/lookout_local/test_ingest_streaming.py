@@ -226,3 +226,4 @@ def test_a_row_with_an_extra_field_is_refused_wherever_a_block_starts(bad_row):
     for block_bytes in range(1, 90, 3):
         with pytest.raises((pd.errors.ParserError, ValueError)):
             list(read_component_chunks(io.BytesIO(data), comp, Quality(), block_bytes=block_bytes))
+
