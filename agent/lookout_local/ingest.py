@@ -11,25 +11,32 @@ invalid values; both become NaN. The result is stored as ``<dir>/<component>.par
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import io
 import logging
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from agent.core.atomic import replace_with
+from agent.lookout_local import csv_blocks
 from agent.lookout_local.schema import Component
+from agent.lookout_local.staging import OUT_CELLS, Staging, write_sorted
 from agent.lookout_local.stores import location
-from agent.lookout_local.timestamps import parse_column
+from agent.lookout_local.timestamps import SAMPLE_SIZE, choose_format, parse_with, sample
+from agent.pipeline.store import FileStore, S3Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+STAGING = ".staging."  # in the name of the hidden folder a component is staged in, beside the output
 _KEY_PATTERN = re.compile(r"^\{prefix\}/?\{component_name\}(?:\[(.)\]|(.))\*$")
-SHORT_RANGE_SECS = 14 * 86400
 
 
 class IngestionFailed(Exception):
@@ -67,6 +74,14 @@ class Quality:
     short_range_sensors: int = 0
     size_bytes: int = 0
 
+    def add(self, other: Quality) -> None:
+        """Add the value counts of ``other`` (one file's) to these."""
+        for mine, theirs in ((self.missing_by_sensor, other.missing_by_sensor),
+                             (self.invalid_by_sensor, other.invalid_by_sensor)):
+            for name, count in theirs.items():
+                mine[name] = mine.get(name, 0) + count
+        self.unsupported_timestamps += other.unsupported_timestamps
+
     def data_quality_summary(self) -> dict:
         return {
             "InsufficientSensorData": {
@@ -90,14 +105,16 @@ class Quality:
                 "DiscardedFiles": self.discarded}
 
 
-def read_component_csv(data: bytes, comp: Component, quality: Quality | None = None) -> pd.DataFrame:
-    """One CSV's rows for ``comp``: ``timestamp`` (naive UTC) + sensors (float64), rows with bad timestamps
-    dropped, in file order. Raises ValueError when the file is unreadable or lacks a schema column."""
-    frame = pd.read_csv(io.BytesIO(data), dtype={comp.timestamp: str}, skipinitialspace=True)
+def _check_header(frame: pd.DataFrame, comp: Component) -> None:
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in (comp.timestamp, *comp.sensors) if c not in frame.columns]
     if missing:
         raise ValueError(f"columns {missing} of component {comp.name!r} are missing from the header")
+
+
+def _convert(frame: pd.DataFrame, comp: Component, time_format: str | None,
+             quality: Quality | None) -> pd.DataFrame:
+    """Rows of a CSV (or of a chunk of one) → ``timestamp`` + sensors (float64), bad timestamps dropped."""
     raw = frame[list(comp.sensors)]
     # whole-frame numpy work: per-column pandas assignment dominated the cost with hundreds of sensors
     absent = raw.isna().to_numpy()
@@ -122,52 +139,120 @@ def read_component_csv(data: bytes, comp: Component, quality: Quality | None = N
             quality.invalid_by_sensor[name] = quality.invalid_by_sensor.get(name, 0) + int(invalid[i])
     values[~finite] = np.nan
     out = pd.DataFrame(values, columns=list(comp.sensors), index=frame.index)
-    out.insert(0, "timestamp", parse_column(frame[comp.timestamp]))
+    out.insert(0, "timestamp", parse_with(frame[comp.timestamp], time_format))
     bad_time = out["timestamp"].isna()
     if quality is not None:
         quality.unsupported_timestamps += int(bad_time.sum())
     return out[~bad_time]
 
 
+def read_component_csv(data: bytes, comp: Component, quality: Quality | None = None) -> pd.DataFrame:
+    """One CSV's rows for ``comp``: ``timestamp`` (naive UTC) + sensors (float64), rows with bad timestamps
+    dropped, in file order. Raises ValueError when the file is unreadable or lacks a schema column."""
+    frame = pd.read_csv(io.BytesIO(data), dtype={comp.timestamp: str}, skipinitialspace=True)
+    _check_header(frame, comp)
+    return _convert(frame, comp, choose_format(sample(frame[comp.timestamp])), quality)
+
+
+def read_component_chunks(stream: BinaryIO, comp: Component, quality: Quality | None = None, *,
+                          block_bytes: int = csv_blocks.BLOCK_BYTES) -> Iterator[pd.DataFrame]:
+    """``read_component_csv`` for a file read from ``stream`` about ``block_bytes`` at a time (whole records,
+    agent.lookout_local.csv_blocks): the same rows (in file order, split into frames) and counts. The
+    timestamp format is chosen once per file, from its first non-empty cells, as ``read_component_csv``
+    does (blocks are held until they show SAMPLE_SIZE of them). Raises ValueError (and pandas' errors)
+    like it, possibly after some frames; a row with too many fields is an error wherever it is."""
+    options = {"dtype": {comp.timestamp: str}, "skipinitialspace": True, "low_memory": False}
+    header, previous = None, b""
+    pending: list[pd.DataFrame] = []  # blocks read before the timestamp format is known
+    cells: list[pd.Series] = []
+    decided, time_format = False, None
+    for block in csv_blocks.blocks(stream, block_bytes):
+        if header is None:
+            header, block = csv_blocks.split_header(block)
+            frame = pd.read_csv(io.BytesIO(header + block), **options)
+        else:
+            frame = pd.read_csv(io.BytesIO(header + previous + block), **options).iloc[1 if previous else 0:]
+        _check_header(frame, comp)
+        previous = csv_blocks.last_record(block) or previous
+        if decided:
+            yield _convert(frame, comp, time_format, quality)
+            continue
+        pending.append(frame)
+        cells.append(sample(frame[comp.timestamp]))
+        if sum(map(len, cells)) >= SAMPLE_SIZE:
+            decided, time_format = True, choose_format(pd.concat(cells).head(SAMPLE_SIZE))
+            while pending:
+                yield _convert(pending.pop(0), comp, time_format, quality)
+    if header is None:
+        raise pd.errors.EmptyDataError("No columns to parse from file")  # what read_csv says of an empty file
+    if not decided:
+        time_format = choose_format(pd.concat(cells).head(SAMPLE_SIZE))
+    for frame in pending:
+        yield _convert(frame, comp, time_format, quality)
+
+
+def open_object(store, key: str) -> tuple[BinaryIO, int]:
+    """``key`` of ``store`` as a binary stream, and its size in bytes: read as it is consumed, never whole
+    (a folder store's file, an S3 object's body). Raises like ``store.get``."""
+    if isinstance(store, FileStore):
+        path = store._path(key)  # the store's own key checks
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {path}: {exc}") from exc
+        return fh, os.fstat(fh.fileno()).st_size
+    if isinstance(store, S3Store):
+        response = store._call(store.client.get_object, Key=key)
+        return response["Body"], int(response["ContentLength"])
+    data = store.get(key)
+    return io.BytesIO(data), len(data)
+
+
 def ingest(store, bucket: str, prefix: str, key_pattern: str | None, components: list[Component],
-           out_dir: Path) -> tuple[Quality, float, float]:
+           out_dir: Path, *, block_bytes: int = csv_blocks.BLOCK_BYTES,
+           out_cells: int = OUT_CELLS) -> tuple[Quality, float, float]:
     """Read every component's files, write ``out_dir/<component>.parquet``; (quality, data start, data end)
-    with the instants in epoch seconds. Raises IngestionFailed when a component has no usable data."""
+    with the instants in epoch seconds. Raises IngestionFailed when a component has no usable data.
+
+    Memory: no file and no component is held whole. Each file is parsed ``block_bytes`` at a time into a
+    staging file (Arrow IPC, beside the output); only the timestamps stay in memory (8 bytes a row;
+    16 while sorting rows that arrived out of order). The output is then written in timestamp order, block by
+    block, from the staging file. The result is the one a whole-frame sort (stable: on equal timestamps the
+    later file, then the later row, wins) gives."""
     quality = Quality()
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f".*{STAGING}*"):  # what an ingestion killed in the middle left
+        shutil.rmtree(stale, ignore_errors=True)
     start, end = None, None
     for comp in components:
         list_prefix = component_prefix(prefix, comp.name, key_pattern)
-        frames = []
-        for key in store.list(list_prefix):
-            quality.total_files += 1
-            try:
-                data = store.get(key)
-                quality.size_bytes += len(data)
-                frames.append(read_component_csv(data, comp, quality))
-                quality.ingested_files += 1
-            except (ValueError, pd.errors.ParserError, UnicodeDecodeError, KeyError) as exc:
-                log.info("discarding %s: %s", location(store, bucket, key), exc)
-                quality.discarded.append({"Bucket": bucket, "Key": key})
-        if not frames:
-            raise IngestionFailed(f"no usable data file for component {comp.name} under "
-                                  f"{location(store, bucket, list_prefix)}")
-        frame = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
-        dup = frame["timestamp"].duplicated(keep="last")
-        quality.duplicate_timestamps += int(dup.sum())
-        frame = frame[~dup].reset_index(drop=True)
-        if frame.empty:
-            raise IngestionFailed(f"component {comp.name} has no row with a supported timestamp")
-        for sensor in comp.sensors:
-            present = frame["timestamp"][frame[sensor].notna()]
-            if present.empty:
-                quality.all_missing_sensors += 1
-            elif (present.iloc[-1] - present.iloc[0]).total_seconds() < SHORT_RANGE_SECS:
-                quality.short_range_sensors += 1
-        # agent.core.atomic: a reader (training) never sees a half-written file, a crash never a torn one
-        replace_with(out_dir / f"{comp.name}.parquet", functools.partial(frame.to_parquet, index=False))
-        first = frame["timestamp"].iloc[0].timestamp()
-        last = frame["timestamp"].iloc[-1].timestamp()
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{comp.name}{STAGING}") as tmp, \
+                contextlib.closing(Staging(Path(tmp) / "rows.arrow")) as staging:
+            ingested = 0
+            for key in store.list(list_prefix):
+                quality.total_files += 1
+                mark, counts = staging.mark(), Quality()
+                try:
+                    stream, size = open_object(store, key)
+                    quality.size_bytes += size
+                    with contextlib.closing(stream):
+                        for frame in read_component_chunks(stream, comp, counts, block_bytes=block_bytes):
+                            staging.append(frame)
+                    quality.add(counts)
+                    ingested += 1
+                except (ValueError, pd.errors.ParserError, UnicodeDecodeError, KeyError) as exc:
+                    staging.rollback(mark)  # a file is taken whole or not at all
+                    log.info("discarding %s: %s", location(store, bucket, key), exc)
+                    quality.discarded.append({"Bucket": bucket, "Key": key})
+            quality.ingested_files += ingested
+            if not ingested:
+                raise IngestionFailed(f"no usable data file for component {comp.name} under "
+                                      f"{location(store, bucket, list_prefix)}")
+            if not staging.rows:
+                raise IngestionFailed(f"component {comp.name} has no row with a supported timestamp")
+            first, last = write_sorted(staging, comp, out_dir / f"{comp.name}.parquet", quality, out_cells)
         start = first if start is None else min(start, first)
         end = last if end is None else max(end, last)
     return quality, float(start), float(end)

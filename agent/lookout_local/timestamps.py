@@ -19,7 +19,7 @@ FORMATS = (
     "%Y/%m/%d %H:%M", "%Y %m %dT%H:%M:%S", "%Y %m %d %H:%M:%S", "%Y %m %dT%H:%M", "%Y %m %d %H:%M",
     "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S",
 )
-_SAMPLE = 50
+SAMPLE_SIZE = 50
 
 
 def _try(values: pd.Series, fmt: str) -> pd.Series:
@@ -29,20 +29,33 @@ def _try(values: pd.Series, fmt: str) -> pd.Series:
     return pd.to_datetime(values, format=fmt, errors="coerce")
 
 
-def parse_column(values: pd.Series) -> pd.Series:
-    """datetime64[ns] (naive UTC) of the same length; NaT where a cell is empty or unsupported."""
-    text = values.astype("string").str.strip()
-    sample = text.dropna()
-    sample = sample[sample != ""].head(_SAMPLE)
-    if sample.empty:
-        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+def sample(values: pd.Series) -> pd.Series:
+    """The first SAMPLE_SIZE non-empty cells of a column (stripped text): what ``choose_format`` looks at."""
+    text = values.astype("string").str.strip().dropna()
+    return text[text != ""].head(SAMPLE_SIZE)
+
+
+def choose_format(cells: pd.Series) -> str | None:
+    """The format that reads most of ``cells`` (a ``sample``), None when none reads any."""
+    if cells.empty:
+        return None
     best, best_count = None, 0
     for fmt in (*FORMATS, "ISO8601"):
-        count = int(_try(sample, fmt).notna().sum())
+        count = int(_try(cells, fmt).notna().sum())
         if count > best_count:
             best, best_count = fmt, count
-            if count == len(sample):
+            if count == len(cells):
                 break
-    if best is None:
+    return best
+
+
+def parse_with(values: pd.Series, fmt: str | None) -> pd.Series:
+    """datetime64[ns] (naive UTC) of the same length, every cell read with ``fmt`` (None: all NaT)."""
+    if fmt is None:
         return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
-    return _try(text, best).astype("datetime64[ns]")
+    return _try(values.astype("string").str.strip(), fmt).astype("datetime64[ns]")
+
+
+def parse_column(values: pd.Series) -> pd.Series:
+    """datetime64[ns] (naive UTC) of the same length; NaT where a cell is empty or unsupported."""
+    return parse_with(values, choose_format(sample(values)))
