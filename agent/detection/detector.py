@@ -152,15 +152,18 @@ class Detector:
         detector.threshold = max(threshold, 1e-9)
         return detector
 
-    def distance(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(smoothed d² per row, reconstruction-based contribution per row × sensor) for consecutive grid rows
-        (n × p, NaN allowed; an all-NaN row is a grid point without data). d² is NaN where no row with data
-        is in reach yet."""
+    def distance(self, values: np.ndarray, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(smoothed d² per row, reconstruction-based contribution per row × sensor) for rows[context:] of
+        consecutive grid rows (n × p, NaN allowed; an all-NaN row is a grid point without data); the first
+        ``context`` rows are history. d² is NaN where no row with data is in reach yet."""
         values = np.asarray(values, dtype=np.float64)
         present = ~np.all(np.isnan(values), axis=1)
         z = _standardise(values, self.mean, self.scale)
-        smooth = trailing_mean(z, self.smooth_rows, present)
-        recent = smooth - lagged_mean(z, self.lag_rows, self.reference_rows, present)
+        # only the rows the scored rows' trailing median reaches are whitened (the matrix products are the
+        # cost of scoring; the history before them serves the means alone)
+        first = max(context - self.score_rows + 1, 0)
+        smooth = trailing_mean(z, self.smooth_rows, present)[first:]
+        recent = smooth - lagged_mean(z, self.lag_rows, self.reference_rows, present)[first:]
         # the choice between the two references is made per whitened direction (independent by
         # construction), not per sensor: mixing references across correlated sensors would itself look
         # like a broken correlation
@@ -168,18 +171,17 @@ class Detector:
         reachable = np.isfinite(recent).all(axis=1)[:, None]
         whitened_recent = np.where(np.isfinite(recent), recent, 0.0) @ self.whiten
         whitened = np.where(reachable & (np.abs(whitened_recent) < np.abs(whitened)), whitened_recent, whitened)
-        dev = whitened @ self.unwhiten  # the deviation in sensor units, for the diagnostics
         d2 = np.sum(whitened**2, axis=1)
         d2[~np.isfinite(smooth).all(axis=1)] = np.nan
+        dev = whitened[context - first:] @ self.unwhiten  # the deviation in sensor units, for the diagnostics
         contrib = (dev @ self.precision) ** 2 / np.diag(self.precision)
-        return trailing_median(d2, self.score_rows), contrib
+        return trailing_median(d2, self.score_rows)[context - first:], contrib
 
     def score(self, values: np.ndarray, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(anomaly score in [0, 1) per row, per-sensor shares per row summing to 1) for rows[context:]; the
         first ``context`` rows are history that the scores may use (see ``context_rows``). A row without any
         value in reach scores 0."""
-        d2, contrib = self.distance(values)
-        d2, contrib = d2[context:], contrib[context:]
+        d2, contrib = self.distance(values, context)
         ratio = np.where(np.isfinite(d2), d2, 0.0) / self.threshold
         scores = ratio**POWER / (ratio**POWER + 1.0)
         total = contrib.sum(axis=1, keepdims=True)
@@ -215,6 +217,16 @@ class Detector:
 def _standardise(values: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     z = (values - mean) / scale
     return np.where(np.isfinite(z), z, 0.0)
+
+
+def rounded_share_rows(shares: np.ndarray, digits: int = 5) -> list[list[float]]:
+    """``rounded_shares`` of every row of an (n × p) matrix at once (the same numbers; a results file at PT1S
+    holds 300 rows × every sensor, one call per row would cost more than the scoring)."""
+    unit = 10**digits
+    ints = np.floor(np.asarray(shares, dtype=np.float64) * unit + 0.5).astype(np.int64)
+    ints = np.maximum(ints, 0)
+    ints[np.arange(len(ints)), np.argmax(ints, axis=1)] += unit - ints.sum(axis=1)
+    return (ints / unit).tolist()
 
 
 def rounded_shares(shares: np.ndarray, digits: int = 5) -> list[float]:

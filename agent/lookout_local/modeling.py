@@ -21,6 +21,7 @@ import pandas as pd
 
 from agent.core.atomic import write_json_atomic
 from agent.detection import Detector, rounded_shares
+from agent.detection.detector import rounded_share_rows
 from agent.detection.metrics import count
 from agent.lookout_local.schema import Component
 from agent.lookout_local.timestamps import parse_column
@@ -270,6 +271,8 @@ class TrainedModel:
         scores, shares = self.detector.score(frame.to_numpy(dtype=np.float64), context=context)
         frame = frame.iloc[context:]
         off = self.off.mask(frame) if self.off is not None else np.zeros(len(frame), dtype=bool)
+        names = self.detector.names
+        rounded = rounded_share_rows(shares)
         lines = []
         for i, ts in enumerate(frame.index.asi8 // 10**9):
             when = format_csv_time(int(ts))
@@ -282,7 +285,6 @@ class TrainedModel:
                 "timestamp": when, "prediction": int(anomalous),
                 "prediction_reason": "ANOMALY_DETECTED" if anomalous else "NO_ANOMALY_DETECTED",
                 "anomaly_score": score,
-                "diagnostics": [{"name": n, "value": v}
-                                for n, v in zip(self.detector.names, rounded_shares(shares[i]), strict=True)],
+                "diagnostics": [{"name": n, "value": v} for n, v in zip(names, rounded[i], strict=True)],
             })
         return lines
