@@ -58,6 +58,7 @@ import numpy as np
 
 from agent.core.atomic import replace_with
 from agent.detection.features import lagged_mean, rows_for, trailing_mean, trailing_median
+from agent.detection.latch import latched_distances
 
 FORMAT = 2  # detector file format; 1 (no "format" field) was the single-reference detector
 POWER = 2.0
@@ -78,6 +79,8 @@ class DetectorParams:
     margin: float = 4.0            # threshold = margin × the training score quantile
     quantile: float = 0.995
     shrink: float = 0.01           # eigenvalue lift, relative to their mean
+    latch_secs: float = 1200.0     # an unreleased alarm keeps the reference frozen at most this long
+    release_fraction: float = 0.5  # released when the distance to the frozen reference falls below this × its peak
 
 
 @dataclass
@@ -101,12 +104,13 @@ class Detector:
         self.score_rows = rows_for(p.score_secs, self.rate)
         self.lag_rows = rows_for(p.lag_secs, self.rate)
         self.reference_rows = rows_for(p.reference_secs, self.rate)
+        self.latch_rows = rows_for(p.latch_secs, self.rate)
 
     @property
     def context_rows(self) -> int:
         """Rows before the first scored row that the score of that row uses: give ``score`` this many rows of
         history (fewer is fine; the first rows then rely on the training reference alone)."""
-        return self.lag_rows + self.reference_rows + self.smooth_rows + self.score_rows
+        return self.lag_rows + self.reference_rows + self.smooth_rows + self.score_rows + self.latch_rows
 
     @classmethod
     def fit(cls, values: np.ndarray, names: list[str], rate: float = 1.0, params: DetectorParams | None = None,
@@ -158,24 +162,17 @@ class Detector:
         ``context`` rows are history. d² is NaN where no row with data is in reach yet."""
         values = np.asarray(values, dtype=np.float64)
         present = ~np.all(np.isnan(values), axis=1)
-        z = _standardise(values, self.mean, self.scale)
-        # only the rows the scored rows' trailing median reaches are whitened (the matrix products are the
-        # cost of scoring; the history before them serves the means alone)
-        first = max(context - self.score_rows + 1, 0)
-        smooth = trailing_mean(z, self.smooth_rows, present)[first:]
-        recent = smooth - lagged_mean(z, self.lag_rows, self.reference_rows, present)[first:]
-        # the choice between the two references is made per whitened direction (independent by
-        # construction), not per sensor: mixing references across correlated sensors would itself look
-        # like a broken correlation
-        whitened = np.where(np.isfinite(smooth), smooth, 0.0) @ self.whiten
-        reachable = np.isfinite(recent).all(axis=1)[:, None]
-        whitened_recent = np.where(np.isfinite(recent), recent, 0.0) @ self.whiten
-        whitened = np.where(reachable & (np.abs(whitened_recent) < np.abs(whitened)), whitened_recent, whitened)
-        d2 = np.sum(whitened**2, axis=1)
-        d2[~np.isfinite(smooth).all(axis=1)] = np.nan
-        dev = whitened[context - first:] @ self.unwhiten  # the deviation in sensor units, for the diagnostics
+        # whitened once: the means below are linear, so they can be taken in whitened space (one matrix
+        # product per row is the cost of scoring)
+        zw = _standardise(values, self.mean, self.scale) @ self.whiten
+        static = trailing_mean(zw, self.smooth_rows, present)
+        lagged = lagged_mean(zw, self.lag_rows, self.reference_rows, present)
+        smoothed, deviation = latched_distances(
+            static, lagged, self.threshold, self.lag_rows, self.reference_rows, self.score_rows, self.latch_rows,
+            self.params.release_fraction)
+        dev = deviation[context:] @ self.unwhiten  # the deviation in sensor units, for the diagnostics
         contrib = (dev @ self.precision) ** 2 / np.diag(self.precision)
-        return trailing_median(d2, self.score_rows)[context - first:], contrib
+        return smoothed[context:], contrib
 
     def score(self, values: np.ndarray, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(anomaly score in [0, 1) per row, per-sensor shares per row summing to 1) for rows[context:]; the

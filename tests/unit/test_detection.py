@@ -88,6 +88,31 @@ def test_a_broken_correlation_is_caught_with_the_right_sensor_on_top():
     assert np.mean(shares[after].argmax(axis=1) == 1) > 0.95
 
 
+def test_a_fault_that_settles_stays_alarmed_until_the_latch_releases_it():
+    rows = plant(6000, seed=7)
+    det = Detector.fit(rows[:1500], SENSORS, 1.0)
+    faulty = rows.copy()
+    faulty[2000:5000, 0] -= 1.5  # flow drops and stays down for 50 minutes
+    scores, _ = det.score(faulty, context=1500)
+    flagged = np.flatnonzero(scores >= 0.5) + 1500
+    onset = flagged[0]
+    assert 2000 <= onset < 2100
+    # alarmed without a gap from the onset until latch_secs later (the recent reference alone would have
+    # forgotten it after lag + reference = 7 minutes), and never before the fault
+    assert np.all(scores[onset - 1500:onset - 1500 + det.latch_rows] >= 0.5)
+    assert not np.any(scores[: 2000 - 1500] >= 0.5)
+
+
+def test_the_alarm_of_a_fault_that_goes_away_clears():
+    rows = plant(4000, seed=8)
+    det = Detector.fit(rows[:1500], SENSORS, 1.0)
+    faulty = rows.copy()
+    faulty[2000:2600, 0] -= 1.5  # ten minutes, then the plant is back
+    scores, _ = det.score(faulty, context=1500)
+    assert np.mean(scores[2100 - 1500:2600 - 1500] >= 0.5) > 0.95
+    assert not np.any(scores[2700 - 1500:] >= 0.5)
+
+
 def test_scores_are_causal_and_history_is_all_the_context_they_need():
     rows = plant(2500, seed=3)
     det = Detector.fit(rows[:1000], SENSORS, 1.0)
