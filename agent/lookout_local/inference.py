@@ -15,7 +15,6 @@ shorter; it never fails the execution, and its rows are never scored or written.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -206,7 +205,7 @@ def run_window(store, out_store, cfg: InputConfig, out_prefix: str, components: 
     Raises InferenceFailed for data problems (the execution FAILS with that reason)."""
     frame, context = window_frame(store, cfg, components, window, frequency, model.rate,
                                   model.detector.context_rows)
-    lines = model.result_lines(frame, context)
+    body, anomalous = model.results_jsonl(frame, context)
     key = results_key(out_prefix, window)
-    out_store.put(key, "".join(json.dumps(line) + "\n" for line in lines).encode())
-    return key, any(line["prediction"] == 1 for line in lines)
+    out_store.put(key, body)
+    return key, anomalous

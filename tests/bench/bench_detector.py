@@ -13,7 +13,7 @@
    ≤ 1 GiB peak.
 2. Scoring: a 5-minute window of ``--score-sensors`` sensors, with the detector's ``context_rows`` of history
    before it, at PT1S (300 rows + context) and at PT1M (5 rows + context), through ``Detector.score`` and
-   through the local service's ``TrainedModel.result_lines`` (scores + the results.jsonl records). Baseline: a
+   through the local service's ``TrainedModel.results_jsonl`` (scores + the results.jsonl bytes). Baseline: a
    plain numpy Mahalanobis distance of the same matrix (standardise, whiten, sum of squares). Target: ≤ 100 ms
    per window (median over ``--repeats``; the fastest call is printed too).
 
@@ -206,13 +206,13 @@ def bench_scoring(sensors: int, rate: int, train_rows: int, repeats: int) -> boo
 
     base, base_min = median_ms(lambda: numpy_distance(block, mean, scale, whiten), repeats)
     score = median_ms(lambda: detector.score(block, context), repeats)
-    lines = median_ms(lambda: model.result_lines(frame, context), repeats)
+    lines = median_ms(lambda: model.results_jsonl(frame, context), repeats)
     assert len(model.result_lines(frame, context)) == window_rows
     print(f"scoring: 5-minute window at PT{'1S' if rate == 1 else '1M'} = {window_rows} rows + {context} context rows "
           f"x {sensors} sensors (median of {repeats})")
     print(f"  baseline numpy Mahalanobis     {base:7.2f} ms (fastest {base_min:.2f})")
     ok = True
-    for label, (ms, ms_min) in (("Detector.score", score), ("TrainedModel.result_lines", lines)):
+    for label, (ms, ms_min) in (("Detector.score", score), ("TrainedModel.results_jsonl", lines)):
         ok &= ms <= SCORE_MS_MAX
         print(f"  {label:<30} {ms:7.2f} ms (fastest {ms_min:.2f})  = {ms / base:6.1f} x baseline   "
               f"target <= {SCORE_MS_MAX:.0f} ms: {verdict(ms <= SCORE_MS_MAX)}")

@@ -103,6 +103,19 @@ def test_off_condition_lines_are_machine_off(tmp_path):
         OffCondition.parse("c\\a is off")
 
 
+def test_results_text_is_json_dumps_of_the_records(tmp_path):
+    names = ["c\\a", "c\\b", "c\\c", "c\\d"]
+    model = TrainedModel(Detector.fit(correlated(500), names, 60.0), 60, OffCondition.parse("c\\a<10"))
+    values = correlated(40, seed=5)
+    values[30:, 2] += 30.0  # anomalous rows too
+    frame = pd.DataFrame(values, columns=names, index=pd.date_range("2026-01-01T00:01:00", periods=40, freq="60s"))
+    frame.iloc[25, 0] = 0.0  # a MACHINE_OFF row
+    body, anomalous = model.results_jsonl(frame, context=10)
+    lines = model.result_lines(frame, context=10)
+    assert body == "".join(json.dumps(line) + "\n" for line in lines).encode()
+    assert anomalous and any(line["prediction"] == 1 for line in lines) and len(lines) == 30
+
+
 @pytest.mark.parametrize(("pattern", "expected"), [
     (None, "p/pump/"), ("{prefix}/{component_name}/*", "p/pump/"), ("{prefix}/{component_name}_*", "p/pump_"),
     ("{prefix}/{component_name}[ ]*", "p/pump "), ("{prefix}/{component_name}[.]*", "p/pump."),
