@@ -9,12 +9,12 @@ the training mean and the state ``lag_secs`` ago, and along each whitened direct
 counts: a row is anomalous when it is unlike the training data *and* unlike the recent past. The lag is long
 enough (5 min) that a fault developing over minutes is still compared with the state before it.
 
-What that costs, said plainly: a fault that settles into a new steady state is flagged from its onset until
-the recent reference has moved into it, about ``lag_secs + reference_secs`` (7 min) later; after that it is
-judged against its own recent past and the alarm clears although the plant has not gone back. A latching
-variant (the reference frozen while alarmed) keeps such a fault alarmed, but on SKAB it raised the false alarm
-rate on the rows after each fault (the testbed does not return exactly to its earlier state) and on the
-anomaly-free run (a false alarm on a drift never releases); it is not the default.
+A fault that settles into a new steady state would, after ``lag_secs + reference_secs`` (7 min), be judged
+against its own recent past and forgotten. So the recent reference latches (``agent.detection.latch``): while
+an alarm is not released, the rows it covers are not a reference; the plant is compared with its last
+alarm-free state instead. The alarm is released when the plant comes back at least half way
+(``release_fraction``) or after ``latch_secs`` (20 min: a state the plant keeps that long becomes its recent
+past, so a drift that tripped a false alarm cannot hold it for ever).
 
 Training (``Detector.fit``) on rows of an (n × p) matrix on a regular grid of ``rate`` seconds (NaN allowed,
 a row of NaN is a grid point without data):
@@ -30,7 +30,8 @@ a row of NaN is a grid point without data):
 
 Scoring a row t (``Detector.score``), from rows ≤ t only:
 - z_s = the smoothed standardised row; r = the mean of the rows in (t − lag − width, t − lag] (the recent
-  reference, ``reference_secs`` wide); along each whitened direction (the components of W z_s and
+  reference, ``reference_secs`` wide; frozen at the last alarm-free state while an alarm holds, see above);
+  along each whitened direction (the components of W z_s and
   W (z_s − r), independent by construction) the smaller in magnitude is kept: w (W z_s alone while no
   reference exists yet). Choosing per sensor instead would mix references across correlated sensors and make
   a broken correlation out of a drift;
