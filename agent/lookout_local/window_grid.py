@@ -66,13 +66,6 @@ def fill_forward(matrix: np.ndarray) -> np.ndarray:
 
 def fill_both_ways(matrix: np.ndarray) -> np.ndarray:
     """Each column filled forward, then backward (pandas' ffill().bfill()); all-NaN columns stay NaN."""
-    n = len(matrix)
-    if n == 0:
+    if len(matrix) == 0:
         return matrix
-    idx = np.where(~np.isnan(matrix), np.arange(n)[:, None], 0)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    filled = np.take_along_axis(matrix, idx, axis=0)
-    rev = filled[::-1]
-    idx = np.where(~np.isnan(rev), np.arange(n)[:, None], 0)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    return np.take_along_axis(rev, idx, axis=0)[::-1]
+    return fill_forward(fill_forward(matrix)[::-1])[::-1]
