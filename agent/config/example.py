@@ -54,6 +54,9 @@ SOURCE_EXAMPLES: dict[str, dict[str, Any]] = {
 
 
 ALARMS_EXAMPLE = """\
+[alarms]
+# check_interval_secs = 5.0   # clock seconds between alarm job runs: source health checks, queued events → rules
+#                             # (queued events wait on disk in <state-dir>/events.json: a restart loses none)
 # Hooks deliver alarms: kind = exec | webhook | file | log | write_back (see agent/alarms/hook_config.py for every key).
 [alarms.hooks.journal]
 kind = "log"
