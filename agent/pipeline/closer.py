@@ -117,6 +117,9 @@ class WindowCloser:
         self.disk = spool.disk  # one DiskHealth per state directory
         self._errors = TransitionLog(log)
         self.last_written: int | None = None
+        # clock time the agent started (set by the runner): before any window is written, the windows after it
+        # are closed (and reported missing) even when no reading at all ever arrived
+        self.anchor: float | None = None
         self.carry = Carry({})
         self._load_state()
         if self.last_written is not None:
@@ -154,9 +157,9 @@ class WindowCloser:
         if held:
             up_to = min(up_to, held[0] - self.plan.frequency)
         with_data = [end for end in self.spool.windows() if end <= up_to]
-        if self.last_written is None and not with_data:
+        first_after = self._first_after(with_data)
+        if first_after is None:
             return []
-        first_after = self.last_written if self.last_written is not None else with_data[0] - self.plan.frequency
         events: list[Event] = []
         data_set = set(with_data)
         empty_run: list[Window] = []
@@ -190,6 +193,20 @@ class WindowCloser:
         if any(e.kind == "window_written" for e in events):
             release_freed_memory()
         return events
+
+    def _first_after(self, with_data: list[int]) -> int | None:
+        """Where closing resumes: after the last written window; on a first start, before the first window
+        with data or the first whole window after the start anchor, whichever comes first (a source that never
+        answers still gets its windows reported missing). None: nothing to close yet."""
+        if self.last_written is not None:
+            return self.last_written
+        starts = []
+        if with_data:
+            starts.append(with_data[0] - self.plan.frequency)
+        if self.anchor is not None:
+            f = self.plan.frequency
+            starts.append(-(-int(self.anchor) // f) * f)  # the first window boundary at or after the start
+        return min(starts) if starts else None
 
     def _missing_events(self, windows: list[Window], now: float) -> list[Event]:
         """Windows with no reading at all: one event per component for a run of consecutive windows (not

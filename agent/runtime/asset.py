@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ log = logging.getLogger("l4e.service")
 # this backoff; a minute at most keeps a crash loop from flooding the log and the CPU.
 CONNECTOR_RESTART_BACKOFF_INITIAL_SECS = 1.0
 CONNECTOR_RESTART_BACKOFF_MAX_SECS = 60.0
+# A source not connected this long (wall seconds) after the start is reported unhealthy even when its first
+# attempt has not failed yet (a connect hanging until its timeout); one that failed is reported at once.
+CONNECT_GRACE_SECS = 10.0
 
 
 def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Path | None = None):
@@ -131,6 +135,9 @@ class AssetRunner:
         self._refusal_logged = False
         self._dropping = False
         self._started_at: float | None = None
+        self._started_wall: float | None = None  # time.monotonic() at start (the connect grace)
+        # sources that ended on their own (a replay at its end of file) or were stopped (drain): not "down"
+        self._finished: set[str] = set()
         # the conditions open when the last run ended: their clearing event is sent once they end
         saved = self.inbox.conditions
         self._silent: set[str] = set(saved.get("source_silent", ()))
@@ -203,6 +210,7 @@ class AssetRunner:
                         last[reading.sensor] = reading
                     backoff.reset()
                 log.info("source %s finished", connector.name)
+                self._finished.add(connector.name)
                 self._end_validity(sensors, self.clock.now())
                 return
             except asyncio.CancelledError:
@@ -359,6 +367,23 @@ class AssetRunner:
                 log.exception("event listener failed for %s", event.kind)
         self._count(await self.alarms.on_event(event))
 
+    def disconnected_sources(self) -> dict[str, str]:
+        """Sources not connected right now → why: the last connection attempt's error as soon as one failed,
+        else "not connected yet" once CONNECT_GRACE_SECS (wall) have passed since the start. A source that
+        finished on its own (a replay at its end) or was stopped by a drain is not listed."""
+        if self._started_wall is None:
+            return {}
+        past_grace = time.monotonic() - self._started_wall > CONNECT_GRACE_SECS
+        out = {}
+        for conn in self.connectors:
+            st = conn.stats
+            if st.connected or conn.name in self._finished:
+                continue
+            error = getattr(st, "connect_error", None)
+            if error is not None or past_grace:
+                out[conn.name] = error or f"not connected {CONNECT_GRACE_SECS:g} s after the start"
+        return out
+
     def silent_sources(self) -> set[str]:
         return self._silent - self._unsettled
 
@@ -393,6 +418,8 @@ class AssetRunner:
                         self.alarm_job)
         scheduler.every(f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job)
         self._started_at = clock.now()
+        self._started_wall = time.monotonic()
+        self.closer.anchor = self._started_at  # windows after the start are reported even with no reading at all
         previous = self.spool.previous_alive
         if previous is not None:
             # a previous run that did not stop cleanly (kill -9, power cut) vouched for nothing after its last
@@ -404,6 +431,7 @@ class AssetRunner:
 
     async def drain(self, upload_timeout_secs: float = 5.0) -> None:
         """Stop sources, flush, write due windows, try one upload round (bounded). Never raises."""
+        self._finished.update(conn.name for conn in self.connectors)  # stopped on purpose, not unreachable
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
