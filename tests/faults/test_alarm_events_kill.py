@@ -9,15 +9,18 @@ killed with SIGKILL in that gap, restarted, killed again in the same gap after t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from tests.connectors.modbus_peer import sim_device, start_tcp
 from tests.helpers import T0, asset_file, write_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +129,80 @@ def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
     assert (raised_state, cleared_state) == ("raised", "cleared") and raised_id == cleared_id
     alarm = json.loads(journal.read_text().splitlines()[0])
     assert alarm["rule"] == "data-health" and alarm["window_start"] == int(MISSING.timestamp())
+
+
+SILENT = """
+[health]
+source_silent_secs = 30
+[alarms.hooks.journal]
+kind = "file"
+path = "{journal}"
+[[alarms.rules]]
+name = "plc-silent"
+kind = "source_silent"
+hooks = ["journal"]
+[[sources]]
+name = "plc"
+kind = "modbus"
+transport = "tcp"
+host = "127.0.0.1"
+port = {port}
+poll_interval_ms = 200
+[[sources.devices]]
+device_id = 1
+timeout_secs = 0.5
+points = [ {{ sensor = "flow", table = "holding", address = 0, type = "float32" }} ]
+"""
+
+
+async def test_a_source_that_came_back_while_the_agent_was_killed_clears_its_alarm(tmp_path):
+    """The condition flags survive kill -9: a source silent when the agent died and answering when it comes back
+    gets its source_recovered (the alarm clears) instead of an alarm left open for ever."""
+    device = sim_device(1, holding={0: [0x4148, 0x0000]})  # 12.5
+    peer = await start_tcp(device)
+    journal = tmp_path / "alarms.jsonl"
+    path = tmp_path / "asset.toml"
+    path.write_text(textwrap.dedent(f"""\
+        asset = "pump"
+        [lookout]
+        upload_frequency = "PT5M"
+        delay_offset_minutes = 2
+        sampling_rate = "PT1M"
+        input = "file://{tmp_path}/store/"
+        [components]
+        pump = ["flow"]
+        """) + SILENT.format(journal=journal, port=peer.port))
+    state = tmp_path / "state"
+
+    def start() -> subprocess.Popen:  # 10x: the silence bound is 3 s of wall time, a poll every 0.2 s
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(state), "--clock-start",
+             T0.isoformat(), "--speed", "10"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    async def eventually(predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    first = start()
+    try:
+        await asyncio.sleep(1.0)  # connected and polling
+        await peer.stop()
+        raised = await eventually(lambda: [s for s, _ in journal_states(journal)] == ["raised"], 30)
+    finally:
+        kill_9(first)
+    assert raised, first.stderr.read()[-3000:]
+    peer = await start_tcp(device, port=peer.port)  # the PLC is back while the agent is down
+    second = start()
+    try:
+        cleared = await eventually(lambda: len(journal_states(journal)) == 2, 30)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        err = await asyncio.to_thread(lambda: second.communicate(timeout=60)[1])
+        await peer.stop()
+    assert cleared, err[-3000:]
+    (first_state, first_id), (second_state, second_id) = journal_states(journal)
+    assert (first_state, second_state) == ("raised", "cleared") and first_id == second_id
