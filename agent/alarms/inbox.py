@@ -49,24 +49,35 @@ def _event_from_dict(doc: dict) -> Event:
 class EventInbox:
     """Events handed over and not yet taken by the alarm engine, plus the asset's condition flags, on disk.
 
-    Loading happens in the constructor (an unreadable or corrupt file is logged and set aside: the agent
-    starts with an empty inbox rather than not at all)."""
+    No I/O in the constructor: the file is read by ``load()`` or at first use, so a runner built for a reload
+    reads what the runner it replaces left after its drain. An unreadable or corrupt file is logged and set
+    aside: the agent starts with an empty inbox rather than not at all."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._events: list[Event] = []
-        self.conditions: dict[str, list[str]] = {}
+        self._conditions: dict[str, list[str]] = {}
+        self._loaded = False
         self._overflow_logged = False
         self._unsaved = False  # memory holds what the file does not (a failed save): saved by the next one
-        self._load()
 
-    def _load(self) -> None:
+    @property
+    def conditions(self) -> dict[str, list[str]]:
+        """The condition flags saved with the events: kind (e.g. "source_silent") → subjects."""
+        self.load()
+        return self._conditions
+
+    def load(self) -> None:
+        """Read the file (once; later calls do nothing)."""
+        if self._loaded:
+            return
+        self._loaded = True
         try:
             doc = json.loads(self.path.read_bytes())
             if doc.get("version") != INBOX_VERSION:
                 raise ValueError(f"version {doc.get('version')!r}, expected {INBOX_VERSION}")
             self._events = [_event_from_dict(e) for e in doc.get("events", [])]
-            self.conditions = {str(k): sorted(str(s) for s in v) for k, v in (doc.get("conditions") or {}).items()}
+            self._conditions = {str(k): sorted(str(s) for s in v) for k, v in (doc.get("conditions") or {}).items()}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -77,7 +88,7 @@ class EventInbox:
             except OSError:
                 broken = self.path
             log.error("alarm event inbox %s unreadable (%s); kept as %s, starting empty", self.path, exc, broken)
-            self._events, self.conditions = [], {}
+            self._events, self._conditions = [], {}
             return
         if self._events:
             log.info("alarm event inbox: %d event(s) from before the restart are handed to the alarm engine",
@@ -85,17 +96,20 @@ class EventInbox:
 
     def pending(self) -> list[Event]:
         """The events not yet taken, oldest first (a copy)."""
+        self.load()
         return list(self._events)
 
     def __len__(self) -> int:
+        self.load()
         return len(self._events)
 
     def add(self, events: list[Event], conditions: dict[str, list[str]] | None = None) -> None:
         """Append ``events`` (and replace the condition flags when given), then save. Raises OSError when the
         save fails: the events stay in memory and are saved with the next write that succeeds."""
+        self.load()
         self._events.extend(events)
         if conditions is not None:
-            self.conditions = {k: sorted(v) for k, v in conditions.items() if v}
+            self._conditions = {k: sorted(v) for k, v in conditions.items() if v}
         if len(self._events) > MAX_EVENTS:
             dropped = len(self._events) - MAX_EVENTS
             del self._events[:dropped]
@@ -109,6 +123,7 @@ class EventInbox:
         """The engine took the first ``count`` events (its state is saved): drop them, then save (also when
         ``count`` is 0 and an earlier save failed). Raises OSError when the save fails (they are dropped from
         memory anyway; a crash before the next successful save feeds them again, which changes no alarm)."""
+        self.load()
         if count <= 0 and not self._unsaved:
             return
         del self._events[:count]
@@ -120,5 +135,5 @@ class EventInbox:
         self._unsaved = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, {"version": INBOX_VERSION, "events": [_event_to_dict(e) for e in self._events],
-                                      "conditions": self.conditions}, default=str)
+                                      "conditions": self._conditions}, default=str)
         self._unsaved = False

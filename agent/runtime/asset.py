@@ -138,14 +138,13 @@ class AssetRunner:
         self._started_wall: float | None = None  # time.monotonic() at start (the connect grace)
         # sources that ended on their own (a replay at its end of file) or were stopped (drain): not "down"
         self._finished: set[str] = set()
-        # the conditions open when the last run ended: their clearing event is sent once they end
-        saved = self.inbox.conditions
-        self._silent: set[str] = set(saved.get("source_silent", ()))
-        self._bad_quality: set[str] = set(saved.get("source_bad_quality", ()))
-        self._untrusted: set[str] = set(saved.get("source_untrusted", ()))
-        # sources whose carried-over condition this run has not confirmed or ended yet: they count for the
-        # alarms (no spurious clear) but not for liveness and health, which judge this run's own evidence
-        self._unsettled: set[str] = self._silent | self._bad_quality | self._untrusted
+        self._silent: set[str] = set()
+        self._bad_quality: set[str] = set()
+        self._untrusted: set[str] = set()
+        # sources whose condition carried over from the last run (start()) this run has not confirmed or ended
+        # yet: they count for the alarms (no spurious clear) but not for liveness and health, which judge this
+        # run's own evidence
+        self._unsettled: set[str] = set()
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
@@ -367,6 +366,15 @@ class AssetRunner:
                 log.exception("event listener failed for %s", event.kind)
         self._count(await self.alarms.on_event(event))
 
+    def _carry_conditions(self) -> None:
+        """The conditions open when the last run ended (read at start, so after a reload's drain): their
+        clearing event is sent once they end."""
+        saved = self.inbox.conditions
+        self._silent |= set(saved.get("source_silent", ()))
+        self._bad_quality |= set(saved.get("source_bad_quality", ()))
+        self._untrusted |= set(saved.get("source_untrusted", ()))
+        self._unsettled = self._silent | self._bad_quality | self._untrusted
+
     def disconnected_sources(self) -> dict[str, str]:
         """Sources not connected right now → why: the last connection attempt's error as soon as one failed,
         else "not connected yet" once CONNECT_GRACE_SECS (wall) have passed since the start. A source that
@@ -417,6 +425,7 @@ class AssetRunner:
         scheduler.every(f"{plan.asset}.alarms", max(clock.real_seconds(self.config.alarms.check_interval_secs), 0.1),
                         self.alarm_job)
         scheduler.every(f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job)
+        self._carry_conditions()
         self._started_at = clock.now()
         self._started_wall = time.monotonic()
         self.closer.anchor = self._started_at  # windows after the start are reported even with no reading at all
