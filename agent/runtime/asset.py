@@ -370,9 +370,10 @@ class AssetRunner:
         """The conditions open when the last run ended (read at start, so after a reload's drain): their
         clearing event is sent once they end."""
         saved = self.inbox.conditions
-        self._silent |= set(saved.get("source_silent", ()))
-        self._bad_quality |= set(saved.get("source_bad_quality", ()))
-        self._untrusted |= set(saved.get("source_untrusted", ()))
+        names = {conn.name for conn in self.connectors}  # a source no longer configured has nothing to carry
+        self._silent |= names & set(saved.get("source_silent", ()))
+        self._bad_quality |= names & set(saved.get("source_bad_quality", ()))
+        self._untrusted |= names & set(saved.get("source_untrusted", ()))
         self._unsettled = self._silent | self._bad_quality | self._untrusted
 
     def disconnected_sources(self) -> dict[str, str]:
