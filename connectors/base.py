@@ -69,6 +69,9 @@ class SourceStats:
             return True
         return self.last_alive_ts is not None and now - self.last_alive_ts <= bound_secs
     untrusted: str | None = None  # why the server's identity is refused right now (OPC-UA trust), else None
+    # why the last attempt to connect failed (connection refused, timeout, ...); None once connected. Health
+    # (agent.runtime.supervision) reports a source that is not connected as soon as this is set.
+    connect_error: str | None = None
 
 
 @dataclass

@@ -62,6 +62,15 @@ class AlarmsConfig(_Model):
     """The [alarms] table of an asset file: named hooks and the rules that use them."""
 
     rules: list[RuleConfig] = Field(default_factory=list, description="Alarm rules ([[alarms.rules]]).")
+    check_interval_secs: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description=("Agent clock seconds between two runs of the alarm job: source health checks (silent, bad "
+                     "quality, trust) and the hand-over of queued events (a window missing or written, ...) to the "
+                     "rules. Queued events wait on disk (events.json in the state folder), so a restart in between "
+                     "loses none."),
+    )
     hooks: dict[str, HookConfig] = Field(
         default_factory=dict,
         description=("Named delivery hooks ([alarms.hooks.<name>]), referenced by rules' 'hooks' lists."),

@@ -8,6 +8,7 @@ like the connectors do.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,10 @@ from agent.core.errors import L4EAgentError
 from agent.core.model import Alarm, Diagnostic
 
 HOOK_NAME_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# the agent's AWS credentials never reach a hook program (pass_env refuses them)
+CREDENTIAL_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                  "AWS_SECURITY_TOKEN"})
 
 
 class _Model(BaseModel):
@@ -46,8 +51,27 @@ class ExecHookConfig(_Model):
     max_concurrency: int = Field(4, ge=1, le=64, description="At most this many runs of this hook at once.")
     env: dict[str, str] = Field(
         default_factory=dict,
-        description=("Extra environment variables for the program (on top of the agent's environment and L4E_*)."),
+        description=("Environment variables set for the program, with their values. The program's environment is "
+                     "only PATH, LANG, the L4E_* alarm variables, these and pass_env: never the agent's own "
+                     "(its AWS credentials included)."),
     )
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description=("Names of the agent's environment variables passed on to the program when set (e.g. "
+                     "[\"HTTPS_PROXY\"]). AWS credential variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                     "AWS_SESSION_TOKEN, AWS_SECURITY_TOKEN) are refused."),
+    )
+
+    @model_validator(mode="after")
+    def _check_env_names(self) -> ExecHookConfig:
+        for name in [*self.env, *self.pass_env]:
+            if not re.match(ENV_NAME_PATTERN, name):
+                raise ValueError(f"environment variable name {name!r} must match {ENV_NAME_PATTERN}")
+        refused = sorted(set(self.pass_env) & CREDENTIAL_VARIABLES)
+        if refused:
+            raise ValueError(f"pass_env: {refused} would hand the agent's AWS credentials to the hook; give the "
+                             "program its own credentials (env, or a file it reads) if it needs any")
+        return self
 
 
 class WebhookHookConfig(_Model):

@@ -5,8 +5,11 @@ longest one ``fire`` may take, retries included; the engine cancels it after tha
 ``async fire(alarm)``, which returns after a successful delivery and raises HookError when it gives up. Every
 payload is the same JSON object (agent.alarms.hook_config.alarm_to_dict): the Alarm's fields plus ``time``.
 
-    exec        argv (never a shell), alarm JSON on stdin, L4E_* environment variables; killed (process group)
-                at timeout_secs; a non-zero exit is a failure. At most max_concurrency runs at once.
+    exec        argv (never a shell), alarm JSON on stdin; a minimal environment: PATH, LANG, the L4E_* alarm
+                variables, the hook's ``env`` and the agent's variables it names in ``pass_env``, nothing else
+                (never the agent's AWS credentials); killed (process group) at timeout_secs; a non-zero exit is
+                a failure, its stderr in the error (the last 64 KiB kept, at most 1,000 characters logged). At
+                most max_concurrency runs at once.
     webhook     HTTP POST via urllib in a worker thread; retries on connection errors, timeouts, 429 and 5xx
                 with capped backoff; never follows redirects (a POST turned GET would lose the alarm);
                 optional ``X-L4E-Signature: sha256=<hex>`` = HMAC-SHA256(secret, body).
@@ -58,6 +61,9 @@ Writer = Callable[[Any], Awaitable[None]]
 WriterFactory = Callable[[WriteBackHookConfig], Writer]
 
 _KILL_GRACE_SECS = 5.0  # time for a killed process group to be reaped before the engine's guard fires
+STDERR_KEEP_BYTES = 64 * 1024  # an exec hook's stderr kept in memory: its last 64 KiB (a chatty hook is drained)
+STDERR_LOG_CHARS = 1000  # of which at most this much goes into the failure's log line
+_DEFAULT_LANG = "C.UTF-8"
 
 
 class _Counters:
@@ -67,13 +73,27 @@ class _Counters:
         self.delivered = 0
 
 
+def _stderr_note(stderr: bytes, omitted: int) -> str:
+    """': <stderr>' for a failure message, at most STDERR_LOG_CHARS characters of its end, saying how much is
+    left out; '' when there was none."""
+    text = stderr.decode(errors="replace").strip()
+    if not text:
+        return ""
+    if len(text) > STDERR_LOG_CHARS:
+        omitted += len(text[:-STDERR_LOG_CHARS].encode())
+        text = text[-STDERR_LOG_CHARS:]
+    return f": [stderr truncated: its first {omitted} bytes not shown] {text}" if omitted else f": {text}"
+
+
 def _resolve(path: Path, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
 class ExecHook(_Counters):
-    """Runs a program per transition. Environment: the agent's, the hook's ``env``, then L4E_ALARM_ID,
-    L4E_ALARM_STATE, L4E_ALARM_RULE, L4E_ASSET, L4E_ALARM_SCORE (empty when the alarm has no score)."""
+    """Runs a program per transition. Environment, and nothing else: PATH and LANG (the agent's; else the
+    system's default path and C.UTF-8), the agent's variables named in ``pass_env`` that are set, the hook's
+    ``env``, then L4E_ALARM_ID, L4E_ALARM_STATE, L4E_ALARM_RULE, L4E_ASSET, L4E_ALARM_SCORE (empty when the
+    alarm has no score). ``last_stderr``: the last run's stderr, its last STDERR_KEEP_BYTES bytes."""
 
     def __init__(self, name: str, config: ExecHookConfig, base_dir: Path) -> None:
         super().__init__(name)
@@ -85,14 +105,18 @@ class ExecHook(_Counters):
         # Waiting for a free slot counts against the deadline too: max_concurrency full runs may be ahead.
         self.deadline_secs = config.timeout_secs * 2 + _KILL_GRACE_SECS * 2
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self.last_stderr = b""
 
     async def fire(self, alarm: Alarm) -> None:
         async with self._slots:
             await self._run(alarm)
 
     def _env(self, alarm: Alarm) -> dict[str, str]:
+        base = {"PATH": os.environ.get("PATH") or os.defpath, "LANG": os.environ.get("LANG") or _DEFAULT_LANG}
+        passed = {name: os.environ[name] for name in self.config.pass_env if name in os.environ}
         return {
-            **os.environ,
+            **base,
+            **passed,
             **self.config.env,
             "L4E_ALARM_ID": alarm.id,
             "L4E_ALARM_STATE": alarm.state,
@@ -114,7 +138,7 @@ class ExecHook(_Counters):
         except OSError as exc:
             raise HookError(f"exec {self.argv[0]}: {exc}") from exc
         try:
-            _, stderr = await asyncio.wait_for(proc.communicate(alarm_json(alarm)), self.config.timeout_secs)
+            stderr, omitted = await asyncio.wait_for(self._talk(proc, alarm_json(alarm)), self.config.timeout_secs)
         except TimeoutError:
             await self._kill(proc)
             raise HookError(
@@ -123,11 +147,36 @@ class ExecHook(_Counters):
         except BaseException:  # cancelled by the engine's guard or shutdown: leave no process behind
             await self._kill(proc)
             raise
+        self.last_stderr = stderr
         if proc.returncode != 0:
-            tail = stderr[-500:].decode(errors="replace").strip()
-            raise HookError(
-                f"exec {self.argv[0]}: exit status {proc.returncode}" + (f": {tail}" if tail else "")
-            )
+            raise HookError(f"exec {self.argv[0]}: exit status {proc.returncode}" + _stderr_note(stderr, omitted))
+
+    @staticmethod
+    async def _talk(proc: asyncio.subprocess.Process, payload: bytes) -> tuple[bytes, int]:
+        """Write the payload to stdin, drain stderr to EOF keeping its last STDERR_KEEP_BYTES, wait for the
+        exit. Returns (kept stderr, bytes of stderr not kept)."""
+        async def feed() -> None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it may not read its stdin
+                proc.stdin.write(payload)
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+        writer = asyncio.create_task(feed())
+        kept = bytearray()
+        omitted = 0
+        try:
+            while chunk := await proc.stderr.read(65536):
+                kept += chunk
+                if len(kept) > STDERR_KEEP_BYTES:
+                    omitted += len(kept) - STDERR_KEEP_BYTES
+                    del kept[:len(kept) - STDERR_KEEP_BYTES]
+            await proc.wait()
+        finally:
+            if not writer.done():
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return bytes(kept), omitted
 
     @staticmethod
     async def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -54,6 +54,9 @@ SOURCE_EXAMPLES: dict[str, dict[str, Any]] = {
 
 
 ALARMS_EXAMPLE = """\
+[alarms]
+# check_interval_secs = 5.0   # clock seconds between alarm job runs: source health checks, queued events → rules
+#                             # (queued events wait on disk in <state-dir>/events.json: a restart loses none)
 # Hooks deliver alarms: kind = exec | webhook | file | log | write_back (see agent/alarms/hook_config.py for every key).
 [alarms.hooks.journal]
 kind = "log"
@@ -64,6 +67,11 @@ path = "/var/lib/l4e-agent/alarms.jsonl"
 # kind = "webhook"
 # url = "http://127.0.0.1:8080/alarm"
 # secret_file = "/etc/l4e-agent/hook.secret"   # HMAC-SHA256 in X-L4E-Signature (must exist at load)
+# [alarms.hooks.pager]
+# kind = "exec"                               # the alarm as JSON on stdin, no shell
+# argv = ["/usr/local/bin/page-oncall", "--team", "maintenance"]
+# env = { PAGER_ZONE = "north" }              # the program's environment is only PATH, LANG, the L4E_* alarm
+# pass_env = ["HTTPS_PROXY"]                  #   variables, env and pass_env (never the agent's AWS credentials)
 # [alarms.hooks.horn]
 # kind = "write_back"                         # set on raise, reset on clear, through a [[sources]] entry
 # source = "plc1"

@@ -11,6 +11,12 @@ Two ways to find results (README: L4E contract §5, Decisions rule 6):
   the output prefix is listed: ``<prefix><yyyy-MM-ddTHH:mm:ssZ>/results.jsonl``, handled in window order.
   A FAILED execution leaves no object, so it is not seen this way.
 
+One broken entry never stalls the rest: an execution summary without a usable DataStartTime, or a key under
+the output prefix whose folder name is not a real instant (``2026-02-30T00:00:00Z/``), is skipped with one
+WARNING (once per entry, not per poll); the entries after it are handled in order. A results object that
+cannot be read right now (a folder store that answers EIO, a directory where the object should be) stops the
+poll at that execution and is retried; that outage is one WARNING when it starts and one INFO when it ends.
+
 The cursor is the DataStartTime (Unix seconds) of the last execution handled, kept in
 ``<state_dir>/results_cursor.json`` (tmp, fsync, rename). Per execution: ``await on_results(rows)``, then
 ``await on_event(execution_succeeded)``, then the cursor is saved. So a restart handles nothing twice and skips
@@ -149,6 +155,22 @@ def _epoch(value) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
+def _execution_item(e: dict) -> _Item:
+    """One ListInferenceExecutions summary → _Item. Raises KeyError/TypeError/ValueError when it has no
+    usable DataStartTime (or another time field is not a time)."""
+    obj = e.get("CustomerResultObject") or {}
+    return _Item(int(_epoch(e["DataStartTime"])), int(_epoch(e["DataEndTime"])) if e.get("DataEndTime") else None,
+                 e.get("Status", "IN_PROGRESS"), obj.get("Bucket"), obj.get("Key"), e.get("FailedReason", ""),
+                 _epoch(e["ScheduledStartTime"]) if e.get("ScheduledStartTime") else None)
+
+
+class _AssetLog(logging.LoggerAdapter):
+    """Prefix every line with the asset name."""
+
+    def process(self, msg, kwargs):
+        return f"{self.extra['asset']}: {msg}", kwargs
+
+
 class ResultsPoller:
     """Polls one asset's results. ``poll_once`` is the whole job; call it periodically (e.g. every minute).
 
@@ -174,7 +196,9 @@ class ResultsPoller:
         self._cursor_loaded = False
         self._stores: dict[str, ObjectStore] = {}
         self._listing: tuple[ObjectStore, str] | None = None
-        self._trouble = TransitionLog(log)
+        self._log = _AssetLog(log, {"asset": asset})  # two assets' pollers must be told apart in the log
+        self._trouble = TransitionLog(self._log)
+        self._skipped: set[str] = set()  # broken entries already reported (each is logged once, not per poll)
         self._lock = asyncio.Lock()  # two overlapping polls would hand the same execution over twice
         if not (lookout.scheduler and client is not None) and lookout.output is None:
             raise ConfigError("results need either a scheduler name and an API client, or an output location",
@@ -198,7 +222,7 @@ class ResultsPoller:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # A corrupt cursor must not stop results: start from the lookback (the engine de-duplicates rows).
-            log.error("results cursor %s unreadable (%s): starting from the lookback", self._cursor_path, exc)
+            self._log.error("results cursor %s unreadable (%s): starting from the lookback", self._cursor_path, exc)
             return None
 
     def _save_cursor(self, start: int) -> None:
@@ -277,19 +301,26 @@ class ResultsPoller:
                 kwargs["NextToken"] = token
             page = call(self.client, "list_inference_executions", **kwargs)
             for e in page.get("InferenceExecutionSummaries", []):
-                start = int(_epoch(e["DataStartTime"]))
-                if start <= after:
+                try:
+                    item = _execution_item(e)
+                except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
+                    self._skip(repr(e)[:300], "results: execution summary %s is unusable (%s): skipped",
+                               repr(e)[:300], exc)
+                    continue
+                if item.start <= after:
                     continue  # the filter may be inclusive (the local service's is): already handled
-                obj = e.get("CustomerResultObject") or {}
-                items.append(_Item(start, int(_epoch(e["DataEndTime"])) if e.get("DataEndTime") else None,
-                                   e.get("Status", "IN_PROGRESS"), obj.get("Bucket"), obj.get("Key"),
-                                   e.get("FailedReason", ""),
-                                   _epoch(e["ScheduledStartTime"]) if e.get("ScheduledStartTime") else None))
+                items.append(item)
             token = page.get("NextToken")
             if not token:
                 break
         items.sort(key=lambda i: i.start)
         return items
+
+    def _skip(self, ident: str, message: str, *args) -> None:
+        """Report a broken entry once (it is skipped at every poll; the entries after it are handled)."""
+        if ident not in self._skipped:
+            self._skipped.add(ident)
+            self._log.warning(message, *args)
 
     def _output_store(self) -> tuple[ObjectStore, str]:
         if self._listing is None:
@@ -305,7 +336,12 @@ class ResultsPoller:
             m = _RESULTS_NAME.match(key[len(prefix):])
             if not m:
                 continue
-            start = int(parse_instant(m.group(1)))
+            try:
+                start = int(parse_instant(m.group(1)))
+            except (ValueError, OverflowError) as exc:  # 2026-02-30T…: the name's shape, not a real instant
+                self._skip(key, "results: %s%s does not name a real window start (%s): skipped",
+                           store.describe(), key, exc)
+                continue
             if start > after:
                 items.append(_Item(start, start + frequency if frequency else None, "SUCCESS", None, key))
         items.sort(key=lambda i: i.start)
@@ -327,7 +363,7 @@ class ResultsPoller:
         elif item.status == "SUCCESS":
             await self._succeeded(item, details, when, on_results, on_event)
         else:
-            log.warning("results: execution for window %s has unknown status %r: skipped", iso_utc(item.start),
+            self._log.warning("results: execution for window %s has unknown status %r: skipped", iso_utc(item.start),
                         item.status)
         await asyncio.to_thread(self._save_cursor, item.start)
 
@@ -335,7 +371,7 @@ class ResultsPoller:
                          on_event: OnEvent) -> None:
         if item.key is None:
             self.stats.missing_objects += 1
-            log.warning("results: execution for window %s succeeded without a results object: skipped",
+            self._log.warning("results: execution for window %s succeeded without a results object: skipped",
                         iso_utc(item.start))
             return
         store = self._store_for(item)
@@ -343,19 +379,19 @@ class ResultsPoller:
             data = await asyncio.to_thread(store.get, item.key)
         except KeyError:
             self.stats.missing_objects += 1
-            log.warning("results: %s%s is missing (window %s): skipped", store.describe(), item.key,
+            self._log.warning("results: %s%s is missing (window %s): skipped", store.describe(), item.key,
                         iso_utc(item.start))
             return
         except StoreUnavailable:
             raise
         except StoreError as exc:  # access denied and the like: retrying will not help
             self.stats.missing_objects += 1
-            log.error("results: cannot read %s%s (%s): skipped", store.describe(), item.key, exc)
+            self._log.error("results: cannot read %s%s (%s): skipped", store.describe(), item.key, exc)
             return
         rows, bad = parse_results_jsonl(data, item.start)
         if bad:
             self.stats.malformed_lines += bad
-            log.warning("results: %s: %d malformed line(s) skipped, %d kept", item.key, bad, len(rows))
+            self._log.warning("results: %s: %d malformed line(s) skipped, %d kept", item.key, bad, len(rows))
         if rows:
             await on_results(rows)
         self.stats.results_processed += len(rows)

@@ -5,12 +5,15 @@ yet, oldest first, and returns the data-health events it produced. Order of effe
 so a crash at any point neither loses nor duplicates anything:
 
 1. the component CSVs are written to the outbox (atomic per file; a rewrite gives the same bytes),
-2. the progress file (last written window + the carry for the fill rule) is replaced atomically,
-3. the window's spool segments are deleted.
+2. the window's events (written, missing) go to the ``journal`` (the alarm engine's durable inbox,
+   agent.alarms.inbox), so they are on disk before the window counts as closed,
+3. the progress file (last written window + the carry for the fill rule) is replaced atomically,
+4. the window's spool segments are deleted.
 
-A crash before 2 rewrites the window with the same inputs on restart (same bytes, same keys); a crash after
-2 only deletes the leftover segments. The job derives all its work from the clock and this state, so a late
-wake, a restart or an accelerated clock are handled by the same code.
+A crash before 3 rewrites the window with the same inputs on restart (same bytes, same keys; its events are
+journaled again, which changes no alarm); a crash after 3 only deletes the leftover segments. The job
+derives all its work from the clock and this state, so a late wake, a restart or an accelerated clock are
+handled by the same code.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +104,12 @@ class CloserStats:
 
 
 class WindowCloser:
-    def __init__(self, plan: WindowPlan, spool: Spool, outbox: Outbox, state_file: Path) -> None:
+    def __init__(self, plan: WindowPlan, spool: Spool, outbox: Outbox, state_file: Path,
+                 journal: Callable[[list[Event]], None] | None = None) -> None:
+        """``journal(events)``: makes a window's events durable before its progress is saved (raises OSError
+        when it cannot: the window is retried like any failed write). None: events are only returned."""
         self.plan = plan
+        self.journal = journal
         self.spool = spool
         self.outbox = outbox
         self.state_file = Path(state_file)
@@ -109,6 +117,9 @@ class WindowCloser:
         self.disk = spool.disk  # one DiskHealth per state directory
         self._errors = TransitionLog(log)
         self.last_written: int | None = None
+        # clock time the agent started (set by the runner): before any window is written, the windows after it
+        # are closed (and reported missing) even when no reading at all ever arrived
+        self.anchor: float | None = None
         self.carry = Carry({})
         self._load_state()
         if self.last_written is not None:
@@ -146,9 +157,9 @@ class WindowCloser:
         if held:
             up_to = min(up_to, held[0] - self.plan.frequency)
         with_data = [end for end in self.spool.windows() if end <= up_to]
-        if self.last_written is None and not with_data:
+        first_after = self._first_after(with_data)
+        if first_after is None:
             return []
-        first_after = self.last_written if self.last_written is not None else with_data[0] - self.plan.frequency
         events: list[Event] = []
         data_set = set(with_data)
         empty_run: list[Window] = []
@@ -161,11 +172,12 @@ class WindowCloser:
                     empty_run.append(window)
                     continue
                 missing = self._missing_events(empty_run, now)
-                written = self._close(window, now)  # also records the empty run before it as written
+                written = self._close(window, now, missing)  # also records the empty run before it as written
                 events.extend(self._commit_missing(empty_run, missing) + written)
                 empty_run = []
             if empty_run:
                 missing = self._missing_events(empty_run, now)
+                self._journal(missing)
                 self._save_state(empty_run[-1].end, self.carry)
                 self.spool.closed_upto = self.last_written
                 events.extend(self._commit_missing(empty_run, missing))
@@ -181,6 +193,20 @@ class WindowCloser:
         if any(e.kind == "window_written" for e in events):
             release_freed_memory()
         return events
+
+    def _first_after(self, with_data: list[int]) -> int | None:
+        """Where closing resumes: after the last written window; on a first start, before the first window
+        with data or the first whole window after the start anchor, whichever comes first (a source that never
+        answers still gets its windows reported missing). None: nothing to close yet."""
+        if self.last_written is not None:
+            return self.last_written
+        starts = []
+        if with_data:
+            starts.append(with_data[0] - self.plan.frequency)
+        if self.anchor is not None:
+            f = self.plan.frequency
+            starts.append(-(-int(self.anchor) // f) * f)  # the first window boundary at or after the start
+        return min(starts) if starts else None
 
     def _missing_events(self, windows: list[Window], now: float) -> list[Event]:
         """Windows with no reading at all: one event per component for a run of consecutive windows (not
@@ -202,7 +228,13 @@ class WindowCloser:
         log.warning("%s", events[0].message)
         return events
 
-    def _close(self, window: Window, now: float) -> list[Event]:
+    def _journal(self, events: list[Event]) -> None:
+        if self.journal is not None and events:
+            self.journal(events)
+
+    def _close(self, window: Window, now: float, before: list[Event] = ()) -> list[Event]:
+        """Write one window; ``before``: the missing-window events of the empty run just before it, journaled
+        with this window's own events."""
         plan = self.plan
         readings = self.spool.read(window.end)
         # one component at a time: a window of thousands of sensors never becomes one wide frame, so the
@@ -232,6 +264,7 @@ class WindowCloser:
             self.stats.files_written += 1
             events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
                                 now, {"window_start": window.start, "window_end": window.end}))
+        self._journal([*before, *events])
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pathlib import Path
 
 from agent.alarms.engine import AlarmEngine
 from agent.alarms.hooks import build_hooks
+from agent.alarms.inbox import INBOX_FILE, EventInbox
 from agent.config import AssetConfig, base_dir_of
 from agent.core.clock import Backoff, Clock
 from agent.core.model import Event, validity_end
 from agent.pipeline.closer import WindowCloser
-from agent.pipeline.diskhealth import DiskHealth
+from agent.pipeline.diskhealth import DiskHealth, disk_error
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.plan import plan_from_config
 from agent.pipeline.spool import Spool
@@ -40,6 +42,9 @@ log = logging.getLogger("l4e.service")
 # this backoff; a minute at most keeps a crash loop from flooding the log and the CPU.
 CONNECTOR_RESTART_BACKOFF_INITIAL_SECS = 1.0
 CONNECTOR_RESTART_BACKOFF_MAX_SECS = 60.0
+# A source not connected this long (wall seconds) after the start is reported unhealthy even when its first
+# attempt has not failed yet (a connect hanging until its timeout); one that failed is reported at once.
+CONNECT_GRACE_SECS = 10.0
 
 
 def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Path | None = None):
@@ -91,7 +96,10 @@ class AssetRunner:
         self.disk = DiskHealth(self.state_dir, clock.now, self.emit)  # one WARNING/INFO per disk episode
         self.spool = Spool(self.state_dir / "spool", self.plan.frequency, self.disk)
         self.outbox = Outbox(self.state_dir / "outbox")
-        self.closer = WindowCloser(self.plan, self.spool, self.outbox, self.state_dir / "progress.json")
+        # events wait here, on disk, for the alarm engine's next run (a kill -9 in between loses none)
+        self.inbox = EventInbox(self.state_dir / INBOX_FILE)
+        self.closer = WindowCloser(self.plan, self.spool, self.outbox, self.state_dir / "progress.json",
+                                   journal=self._journal_window_events)
         if store is None:
             store, loc_prefix = open_location(config.lookout.input, s3_client_factory,
                                               connect_timeout_secs=config.upload.connect_timeout_secs,
@@ -122,22 +130,55 @@ class AssetRunner:
         self.last_readings: dict = {}
         self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
         self.event_listeners.append(self.history.on_event)
-        self._pending_events: list[Event] = []
         self._tasks: list[asyncio.Task] = []
         self._refusing = False
         self._refusal_logged = False
         self._dropping = False
         self._started_at: float | None = None
+        self._started_wall: float | None = None  # time.monotonic() at start (the connect grace)
+        # sources that ended on their own (a replay at its end of file) or were stopped (drain): not "down"
+        self._finished: set[str] = set()
         self._silent: set[str] = set()
         self._bad_quality: set[str] = set()
         self._untrusted: set[str] = set()
+        # sources whose condition carried over from the last run (start()) this run has not confirmed or ended
+        # yet: they count for the alarms (no spurious clear) but not for liveness and health, which judge this
+        # run's own evidence
+        self._unsettled: set[str] = set()
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
-        """Record events, hand them to listeners now and to the alarm engine at its next job run."""
+        """Record events: into the alarm engine's durable inbox (taken at its next job run), and to the
+        listeners now. A failed inbox write keeps them in memory, saved by the next write that succeeds."""
+        if events:
+            try:
+                self.inbox.add(events, self._conditions())
+            except OSError as exc:
+                self._inbox_write_failed(exc)
+        self._announce(events)
+
+    def _conditions(self) -> dict[str, list[str]]:
+        return {"source_silent": sorted(self._silent), "source_bad_quality": sorted(self._bad_quality),
+                "source_untrusted": sorted(self._untrusted)}
+
+    def _journal_window_events(self, events: list[Event]) -> None:
+        """The closer's journal: a window's events are in the inbox on disk before its progress is saved.
+        Raises OSError (the closer retries the window; the events stay queued in memory meanwhile)."""
+        self.inbox.add(events)
+
+    def _inbox_write_failed(self, exc: OSError) -> None:
+        if disk_error(exc) is not None:
+            # one WARNING per disk episode, and the disk alarm; the alarm job saves the inbox at its next run
+            # (agent.alarms.inbox), and its success ends the episode
+            self.disk.failure("alarms", exc)
+        else:
+            log.error("alarm event inbox %s cannot be written: %s; the events are kept in memory",
+                      self.inbox.path, exc)
+
+    def _announce(self, events: list[Event]) -> None:
+        """Hand events to the listeners (status page, history); they are already in the inbox."""
         for ev in events:
             self.stats.events.append(ev)
-            self._pending_events.append(ev)
             for listener in self.event_listeners:
                 try:
                     listener(ev)
@@ -168,6 +209,7 @@ class AssetRunner:
                         last[reading.sensor] = reading
                     backoff.reset()
                 log.info("source %s finished", connector.name)
+                self._finished.add(connector.name)
                 self._end_validity(sensors, self.clock.now())
                 return
             except asyncio.CancelledError:
@@ -220,7 +262,7 @@ class AssetRunner:
     async def window_job(self) -> None:
         with self.disk.guard("windows job"):
             self.spool.flush()
-            self.emit(self.closer.close_due(self.close_time()))
+            self._announce(self.closer.close_due(self.close_time()))  # journaled by the closer itself
 
     async def upload_job(self) -> None:
         with self.disk.guard("upload"):
@@ -234,6 +276,10 @@ class AssetRunner:
         Liveness is the transport's (rule 2a): a source is silent when it has not answered (publish response,
         keep-alive, successful poll) for ``[health] source_silent_secs`` of clock time, never because its
         values stay constant. A source that answers but whose every item is Bad/Uncertain is "bad quality".
+
+        A condition ends (its clearing event) only once the source has shown how it is: it answered within
+        the bound, or it is silent. So a condition carried over a restart (agent.alarms.inbox) is neither
+        cleared by a source that has not answered yet nor left open when the source answers again.
         """
         now = self.clock.now()
         bound = self.config.health.source_silent_secs
@@ -241,13 +287,17 @@ class AssetRunner:
         for conn in self.connectors:
             st = conn.stats
             reference = st.last_alive_ts if st.last_alive_ts is not None else self._started_at
-            silent = not st.alive(now, bound) and reference is not None and now - reference > bound
+            alive = st.alive(now, bound)
+            silent = not alive and reference is not None and now - reference > bound
+            settled = alive or silent  # this run knows how the source is (not just started, not answered yet)
+            if settled:
+                self._unsettled.discard(conn.name)
             if silent and conn.name not in self._silent:
                 self._silent.add(conn.name)
                 events.append(Event("source_silent", conn.name, f"source {conn.name}: no answer for more than "
                                     f"{bound:g}s", now, {"last_alive_ts": st.last_alive_ts}))
                 log.warning("source %s has not answered for more than %gs", conn.name, bound)
-            elif not silent and conn.name in self._silent:
+            elif alive and conn.name in self._silent:
                 self._silent.discard(conn.name)
                 events.append(Event("source_recovered", conn.name, f"source {conn.name}: answers again", now))
                 log.info("source %s answers again", conn.name)
@@ -258,7 +308,7 @@ class AssetRunner:
                 events.append(Event("source_bad_quality", conn.name, f"source {conn.name}: answers, but every "
                                     "item is Bad/Uncertain", now))
                 log.warning("source %s answers, but every item is Bad/Uncertain", conn.name)
-            elif not bad and conn.name in self._bad_quality:
+            elif not bad and settled and conn.name in self._bad_quality:
                 self._bad_quality.discard(conn.name)
                 events.append(Event("source_quality_recovered", conn.name, f"source {conn.name}: good values "
                                     "again", now))
@@ -267,7 +317,7 @@ class AssetRunner:
             if untrusted and conn.name not in self._untrusted:
                 self._untrusted.add(conn.name)
                 events.append(Event("source_untrusted", conn.name, untrusted, now))
-            elif not untrusted and conn.name in self._untrusted:
+            elif not untrusted and settled and conn.name in self._untrusted:
                 self._untrusted.discard(conn.name)
                 events.append(Event("source_trusted", conn.name, f"source {conn.name}: server identity trusted", now))
         return events
@@ -277,12 +327,20 @@ class AssetRunner:
         self.history.observe_sources(self.connectors, self._silent, status_bad_quality(self), self.clock.now())
         self.emit(self.check_sources())
         with self.disk.guard("alarms"):
-            # one at a time: if the state cannot be saved (full disk), the engine changed nothing and the
-            # events not yet taken stay queued for the next run
-            while self._pending_events:
-                self._count(await self.alarms.on_event(self._pending_events[0]))
-                self._pending_events.pop(0)
+            await self._feed_inbox()
             self._count(await self.alarms.tick())
+
+    async def _feed_inbox(self) -> None:
+        """Feed the inbox's events to the engine, oldest first; drop from the inbox those it took. One at a
+        time: if the engine's state cannot be saved (full disk), it changed nothing and the events not yet
+        taken stay in the inbox for the next run. Events emitted meanwhile are appended behind them."""
+        taken = 0
+        try:
+            for event in self.inbox.pending():
+                self._count(await self.alarms.on_event(event))
+                taken += 1
+        finally:
+            self.inbox.taken(taken)
 
     def _count(self, transitions) -> None:
         self.history.on_alarms(transitions)
@@ -308,11 +366,38 @@ class AssetRunner:
                 log.exception("event listener failed for %s", event.kind)
         self._count(await self.alarms.on_event(event))
 
+    def _carry_conditions(self) -> None:
+        """The conditions open when the last run ended (read at start, so after a reload's drain): their
+        clearing event is sent once they end."""
+        saved = self.inbox.conditions
+        names = {conn.name for conn in self.connectors}  # a source no longer configured has nothing to carry
+        self._silent |= names & set(saved.get("source_silent", ()))
+        self._bad_quality |= names & set(saved.get("source_bad_quality", ()))
+        self._untrusted |= names & set(saved.get("source_untrusted", ()))
+        self._unsettled = self._silent | self._bad_quality | self._untrusted
+
+    def disconnected_sources(self) -> dict[str, str]:
+        """Sources not connected right now → why: the last connection attempt's error as soon as one failed,
+        else "not connected yet" once CONNECT_GRACE_SECS (wall) have passed since the start. A source that
+        finished on its own (a replay at its end) or was stopped by a drain is not listed."""
+        if self._started_wall is None:
+            return {}
+        past_grace = time.monotonic() - self._started_wall > CONNECT_GRACE_SECS
+        out = {}
+        for conn in self.connectors:
+            st = conn.stats
+            if st.connected or conn.name in self._finished:
+                continue
+            error = getattr(st, "connect_error", None)
+            if error is not None or past_grace:
+                out[conn.name] = error or f"not connected {CONNECT_GRACE_SECS:g} s after the start"
+        return out
+
     def silent_sources(self) -> set[str]:
-        return set(self._silent)
+        return self._silent - self._unsettled
 
     def bad_quality_sources(self) -> set[str]:
-        return set(self._bad_quality)
+        return self._bad_quality - self._unsettled
 
     def _resume_replays(self) -> None:
         """Replay sources resume after the last reading the agent already holds for them (exact replay)."""
@@ -338,9 +423,13 @@ class AssetRunner:
         scheduler.every(f"{plan.asset}.flush", flush_every, self.flush_job, flush_every)
         scheduler.every(f"{plan.asset}.windows", window_tick, self.window_job)
         scheduler.every(f"{plan.asset}.upload", upload_tick, self.upload_job, window_tick / 2)
-        scheduler.every(f"{plan.asset}.alarms", min(max(clock.real_seconds(10.0), 0.1), 5.0), self.alarm_job)
+        scheduler.every(f"{plan.asset}.alarms", max(clock.real_seconds(self.config.alarms.check_interval_secs), 0.1),
+                        self.alarm_job)
         scheduler.every(f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job)
+        self._carry_conditions()
         self._started_at = clock.now()
+        self._started_wall = time.monotonic()
+        self.closer.anchor = self._started_at  # windows after the start are reported even with no reading at all
         previous = self.spool.previous_alive
         if previous is not None:
             # a previous run that did not stop cleanly (kill -9, power cut) vouched for nothing after its last
@@ -352,6 +441,7 @@ class AssetRunner:
 
     async def drain(self, upload_timeout_secs: float = 5.0) -> None:
         """Stop sources, flush, write due windows, try one upload round (bounded). Never raises."""
+        self._finished.update(conn.name for conn in self.connectors)  # stopped on purpose, not unreachable
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -360,13 +450,11 @@ class AssetRunner:
         self._tasks.clear()
         try:
             self.spool.flush()
-            self.emit(self.closer.close_due(self.close_time()))
+            self._announce(self.closer.close_due(self.close_time()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.uploader.run_once(force=True), upload_timeout_secs)
             with self.disk.guard("alarms"):
-                while self._pending_events:
-                    self._count(await self.alarms.on_event(self._pending_events[0]))
-                    self._pending_events.pop(0)
+                await self._feed_inbox()
         except Exception:
             log.exception("asset %s: error while draining", self.plan.asset)
         finally:

@@ -10,6 +10,11 @@ and APScheduler would log a WARNING ("maximum number of running instances reache
 wake-up. The wrapper skips the wake-up silently instead and counts it in ``overlaps`` (job name → wake-ups
 skipped). Missed wake-ups are coalesced into one, and a late wake-up is never dropped
 (``misfire_grace_time=None``), so APScheduler has nothing to warn about.
+
+A job that raises (a bug, or a peer failing in a way its job does not handle) does not reach APScheduler,
+which would log a traceback at every wake-up (five times a second for a fast job): the first failure of a
+job is one WARNING with its traceback, repeats are DEBUG, and the first run that succeeds again is one INFO.
+Each job fails alone: the others keep their own schedule.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from datetime import datetime, timedelta
 
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from agent.core.errors import TransitionLog
 
 log = logging.getLogger("l4e.scheduler")
 
@@ -39,6 +46,8 @@ class JobScheduler:
         self._running: set[asyncio.Task] = set()
         self._busy: set[str] = set()  # jobs with a run in progress
         self.overlaps: Counter = Counter()  # job name → wake-ups skipped because the last run was still going
+        self.failures: Counter = Counter()  # job name → runs that raised
+        self._failing = TransitionLog(log)
 
     def every(self, name: str, interval_secs: float, job: Callable[[], Awaitable[None]],
               first_in_secs: float = 0.0) -> None:
@@ -54,6 +63,13 @@ class JobScheduler:
             self._running.add(task)
             try:
                 await job()
+            except Exception as exc:
+                self.failures[name] += 1
+                self._failing.failure(name, "job %s failed: %s: %s; retried at each wake-up, further failures are "
+                                      "logged at DEBUG until it succeeds", name, type(exc).__name__, exc,
+                                      exc_info=exc)
+            else:
+                self._failing.success(name, "job %s succeeds again", name)
             finally:
                 self._running.discard(task)
                 self._busy.discard(name)

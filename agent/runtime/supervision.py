@@ -4,8 +4,10 @@ Metrics are filled by a collector at scrape time from counters the data path kee
 ``SourceStats``, closer and uploader stats), so the hot path pays nothing for them. Liveness is "every
 source's transport answered within its silence bound (values may stay constant: a steady plant is healthy),
 and no upload has been failing for long"; it drives the systemd watchdog (pings stop when a source stops
-answering, so systemd restarts a stuck agent). Health (/healthz) is liveness plus "no source whose every item
-is Bad": a restart would not mend bad values, so they do not starve the watchdog.
+answering, so systemd restarts a stuck agent). Health (/healthz) is liveness plus "every source is connected"
+(a source whose connection attempt failed is unhealthy at once; one that has not connected 10 s after the
+start, its connect still pending, too: agent.runtime.asset.CONNECT_GRACE_SECS) plus "no source whose every
+item is Bad": a restart would not mend a refused connection or bad values, so they do not starve the watchdog.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ class Supervision:
         ok, reason = self.liveness()
         problems = [] if ok else [reason]
         for runner in self.runners:
+            down = runner.disconnected_sources()
+            if down:
+                problems.append(f"{runner.plan.asset}: sources not connected: "
+                                + ", ".join(f"{name} ({why})" for name, why in sorted(down.items())))
             bad = runner.bad_quality_sources()
             if bad:
                 problems.append(f"{runner.plan.asset}: sources answering with bad quality only {sorted(bad)}")

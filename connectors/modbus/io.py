@@ -128,6 +128,7 @@ class _Link:
         if not ok:
             client.close()
             self._retry_at = time.monotonic() + self._backoff.next()
+            self._stats.connect_error = f"cannot connect to {self._config.endpoint}"
             self._transitions.failure(key, "modbus %s: cannot connect to %s", self._config.name, self._config.endpoint)
             raise ConnectionLost(f"cannot connect to {self._config.endpoint}")
         if self._shared:
@@ -137,6 +138,7 @@ class _Link:
         self._ever_connected = True
         self._backoff.reset()
         self._client = client
+        self._stats.connect_error = None
         self._transitions.success(key, "modbus %s: connected to %s", self._config.name, self._config.endpoint)
         return client
 

@@ -262,10 +262,12 @@ class OpcUaConnector(_Feeds, _Values):
             self.stats.reconnects += 1
         self._ever_connected = True
         self._fail_kind = None
+        self.stats.connect_error = None
         self._session_log.success("session", "OPC-UA source %s: connected to %s", self.name, self._config.endpoint)
 
     def _session_failed(self, exc: BaseException) -> None:
         kind = type(exc).__name__
+        self.stats.connect_error = _describe(exc)
         message = "OPC-UA source %s: %s; retrying with backoff (up to %g s)"
         args = (self.name, _describe(exc), self._config.backoff_max_secs)
         if self._session_log.is_failing("session") and kind != self._fail_kind:

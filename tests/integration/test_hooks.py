@@ -9,6 +9,7 @@ import os
 import signal
 import stat
 import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,6 +99,88 @@ async def test_exec_hook_non_zero_exit_is_a_failure(tmp_path: Path) -> None:
         await hook("horn", {"kind": "exec", "argv": [str(bad)]}, tmp_path).fire(ALARM)
     with pytest.raises(HookError, match="No such file"):
         await hook("horn", {"kind": "exec", "argv": ["./missing.py"]}, tmp_path).fire(ALARM)
+
+
+DUMP_ENV = """
+import json, os, sys
+with open(sys.argv[1], "w") as fh:
+    json.dump(dict(os.environ), fh)
+"""
+
+AGENT_SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "agent-secret",
+                 "AWS_SESSION_TOKEN": "agent-token", "L4E_AGENT_METRICS__ENABLED": "true",
+                 "DATABASE_PASSWORD": "db-secret"}
+
+
+async def test_exec_hook_environment_is_minimal(tmp_path: Path, monkeypatch) -> None:
+    """Nothing of the agent's environment reaches the program but PATH, LANG and what the hook lists."""
+    for name, value in AGENT_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PLANT_ZONE", "north")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    dump = script(tmp_path / "dump.py", DUMP_ENV)
+    out = tmp_path / "env.json"
+    exec_hook = hook("horn", {"kind": "exec", "argv": [str(dump), str(out)], "env": {"EXTRA": "1"},
+                              "pass_env": ["PLANT_ZONE", "NOT_SET_ANYWHERE"]}, tmp_path)
+    await exec_hook.fire(ALARM)
+    env = json.loads(out.read_text())
+    assert env == {
+        "PATH": os.environ["PATH"],
+        "LANG": "C.UTF-8",
+        "PLANT_ZONE": "north",
+        "EXTRA": "1",
+        "L4E_ALARM_ID": ALARM.id,
+        "L4E_ALARM_STATE": "raised",
+        "L4E_ALARM_RULE": "anomaly",
+        "L4E_ASSET": "pump",
+        "L4E_ALARM_SCORE": "0.93",
+    }
+    assert not set(AGENT_SECRETS) & set(env)
+
+
+def test_exec_hook_may_not_pass_on_the_agents_aws_credentials(tmp_path: Path) -> None:
+    from agent.config import load
+    from agent.core.errors import ConfigError
+
+    path = tmp_path / "asset.toml"
+    path.write_text(textwrap.dedent("""\
+        asset = "pump"
+        [lookout]
+        upload_frequency = "PT5M"
+        sampling_rate = "PT1M"
+        input = "file:///tmp/in/"
+        [components]
+        pump = ["flow"]
+        [alarms.hooks.horn]
+        kind = "exec"
+        argv = ["true"]
+        pass_env = ["HTTPS_PROXY", "AWS_SECRET_ACCESS_KEY"]
+        [[sources]]
+        name = "history"
+        kind = "replay"
+        path = "history.csv"
+        """))
+    (tmp_path / "history.csv").write_text("Timestamp,flow\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert "alarms.hooks.horn" in message and "AWS_SECRET_ACCESS_KEY" in message and "credentials" in message
+
+
+async def test_exec_hook_stderr_is_bounded_and_truncated_in_the_log(tmp_path: Path) -> None:
+    """A program writing 4 MiB to stderr: it is drained (no deadlock on a full pipe), the last 64 KiB kept,
+    the failure's message carries at most 1,000 characters of it and says what was left out."""
+    chatty = script(tmp_path / "chatty.py", "import sys\nfor i in range(4096):\n    sys.stderr.write('x' * 1023 + "
+                                            "'\\n')\nsys.stderr.write('the real reason')\nsys.exit(2)\n")
+    exec_hook = hook("horn", {"kind": "exec", "argv": [str(chatty)], "timeout_secs": 20}, tmp_path)
+    with pytest.raises(HookError) as info:
+        await exec_hook.fire(ALARM)
+    assert len(exec_hook.last_stderr) == 64 * 1024 and exec_hook.last_stderr.endswith(b"the real reason")
+    message = str(info.value)
+    assert "exit status 2" in message and message.endswith("the real reason")
+    assert len(message) < 1200
+    assert f"its first {4096 * 1024 + len('the real reason') - 1000} bytes not shown" in message
 
 
 HANG = """

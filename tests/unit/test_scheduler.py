@@ -29,3 +29,35 @@ async def test_a_job_still_running_at_its_next_wake_up_is_skipped_quietly(caplog
     assert scheduler.overlaps["slow"] >= 8  # the wake-ups in between were skipped, and counted
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert noisy == []  # APScheduler's "maximum number of running instances reached" never appears
+
+
+async def test_a_failing_job_is_logged_once_when_it_starts_and_once_when_it_ends(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    scheduler = JobScheduler()
+    runs = other = 0
+
+    async def broken() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 10:
+            raise ValueError("a garbage name under the results prefix")
+
+    async def healthy() -> None:
+        nonlocal other
+        other += 1
+
+    scheduler.every("broken", 0.02, broken)
+    scheduler.every("healthy", 0.02, healthy)
+    scheduler.start()
+    for _ in range(200):  # bounded: at most 4 s
+        if runs > 12:
+            break
+        await asyncio.sleep(0.02)
+    await scheduler.shutdown()
+    assert runs > 12 and other >= 10  # the broken job keeps its schedule, the other one is not held up
+    assert scheduler.failures["broken"] == 10
+    visible = [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith("l4e")]
+    assert [r.levelno for r in visible] == [logging.WARNING, logging.INFO]
+    assert visible[0].exc_info is not None and "ValueError" in visible[0].getMessage()  # the bug's traceback, once
+    assert "succeeds again" in visible[1].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # APScheduler's traceback never shows
