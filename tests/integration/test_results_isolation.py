@@ -17,8 +17,10 @@ import pytest
 
 from agent.config import load
 from agent.core.clock import ScaledClock, parse_instant
+from agent.core.errors import StoreUnavailable
 from agent.core.model import Window
 from agent.lookout.results import ResultsPoller
+from agent.pipeline.store import FileStore
 from agent.pipeline.windows import format_csv_time, results_key
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
@@ -92,7 +94,7 @@ def lines_with(caplog, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if text in r.getMessage()]
 
 
-async def test_a_broken_results_prefix_stalls_neither_itself_nor_the_others(tmp_path, caplog):
+async def test_a_broken_results_prefix_stalls_neither_itself_nor_the_others(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG, logger="l4e")
     good, bad = tmp_path / "good", tmp_path / "bad"
     windows = [Window(int(T0) + 300 * k, int(T0) + 300 * (k + 1)) for k in range(4)]
@@ -112,9 +114,18 @@ async def test_a_broken_results_prefix_stalls_neither_itself_nor_the_others(tmp_
     garbage.parent.mkdir(parents=True)
     garbage.write_bytes(b"\x00\xff not json\n")
     put(bad, windows[0], abnormal=False)
-    unreadable = bad / "output" / results_key("", windows[1])
-    unreadable.parent.mkdir(parents=True)
-    unreadable.symlink_to(unreadable.name)  # a link to itself: listed, but every read fails (ELOOP)
+    # a listed object whose every read fails (EIO from a failing disk: no real peer gives it on demand as root,
+    # and the folder store no longer lists a link that loops, so the read is the one thing faked)
+    unreadable = put(bad, windows[1], abnormal=False)
+    failing = {str(unreadable)}
+    real_get = FileStore.get
+
+    def get(self, key):
+        if str(self.root / key) in failing:
+            raise StoreUnavailable(f"cannot read {self.root / key}: [Errno 5] Input/output error")
+        return real_get(self, key)
+
+    monkeypatch.setattr(FileStore, "get", get)
     put(bad, windows[2], abnormal=True)
     put(bad, windows[3], abnormal=True)
 
@@ -125,8 +136,7 @@ async def test_a_broken_results_prefix_stalls_neither_itself_nor_the_others(tmp_
         polls = runners[1].results_poller.stats.polls
         await wait_until(lambda: runners[1].results_poller.stats.polls >= polls + 5, 10)  # several retries
         assert not raised(bad)  # stopped at the unreadable object (it may come back): nothing after it yet
-        unreadable.unlink()
-        put(bad, windows[1], abnormal=False)
+        failing.clear()  # the disk reads again
         await wait_until(lambda: raised(bad), 10)
     finally:
         agent.request_stop()
