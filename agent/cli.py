@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from agent import __version__
 from agent.commands.common import DEFAULT_STATE_ROOT
 from agent.core.clock import parse_instant
 from agent.core.errors import ConfigError, L4EAgentError, StateError
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l4e-agent", description=__doc__.splitlines()[0].replace("``", ""),
                                      epilog="l4e-agent COMMAND --help describes each command.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"l4e-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the agent for one or more asset files")

@@ -35,31 +35,31 @@ def _opcua(i: int, source) -> Iterator[tuple[str, Path]]:
         yield f"sources[{i}].password_file", source.password_file
 
 
-def side_files(config) -> Iterator[tuple[str, Path, bool]]:
-    """(key, path as written, must be executable) for every side file of ``config``."""
+def side_files(config) -> Iterator[tuple[str, Path, bool, str]]:
+    """(key, path as written, must be executable, whose: ' (source "plc")' or '') for every side file."""
     for i, source in enumerate(config.sources):
         if source.kind == "opcua":
             for key, path in _opcua(i, source):
-                yield key, Path(path), False
+                yield key, Path(path), False, f' (source "{source.name}")'
     for name, hook in config.alarms.hooks.items():
         secret = getattr(hook, "secret_file", None)
         if secret is not None:
-            yield f"alarms.hooks.{name}.secret_file", Path(secret), False
+            yield f"alarms.hooks.{name}.secret_file", Path(secret), False, ""
         argv = getattr(hook, "argv", None)
         if argv and "/" in argv[0]:
-            yield f"alarms.hooks.{name}.argv[0]", Path(argv[0]), True
+            yield f"alarms.hooks.{name}.argv[0]", Path(argv[0]), True, ""
 
 
 def check_side_files(config, path: Path, base_dir: Path) -> None:
     """Raise ConfigError for the first side file that cannot be read (or run); relative paths are taken from
     ``base_dir``, the asset file's folder, as the agent resolves them."""
-    for key, written, executable in side_files(config):
+    for key, written, executable, whose in side_files(config):
         where = written if written.is_absolute() else base_dir / written
         try:
             with open(where, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            raise ConfigError(describe_read_error(exc, where), file=str(path), key=key) from None
+            raise ConfigError(describe_read_error(exc, where) + whose, file=str(path), key=key) from None
         if executable and not os.access(where, os.X_OK):
             raise ConfigError(f"{where}: not executable (chmod +x, or give the interpreter as argv[0])",
                               file=str(path), key=key)
