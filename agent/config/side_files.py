@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.config.files import describe_read_error
 from agent.core.errors import ConfigError
+from agent.core.secrets import CredentialError, credential_name, secret_path
 
 
 def _opcua(i: int, source) -> Iterator[tuple[str, Path]]:
@@ -54,11 +55,22 @@ def check_side_files(config, path: Path, base_dir: Path) -> None:
     """Raise ConfigError for the first side file that cannot be read (or run); relative paths are taken from
     ``base_dir``, the asset file's folder, as the agent resolves them."""
     for key, written, executable, whose in side_files(config):
-        where = written if written.is_absolute() else base_dir / written
+        name = credential_name(written) if not executable else None
+        try:
+            where = secret_path(written, base_dir) if name is not None else (
+                written if written.is_absolute() else base_dir / written)
+        except CredentialError as exc:
+            raise ConfigError(f"{exc}{whose}", file=str(path), key=key) from None
         try:
             with open(where, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
+            if name is not None:
+                reason = "it has no such file" if isinstance(exc, FileNotFoundError) else describe_read_error(
+                    exc, where)
+                raise ConfigError(f"credential {name!r}: not in $CREDENTIALS_DIRECTORY ({where.parent}): {reason}; "
+                                  f"the unit needs LoadCredential={name}:/path/to/secret (or "
+                                  f"SetCredentialEncrypted=){whose}", file=str(path), key=key) from None
             raise ConfigError(describe_read_error(exc, where) + whose, file=str(path), key=key) from None
         if executable and not os.access(where, os.X_OK):
             raise ConfigError(f"{where}: not executable (chmod +x, or give the interpreter as argv[0])",
