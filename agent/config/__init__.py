@@ -38,10 +38,10 @@ from agent.config.files import check_text_file, describe_read_error, read_text, 
 from agent.config.schema import literal_problems, pattern_in_words
 from agent.config.side_files import check_side_files
 from agent.core.errors import ConfigError
+from agent.core.log_config import LogConfig
+from agent.core.metrics_config import MetricsConfig
 from agent.pipeline.store import parse_location
 from agent.pipeline.windows import SAMPLING_RATES, UPLOAD_FREQUENCIES, parse_offset
-from agent.runtime.logs import LogConfig
-from agent.runtime.metrics_config import MetricsConfig
 from connectors.registry import SourceEntry  # the [[sources]] kinds: no protocol library is imported
 
 NAME_PATTERN = re.compile(r"^[0-9a-zA-Z._\-]{1,200}$")  # botocore ComponentName; also L4E column names
@@ -321,7 +321,7 @@ def base_dir_of(path: str | Path) -> Path:
 
 def _resolve_metrics_token(config: AssetConfig, path: Path) -> AssetConfig:
     """[metrics] token_file relative to the asset file's folder, and readable and non-empty (ConfigError)."""
-    from agent.runtime.metrics_config import read_token
+    from agent.core.metrics_config import read_token
 
     token_file = config.metrics.token_file
     if token_file is None or not config.metrics.enabled:
