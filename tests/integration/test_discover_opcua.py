@@ -199,3 +199,22 @@ async def test_node_opcua_5000_variables(tmp_path):
     code, stdout, stderr = await cli("check", str(out))
     assert code == 0, stderr
     assert "5101 sensor(s)" in stdout
+
+
+async def test_asyncua_2000_nodes(tmp_path):
+    """An asyncua server with 2,000 variables in 20 folders besides the plant tree: all discovered, one
+    component per folder, in a bounded number of batched requests."""
+    peer = await OpcUaTreePeer(bulk=2000).start()
+    try:
+        out = tmp_path / "bulk.toml"
+        code, _, stderr = await cli("discover", "opcua", peer.endpoint, "--browse", "Bulk/**", "-o", str(out))
+    finally:
+        await peer.stop()
+    assert code == 0, stderr
+    summary = stderr.splitlines()[0]
+    print(f"\n{summary}")
+    # 2,000 tags + 20 groups + Bulk + Site (listed under Objects, not walked: no pattern reaches into it)
+    assert summary.startswith("discover: 2000 sensor(s) kept, 0 skipped, 2022 node(s) walked")
+    assert int(re.search(r"in (\d+) browse request", summary).group(1)) <= 20  # batched, not one per node
+    doc = tomllib.loads(out.read_text())
+    assert len(doc["components"]) == 20 and doc["components"]["Group07"][0] == "Tag00700"
