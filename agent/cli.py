@@ -1,4 +1,4 @@
-"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|lookout worker|...``.
+"""Command line: ``l4e-agent run|check|probe|discover|config-example|simulate|demo|lookout serve|lookout worker|...``.
 
 Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 
@@ -10,6 +10,9 @@ Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 - 78 EX_CONFIG: a configuration error, and only that (the message names the file or the environment variable,
   the key and the allowed values; or the state directory path is a file, not a folder);
   RestartPreventExitStatus=78 stops the restart loop: restarting cannot fix it.
+
+``discover`` (not run by systemd) uses 64 EX_USAGE (a bad command line), 65 EX_DATAERR (a pattern that matches
+nothing, a malformed register map) and 69 EX_UNAVAILABLE (the endpoint unreachable or refusing to be browsed).
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ def _add_discover(sub) -> None:
     """``discover opcua`` and ``discover modbus``: write a checked asset file from a server or a register map
     (exit 64 usage, 65 bad data, 69 unreachable; nothing written on error)."""
     p = sub.add_parser("discover", help="write a checked asset file from an OPC-UA server's address space or a "
-                       "Modbus register map", description="Write an asset file that `check` accepts as it is. "
+                       "Modbus register map", description="Write an asset file that check accepts as it is. "
                        "Exit codes: 64 usage, 65 bad data (nothing matched, a malformed map), 69 unreachable; "
                        "nothing is written or changed on error.")
     kinds = p.add_subparsers(dest="discover_kind", required=True, metavar="KIND", parser_class=_UsageParser)
