@@ -120,8 +120,8 @@ async def discover(args) -> Discovery:
         try:
             tree = await browse.walk(client, descend, max_depth=args.max_depth, max_nodes=args.max_nodes)
         except browse.BrowseRefused as exc:
-            raise DiscoveryError(f"{args.endpoint} refused to browse the Objects folder: {exc}",
-                                 EX_UNAVAILABLE) from None
+            raise DiscoveryError(f"{args.endpoint} refuses to be browsed: {exc}; the server's user rights decide "
+                                 "(try --username with a user allowed to browse)", EX_UNAVAILABLE) from None
         except browse.WalkLimit:
             raise DiscoveryError(f"more than {args.max_nodes} nodes below Objects where the patterns lead: "
                                  "narrow the patterns or raise --max-nodes", EX_DATAERR) from None

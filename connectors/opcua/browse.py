@@ -32,7 +32,8 @@ class WalkLimit(Exception):
 
 
 class BrowseRefused(Exception):
-    """The server refused to browse the Objects folder (a status such as BadUserAccessDenied)."""
+    """The server refused to browse: a Browse service fault (BadUserAccessDenied, …) or a bad status for the
+    Objects folder itself."""
 
 
 @dataclass
@@ -151,7 +152,10 @@ async def walk(client: Client, descend: Callable[[tuple[str, ...], ua.NodeClass]
         following: list[BrowsedNode] = []
         for start in range(0, len(level), _BROWSE_BATCH):
             parents = level[start:start + _BROWSE_BATCH]
-            answers = await _browse_chunk(client, parents, max_refs, max_nodes - len(result.nodes), result)
+            try:
+                answers = await _browse_chunk(client, parents, max_refs, max_nodes - len(result.nodes), result)
+            except ua.UaStatusCodeError as exc:  # a service fault: the session may not browse at all
+                raise BrowseRefused(f"{type(exc).__name__} ({exc})") from None
             for parent, refs in zip(parents, answers, strict=True):
                 if isinstance(refs, str):
                     if parent is root:

@@ -9,11 +9,14 @@ Namespace "urn:l4e-agent:tree" (string NodeIds are the dotted browse path):
     Objects/Site/Line2/Pump1   Flow (Double 5.5), Temp (UInt16 60)
     Objects/Site/Line2/Tank    Level (Double 0.75), Config (an object holding Mode, a String)
     Objects/Bulk/Group<g>      Tag<i> (Double), ``bulk`` of them in groups of 100 (a larger tree; 0 by default)
+
+``refuse_browsing``: Browse and BrowseNext answer BadUserAccessDenied (everything else works).
 """
 
 from __future__ import annotations
 
 from asyncua import Server, ua
+from asyncua.crypto.permission_rules import PermissionRuleset
 
 from tests.ports import free_port
 
@@ -32,11 +35,22 @@ TREE = {
 }
 
 
+class RefuseBrowsing(PermissionRuleset):
+    """Every service but Browse and BrowseNext (a server that lets a client in and read, not look around)."""
+
+    REFUSED = frozenset({ua.NodeId(ua.ObjectIds.BrowseRequest_Encoding_DefaultBinary),
+                         ua.NodeId(ua.ObjectIds.BrowseNextRequest_Encoding_DefaultBinary)})
+
+    def check_validity(self, user, action_type_id, body):
+        return action_type_id not in self.REFUSED
+
+
 class OpcUaTreePeer:
-    def __init__(self, bulk: int = 0) -> None:
+    def __init__(self, bulk: int = 0, refuse_browsing: bool = False) -> None:
         self.port = free_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/"
         self.bulk = bulk
+        self.refuse_browsing = refuse_browsing
         self.server: Server | None = None
         self.idx = 0
 
@@ -44,7 +58,8 @@ class OpcUaTreePeer:
         server = Server()
         await server.init()
         server.set_endpoint(self.endpoint)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity],
+                                   permission_ruleset=RefuseBrowsing() if self.refuse_browsing else None)
         idx = self.idx = await server.register_namespace(NS_URI)
         folders = {(): server.nodes.objects}
 

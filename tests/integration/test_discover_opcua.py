@@ -160,6 +160,19 @@ async def test_bad_input_writes_nothing(tree, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plant.toml"]  # no temporary file left behind
 
 
+async def test_a_server_that_refuses_browsing(tmp_path):
+    peer = await OpcUaTreePeer(refuse_browsing=True).start()
+    try:
+        out = tmp_path / "plant.toml"
+        code, _, stderr = await cli("discover", "opcua", peer.endpoint, "--browse", "**", "-o", str(out))
+    finally:
+        await peer.stop()
+    assert code == 69
+    assert f"{peer.endpoint} refuses to be browsed: BadUserAccessDenied" in stderr
+    assert "password" not in stderr  # not mistaken for a rejected identity
+    assert not out.exists()
+
+
 @pytest.mark.skipif(not (PEER_DIR / "node_modules" / "node-opcua-server").is_dir() or not shutil.which("node"),
                     reason="node-opcua is installed by `make system-deps`")
 async def test_node_opcua_5000_variables(tmp_path):
