@@ -132,7 +132,16 @@ async def test_merge_keeps_what_the_engineer_wrote(tree, tmp_path):
     assert out.read_text() == merged
 
 
-async def test_bad_input_writes_nothing(tree, tmp_path):
+async def test_component_by_pattern_and_bad_input(tree, tmp_path):
+    code, stdout, stderr = await cli("discover", "opcua", tree.endpoint, "--browse", "Site/Line1/*/Flow",
+                                     "Site/Line2/**", "--component-by", "pattern")
+    assert code == 0, stderr
+    assert "5 sensor(s) kept, 1 skipped" in stderr  # Site/Line2/Tank/Config/Mode is a string
+    doc = tomllib.loads(stdout)  # without -o: the file on stdout, the summary on stderr
+    assert doc["components"] == {"Site_Line1_Flow": ["Line1_Pump1_Flow", "Pump2_Flow"],
+                                 "Site_Line2": ["Line2_Pump1_Flow", "Temp", "Level"]}
+    assert [p.name for p in tmp_path.iterdir()] == []
+
     out = tmp_path / "plant.toml"
     code, _, stderr = await cli("discover", "opcua", tree.endpoint, "--browse", "Site/Line1/Pmp1/*", "-o", str(out))
     assert code == 65
