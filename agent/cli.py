@@ -1,4 +1,4 @@
-"""Command line: ``l4e-agent run|check|probe|config-example|simulate|demo|lookout serve|lookout worker|...``.
+"""Command line: ``l4e-agent run|check|probe|discover|config-example|simulate|demo|lookout serve|lookout worker|...``.
 
 Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 
@@ -10,6 +10,9 @@ Exit codes (sysexits.h; systemd/l4e-agent@.service acts on them):
 - 78 EX_CONFIG: a configuration error, and only that (the message names the file or the environment variable,
   the key and the allowed values; or the state directory path is a file, not a folder);
   RestartPreventExitStatus=78 stops the restart loop: restarting cannot fix it.
+
+``discover`` (not run by systemd) uses 64 EX_USAGE (a bad command line), 65 EX_DATAERR (a pattern that matches
+nothing, a malformed register map) and 69 EX_UNAVAILABLE (the endpoint unreachable or refusing to be browsed).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
+from agent import __version__
 from agent.commands.common import DEFAULT_STATE_ROOT
 from agent.core.clock import parse_instant
 from agent.core.errors import ConfigError, L4EAgentError, StateError
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="l4e-agent", description=__doc__.splitlines()[0].replace("``", ""),
                                      epilog="l4e-agent COMMAND --help describes each command.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"l4e-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the agent for one or more asset files")
@@ -102,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "next connection attempt")
 
     sub.add_parser("config-example", help="print the example asset file generated from the config models")
+
+    _add_discover(sub)
 
     p = sub.add_parser("provision", help="history → dataset → ingestion → model → running inference scheduler")
     p.add_argument("config", type=Path)
@@ -133,6 +140,73 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, add_help=False, help=f"{text} (options: l4e-agent {name} --help)").add_argument(
             "rest", nargs=argparse.REMAINDER)
     return parser
+
+
+class _UsageParser(argparse.ArgumentParser):
+    """discover's parsers: a bad command line exits 64 (EX_USAGE), as the discover commands document."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
+def _add_discover(sub) -> None:
+    """``discover opcua`` and ``discover modbus``: write a checked asset file from a server or a register map
+    (exit 64 usage, 65 bad data, 69 unreachable; nothing written on error)."""
+    p = sub.add_parser("discover", help="write a checked asset file from an OPC-UA server's address space or a "
+                       "Modbus register map", description="Write an asset file that check accepts as it is. "
+                       "Exit codes: 64 usage, 65 bad data (nothing matched, a malformed map), 69 unreachable; "
+                       "nothing is written or changed on error.")
+    kinds = p.add_subparsers(dest="discover_kind", required=True, metavar="KIND", parser_class=_UsageParser)
+    o = kinds.add_parser("opcua", help="browse a server from Objects and keep the numeric variables matching "
+                         "the patterns")
+    o.add_argument("endpoint", metavar="ENDPOINT", help="opc.tcp://host:port[/path]")
+    o.add_argument("--browse", nargs="+", required=True, metavar="PATTERN",
+                   help="glob over browse paths below Objects, without namespace prefixes: * ? [..] within a "
+                   "name, ** across levels (e.g. 'Site/Line1/Pump*/**')")
+    o.add_argument("--merge", type=Path, metavar="FILE", help="add what is new to this asset file (comments and "
+                   "order kept) and write it back (or to -o)")
+    o.add_argument("--component-by", choices=["parent", "pattern"], default="parent",
+                   help="one component per parent folder (default) or per pattern")
+    o.add_argument("--max-depth", type=int, default=12, help="levels below Objects walked at most (default 12)")
+    o.add_argument("--max-nodes", type=int, default=200_000, help="nodes walked at most (default 200000)")
+    o.add_argument("--timeout", type=float, default=10, help="per-request timeout, seconds (default 10)")
+    o.add_argument("--policy", choices=["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"])
+    o.add_argument("--mode", choices=["Sign", "SignAndEncrypt"])
+    o.add_argument("--certificate", type=Path, help="client certificate (with --policy)")
+    o.add_argument("--private-key", type=Path, help="client private key (with --policy)")
+    o.add_argument("--server-certificate", type=Path, help="trusted server certificate; without it the first "
+                   "one seen is pinned in <state-dir>/trust/ as probe and run do")
+    o.add_argument("--state-dir", type=Path, help="where a pinned server certificate is kept")
+    o.add_argument("--username")
+    o.add_argument("--password-file", type=Path)
+    o.add_argument("--password-env", metavar="VARIABLE")
+    m = kinds.add_parser("modbus", help="a vendor register map (CSV) → asset file, with the planner's request "
+                         "count")
+    m.add_argument("--register-map", type=Path, required=True, metavar="MAP.csv")
+    m.add_argument("--host", default="127.0.0.1", help="Modbus TCP host (default 127.0.0.1)")
+    m.add_argument("--port", type=int, default=502, help="Modbus TCP port (default 502)")
+    m.add_argument("--device-id", type=int, default=1, help="device (unit) id (default 1)")
+    m.add_argument("--column", action="append", default=[], metavar="FIELD=HEADER",
+                   help="the map's header for a field (name, address, table, type, order, scale, offset, unit, "
+                   "component), e.g. --column address=Register; repeatable")
+    for q in (o, m):
+        q.add_argument("--asset", help="asset name (default: from the pattern or the map's file name)")
+        q.add_argument("--source", default="plc", help="source name (default plc)")
+        q.add_argument("--input", metavar="URL", help="[lookout] input (default file:///var/lib/l4e-agent/store/"
+                       "<asset>/input/)")
+        q.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: print the file; "
+                       "the summary goes to stderr)")
+
+
+def _cmd_discover(args) -> int:
+    if args.discover_kind == "opcua":
+        from agent.commands.discover_opcua import cmd_discover_opcua
+
+        return cmd_discover_opcua(args)
+    from agent.commands.discover_modbus import cmd_discover_modbus
+
+    return cmd_discover_modbus(args)
 
 
 def _sub_program(argv: list[str]) -> int | None:
@@ -199,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
             make_client_certificate(args.cert, args.key, args.application_uri, args.hostname)
             print(f"wrote {args.cert} and {args.key}; make the server trust the certificate")
             return 0
+        if args.command == "discover":
+            from agent.commands.asset_writer import DiscoveryError
+
+            try:
+                return _cmd_discover(args)
+            except DiscoveryError as exc:
+                print(f"l4e-agent discover: {exc}", file=sys.stderr)
+                return exc.exit_code
         if args.command == "config-example":
             from agent.config.example import render_example
 

@@ -21,6 +21,7 @@
 #   /etc/systemd/system/           l4e-agent@.service, l4e-lookout.service, and on systemd >= 254
 #                                  l4e-agent@.service.d/10-restart-backoff.conf (a growing restart delay)
 #   /etc/l4e-agent/example.toml    from config/example.toml, only if absent (never overwritten)
+#   /etc/l4e-agent/replay/history.csv  the example's replay source, only if absent
 #   /var/lib/l4e-agent/            state root; each instance's folder is made by systemd (StateDirectory=)
 #   user and group l4e-agent       system account, no login shell, member of dialout (serial ports)
 # A staged venv (--root) has DIR in its script paths: it is for inspection and tests, not for copying.
@@ -122,6 +123,14 @@ install_example_config() {
         install -m 0640 -- "$example" "$target"
         staged || chown -- "root:$SERVICE_USER" "$target"
         say "installed $CONF_DIR/example.toml"
+    fi
+    # the example's replay source reads replay/history.csv next to it: without it `check` fails on the example
+    local history=$SRC/config/replay/history.csv history_target=$ROOT$CONF_DIR/replay/history.csv
+    if [[ -f $history && ! -e $history_target ]]; then
+        make_dir "$CONF_DIR/replay" 0750 "root:$SERVICE_USER"
+        install -m 0640 -- "$history" "$history_target"
+        staged || chown -- "root:$SERVICE_USER" "$history_target"
+        say "installed $CONF_DIR/replay/history.csv (the example's replay source)"
     fi
 }
 

@@ -12,6 +12,9 @@ import numpy as np
 import pandas as pd
 
 T0 = pd.Timestamp("2026-01-01T00:00:00Z")
+# CSV cells carry 12 significant digits (agent.pipeline.csvfile): a cell is within half a unit of the 12th
+# digit of the float64 it stands for
+CSV_REL_TOL = 1e-11
 
 
 def write_history(path: Path, minutes: int, step_secs: int = 10, seed: int = 3,

@@ -83,7 +83,8 @@ class WebhookHookConfig(_Model):
         None,
         description=(
             "File holding the HMAC key (surrounding whitespace stripped); when set, the header "
-            "'X-L4E-Signature: sha256=<hex>' signs the exact body. Relative to the asset file's folder."
+            "'X-L4E-Signature: sha256=<hex>' signs the exact body. Relative to the asset file's folder; "
+            "\"credential:NAME\" reads the systemd credential NAME (LoadCredential=) instead."
         ),
     )
     timeout_secs: float = Field(5.0, gt=0, le=300, description="Seconds per HTTP attempt (connect and read).")

@@ -52,6 +52,7 @@ from agent.alarms.hook_config import (
 from agent.core.clock import Backoff
 from agent.core.errors import ConfigError, ConnectorError
 from agent.core.model import Alarm
+from agent.core.secrets import secret_path
 
 log = logging.getLogger("l4e.alarms")
 
@@ -204,7 +205,8 @@ class WebhookHook(_Counters):
     def __init__(self, name: str, config: WebhookHookConfig, base_dir: Path) -> None:
         super().__init__(name)
         self.config = config
-        self.secret_path = None if config.secret_file is None else _resolve(config.secret_file, base_dir)
+        # a file, or a systemd credential (credential:NAME); checked when the asset file was loaded
+        self.secret_path = None if config.secret_file is None else secret_path(config.secret_file, base_dir)
         attempts = config.retries + 1
         self.deadline_secs = (
             attempts * (config.timeout_secs * 2 + 1) + config.retries * config.backoff_max_secs

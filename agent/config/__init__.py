@@ -35,13 +35,13 @@ from agent.alarms.config import AlarmsConfig
 from agent.config import env as config_env
 from agent.config.errors import format_problems, format_validation
 from agent.config.files import check_text_file, describe_read_error, read_text, toml_problems
-from agent.config.schema import literal_problems
+from agent.config.schema import literal_problems, pattern_in_words
 from agent.config.side_files import check_side_files
 from agent.core.errors import ConfigError
+from agent.core.log_config import LogConfig
+from agent.core.metrics_config import MetricsConfig
 from agent.pipeline.store import parse_location
 from agent.pipeline.windows import SAMPLING_RATES, UPLOAD_FREQUENCIES, parse_offset
-from agent.runtime.logs import LogConfig
-from agent.runtime.metrics_config import MetricsConfig
 from connectors.registry import SourceEntry  # the [[sources]] kinds: no protocol library is imported
 
 NAME_PATTERN = re.compile(r"^[0-9a-zA-Z._\-]{1,200}$")  # botocore ComponentName; also L4E column names
@@ -59,7 +59,7 @@ class LookoutConfig(_Section):
     scheduler: str | None = Field(default=None, description="Inference scheduler name. When set, the agent "
                                   "reads the settings below from the Lookout API (values given here must agree).")
     endpoint_url: str | None = Field(default=None, description="Lookout for Equipment API endpoint (default: "
-                                     "AWS; e.g. http://127.0.0.1:8787 for the local service).")
+                                     "AWS; e.g. http://127.0.0.1:8765 for the local service).")
     ca_bundle: Path | None = Field(default=None, description="PEM file of the certificate authorities that "
                                    "signed the endpoint's TLS certificate (e.g. the local service's --tls-cert); "
                                    "default: botocore's bundle, or AWS_CA_BUNDLE. Relative to the asset file's "
@@ -110,7 +110,7 @@ class LookoutConfig(_Section):
     @classmethod
     def _ts_column(cls, value: str) -> str:
         if not NAME_PATTERN.match(value):
-            raise ValueError(f"must match {NAME_PATTERN.pattern}")
+            raise ValueError(f"must be {pattern_in_words(NAME_PATTERN.pattern)}")
         return value
 
     @model_validator(mode="after")
@@ -211,7 +211,7 @@ class AssetConfig(_Section):
     sources: list[SourceEntry] = Field(description="Where readings come from.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Data-health checks.")
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig, description="Alarm rules and the hooks that "
-                                 "deliver them (see config/alarms-example.toml).")
+                                 "deliver them (README, Alarms; config/demo/pump-07.toml has a working set).")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus /metrics and /healthz "
                                    "(process-wide: the first asset file's settings apply).")
     log: LogConfig = Field(default_factory=LogConfig, description="Log format and level (process-wide: the "
@@ -224,7 +224,7 @@ class AssetConfig(_Section):
     def _components(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for comp, sensors in value.items():
             if not NAME_PATTERN.match(comp):
-                raise ValueError(f"component name {comp!r} must match {NAME_PATTERN.pattern}")
+                raise ValueError(f"component name {comp!r} must be {pattern_in_words(NAME_PATTERN.pattern)}")
             if not sensors:
                 raise ValueError(f"component {comp!r} needs at least one sensor")
             twice = sorted({s for s in sensors if sensors.count(s) > 1})
@@ -233,7 +233,8 @@ class AssetConfig(_Section):
                                  "each sensor once per component")
             for s in sensors:
                 if not NAME_PATTERN.match(s):
-                    raise ValueError(f"sensor name {s!r} in {comp!r} must match {NAME_PATTERN.pattern}")
+                    raise ValueError(f"sensor name {s!r} in {comp!r} must be "
+                                     f"{pattern_in_words(NAME_PATTERN.pattern)}")
         owners: dict[str, list[str]] = {}
         for comp, sensors in value.items():
             for s in dict.fromkeys(sensors):
@@ -333,7 +334,7 @@ def base_dir_of(path: str | Path) -> Path:
 
 def _resolve_metrics_token(config: AssetConfig, path: Path) -> AssetConfig:
     """[metrics] token_file relative to the asset file's folder, and readable and non-empty (ConfigError)."""
-    from agent.runtime.metrics_config import read_token
+    from agent.core.metrics_config import read_token
 
     token_file = config.metrics.token_file
     if token_file is None or not config.metrics.enabled:
@@ -359,9 +360,10 @@ def check_sensor_coverage(config: AssetConfig, path: Path) -> None:
                 check_text_file(where)
             provided = source.sensors(base)
         except (OSError, UnicodeError, csv.Error) as exc:  # the replay CSV
-            raise ConfigError(describe_read_error(exc, where), file=str(path), key=f"sources[{i}].path") from None
+            raise ConfigError(f'{describe_read_error(exc, where)} (source "{source.name}")', file=str(path),
+                              key=f"sources[{i}].path") from None
         except ValueError as exc:
-            raise ConfigError(str(exc), file=str(path), key=f"sources[{i}]") from None
+            raise ConfigError(f'{exc} (source "{source.name}")', file=str(path), key=f"sources[{i}]") from None
         for sensor in provided:
             providers.setdefault(sensor, []).append(source.name)
     for sensor in config.all_sensors():

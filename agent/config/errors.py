@@ -8,12 +8,13 @@ One error becomes ``<key path>: got <value>; allowed: <values>`` (type, range an
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from agent.config.env import Override
-from agent.config.schema import allowed, describe, field_at, is_tagged_union
+from agent.config.schema import allowed, describe, field_at, is_model, is_tagged_union, union_members
 
 # error types whose message is "this value is not one of the allowed ones": rewritten from the model
 _VALUE_ERRORS = {
@@ -62,6 +63,9 @@ def _message(err: dict, root: type[BaseModel], data: Any) -> str:
         new = RENAMED_KEYS.get(str(err["loc"][-1])) if err["loc"] else None
         if new is not None:
             return f"unknown key: renamed to {new} (same meaning, same unit)"
+        near = nearest_key(root, tuple(err["loc"]), data)
+        if near is not None:
+            return f"unknown key (not allowed here; did you mean {near}?)"
         return "unknown key (not allowed here; check the spelling against config/example.toml)"
     if kind == "missing":
         key = field_at(root, _untagged(err["loc"]), data)
@@ -83,6 +87,28 @@ def _message(err: dict, root: type[BaseModel], data: Any) -> str:
     return msg
 
 
+def nearest_key(root: type[BaseModel], loc: tuple[Any, ...], data: Any) -> str | None:
+    """The valid key of the same table spelled most like the unknown one at ``loc`` (None when none is close)."""
+    if not loc:
+        return None
+    table = field_at(root, _untagged(loc)[:-1], data)
+    if table is None:
+        return None
+    keys = sorted({k for m in union_members(table.annotation) if is_model(m) for k in m.model_fields})
+    found = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def source_name(loc: tuple[Any, ...], data: Any) -> str | None:
+    """The ``name`` of the [[sources]] entry a key path lies in (``sources[1].endpoint`` → "plc"), if any."""
+    if len(loc) > 1 and loc[0] == "sources" and isinstance(loc[1], int) and isinstance(data, dict):
+        sources = data.get("sources")
+        if isinstance(sources, list) and loc[1] < len(sources) and isinstance(sources[loc[1]], dict):
+            name = sources[loc[1]].get("name")
+            return name if isinstance(name, str) and name else None
+    return None
+
+
 def _source(loc: tuple[Any, ...], overrides: list[Override]) -> Override | None:
     """The override that set this key (or a table above it); the longest wins."""
     best = None
@@ -100,7 +126,9 @@ def format_validation(exc: ValidationError, *, file: str, root: type[BaseModel],
         loc = user_loc(tuple(err["loc"]), root, data)
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc += (str(err.get("ctx", {}).get("discriminator", "kind")).strip("'"),)
-        problems.append((loc, _message(err, root, data)))
+        text = _message(err, root, data)
+        name = source_name(loc, data)
+        problems.append((loc, f'{text} (source "{name}")' if name else text))
     return format_problems(problems, file=file, overrides=overrides)
 
 

@@ -149,12 +149,30 @@ def _lengths(metadata: tuple[Any, ...], unit: str) -> str:
     return ""
 
 
-def _pattern(metadata: tuple[Any, ...]) -> str:
+NAME_WORDS = "a string of 1 to {n} characters, each a letter, a digit or one of . _ -"
+# Every pattern of the config models, in words: an operator reads what to write, not a regular expression
+# (tests/unit/test_config_words.py checks that none is missing).
+PATTERN_WORDS = {
+    r"^[0-9a-zA-Z._\-]{1,200}$": NAME_WORDS.format(n=200),
+    r"^[A-Za-z0-9._\-]{1,64}$": NAME_WORDS.format(n=64),
+    r"^https?://\S+$": "an http:// or https:// URL (a string without spaces)",
+    r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+):\d{1,5}(/\S*)?$":
+        "a string opc.tcp://HOST:PORT or opc.tcp://HOST:PORT/PATH (an IPv6 address in brackets, "
+        "opc.tcp://[fe80::1]:4840)",
+}
+
+
+def pattern_in_words(pattern: str) -> str:
+    """What a string constrained by ``pattern`` must look like, as a phrase ("a string of 1 to 64 …")."""
+    return PATTERN_WORDS.get(pattern, f"a string matching the regular expression {pattern}")
+
+
+def _string(metadata: tuple[Any, ...]) -> str:
     for m in metadata:
         pattern = getattr(m, "pattern", None)
         if pattern:
-            return f" matching {pattern}"
-    return ""
+            return pattern_in_words(pattern)
+    return "a string"
 
 
 _PLURAL = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
@@ -175,7 +193,7 @@ def allowed(key: KeyType) -> str:
     if ann is float:
         return "a number" + _bounds(meta)
     if ann is str:
-        return "a string" + _pattern(meta)
+        return _string(meta)
     if isinstance(ann, type) and issubclass(ann, Path):
         return "a file path (string)"
     if is_model(ann):

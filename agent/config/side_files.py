@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent.config.files import describe_read_error
 from agent.core.errors import ConfigError
+from agent.core.secrets import CredentialError, credential_name, secret_path
 
 
 def _opcua(i: int, source) -> Iterator[tuple[str, Path]]:
@@ -36,33 +37,44 @@ def _opcua(i: int, source) -> Iterator[tuple[str, Path]]:
         yield f"sources[{i}].password_file", source.password_file
 
 
-def side_files(config) -> Iterator[tuple[str, Path, bool]]:
-    """(key, path as written, must be executable) for every side file of ``config``."""
+def side_files(config) -> Iterator[tuple[str, Path, bool, str]]:
+    """(key, path as written, must be executable, whose: ' (source "plc")' or '') for every side file."""
     for i, source in enumerate(config.sources):
         if source.kind == "opcua":
             for key, path in _opcua(i, source):
-                yield key, Path(path), False
+                yield key, Path(path), False, f' (source "{source.name}")'
     if config.lookout.ca_bundle is not None:
-        yield "lookout.ca_bundle", Path(config.lookout.ca_bundle), False
+        yield "lookout.ca_bundle", Path(config.lookout.ca_bundle), False, ""
     for name, hook in config.alarms.hooks.items():
         secret = getattr(hook, "secret_file", None)
         if secret is not None:
-            yield f"alarms.hooks.{name}.secret_file", Path(secret), False
+            yield f"alarms.hooks.{name}.secret_file", Path(secret), False, ""
         argv = getattr(hook, "argv", None)
         if argv and "/" in argv[0]:
-            yield f"alarms.hooks.{name}.argv[0]", Path(argv[0]), True
+            yield f"alarms.hooks.{name}.argv[0]", Path(argv[0]), True, ""
 
 
 def check_side_files(config, path: Path, base_dir: Path) -> None:
     """Raise ConfigError for the first side file that cannot be read (or run); relative paths are taken from
     ``base_dir``, the asset file's folder, as the agent resolves them."""
-    for key, written, executable in side_files(config):
-        where = written if written.is_absolute() else base_dir / written
+    for key, written, executable, whose in side_files(config):
+        name = credential_name(written) if not executable else None
+        try:
+            where = secret_path(written, base_dir) if name is not None else (
+                written if written.is_absolute() else base_dir / written)
+        except CredentialError as exc:
+            raise ConfigError(f"{exc}{whose}", file=str(path), key=key) from None
         try:
             with open(where, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            raise ConfigError(describe_read_error(exc, where), file=str(path), key=key) from None
+            if name is not None:
+                reason = "it has no such file" if isinstance(exc, FileNotFoundError) else describe_read_error(
+                    exc, where)
+                raise ConfigError(f"credential {name!r}: not in $CREDENTIALS_DIRECTORY ({where.parent}): {reason}; "
+                                  f"the unit needs LoadCredential={name}:/path/to/secret (or "
+                                  f"SetCredentialEncrypted=){whose}", file=str(path), key=key) from None
+            raise ConfigError(describe_read_error(exc, where) + whose, file=str(path), key=key) from None
         if executable and not os.access(where, os.X_OK):
             raise ConfigError(f"{where}: not executable (chmod +x, or give the interpreter as argv[0])",
                               file=str(path), key=key)

@@ -30,6 +30,7 @@ class ConfigError(L4EAgentError):
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         self.file = file
         self.key = key
+        self.detail = message  # without the file and key prefix (to re-raise with another file)
         prefix = ""
         if file:
             prefix += f"{file}: "

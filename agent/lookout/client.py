@@ -54,15 +54,23 @@ def make_client(endpoint_url: str | None, region: str | None = None, ca_bundle: 
     defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1. ``ca_bundle``: PEM file of the CAs an https
     endpoint's certificate is checked against (default: botocore's, or AWS_CA_BUNDLE). Standard retry mode with
     3 attempts and short timeouts (connect 5 s, read 20 s): a caller polling every few minutes must not hang on a
-    dead link. Credentials come from the standard chain, never from the asset file."""
+    dead link. Credentials come from the standard chain, never from the asset file.
+
+    With an ``endpoint_url`` (the local service) and no credentials in the chain, requests go unsigned: a
+    local service started without access keys checks none, and one started with keys refuses an unsigned
+    request (AccessDeniedException: Missing Authentication Token), so keys stay required where they are.
+    Against AWS (no endpoint_url) missing credentials are an error as before."""
     import boto3
+    from botocore import UNSIGNED
     from botocore.config import Config
 
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-    return boto3.client("lookoutequipment", endpoint_url=endpoint_url, region_name=region,
-                        verify=str(ca_bundle) if ca_bundle is not None else None,
-                        config=Config(retries={"mode": "standard", "max_attempts": 3},
-                                      connect_timeout=5, read_timeout=20))
+    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20)
+    session = boto3.session.Session()
+    if endpoint_url is not None and session.get_credentials() is None:
+        config = config.merge(Config(signature_version=UNSIGNED))
+    return session.client("lookoutequipment", endpoint_url=endpoint_url, region_name=region, config=config,
+                          verify=str(ca_bundle) if ca_bundle is not None else None)
 
 
 def call(client, operation: str, **params) -> dict:

@@ -178,7 +178,7 @@ def _locations(config: AssetConfig, config_path: Path) -> dict[str, tuple[str, s
         bucket, prefix = bucket_prefix(lk.input, store)
         out = bucket_prefix(lk.output, store) if lk.output else (bucket, sibling_prefix(prefix, "output"))
     except ConfigError as exc:
-        raise ConfigError(str(exc), file=str(config_path), key=exc.key) from None
+        raise ConfigError(exc.detail, file=str(config_path), key=exc.key) from None
     return {"input": (bucket, prefix), "output": out, "training": (bucket, sibling_prefix(prefix, "training-data")),
             "labels": (bucket, sibling_prefix(prefix, "label-data"))}
 

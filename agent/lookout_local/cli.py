@@ -51,10 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fleet_options(parser: argparse.ArgumentParser) -> None:
+def _fleet_options(parser: argparse.ArgumentParser, *, worker: bool = False) -> None:
     parser.add_argument("--db", default=None, metavar="postgresql://USER@HOST:PORT/DB",
                         help="PostgreSQL state, queue and leases shared by every replica and worker "
-                             "(default: SQLite in --state-dir)")
+                             + ("(required: a worker has no state of its own)" if worker
+                                else "(default: SQLite in --state-dir)"))
     parser.add_argument("--lease-secs", type=float, default=None,
                         help="with --db: a worker silent this long loses its task to another (default 30)")
     parser.add_argument("--keep-executions-days", type=float, default=None, metavar="DAYS",
@@ -73,7 +74,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed", type=float, default=None, help="as for serve")
     parser.add_argument("--tick-secs", type=float, default=0.2, help="dispatcher period in wall seconds")
     parser.add_argument("--log-level", default="INFO")
-    _fleet_options(parser)
+    _fleet_options(parser, worker=True)
     return parser
 
 

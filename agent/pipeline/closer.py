@@ -248,6 +248,7 @@ class WindowCloser:
         carry = self.carry
         events = []
         times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
+        files = cells = empty = 0
         for k, (comp, sensors) in enumerate(comps):
             rows = np.flatnonzero(group == k)  # in append order
             part = Columns(readings.names, readings.code[rows], readings.ts[rows], readings.value[rows])
@@ -262,12 +263,18 @@ class WindowCloser:
                 continue
             self.outbox.put(window.end, plan.name(comp, window), data)
             self.stats.files_written += 1
+            files += 1
+            cells += grid.values.size
+            empty += int(np.count_nonzero(np.isnan(grid.values)))
             events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
                                 now, {"window_start": window.start, "window_end": window.end}))
         self._journal([*before, *events])
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1
+        if files:  # one line per window, whatever the number of components and sensors
+            log.info("window %s written: %d file(s), %d row(s), %d of %d cell(s) empty", iso_window(window), files,
+                     len(times_text), empty, cells)
         if unknown:
             log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
         return events

@@ -16,6 +16,12 @@ from agent.pipeline.resample import Grid
 from agent.pipeline.windows import format_csv_time
 
 
+def cell(value: float) -> str:
+    """A value's CSV text: at most 12 significant digits, the shortest text of the rounded float64 (60.0 → '60.0',
+    1e-07 → '1e-07')."""
+    return repr(float(f"{value:.12g}"))
+
+
 def time_column(times: np.ndarray) -> list[str]:
     return [format_csv_time(int(t)) for t in times]
 
@@ -31,6 +37,6 @@ def component_csv(grid: Grid, sensors: list[str], timestamp_column: str = "Times
     lines = [",".join([timestamp_column, *sensors])]
     isnan = math.isnan
     for stamp, row in zip(times_text, block.tolist(), strict=True):
-        lines.append(stamp + "," + ",".join(["" if isnan(v) else repr(v) for v in row]))
+        lines.append(stamp + "," + ",".join(["" if isnan(v) else cell(v) for v in row]))
     lines.append("")
     return "\n".join(lines).encode()

@@ -101,8 +101,11 @@ class Agent:
             await self.metrics_server.start()
             log.info("metrics on http://%s:%d/metrics", self.metrics_config.host, self.metrics_server.port)
         self.notifier.ready(self.supervision.summary())
-        log.info("agent started: %d asset(s): %s", len(self.runners),
-                 ", ".join(r.plan.asset for r in self.runners))
+        status = ""
+        if self.metrics_server is not None:  # the first thing a new user looks for: where to look
+            status = f"; status page http://{self.metrics_config.host}:{self.metrics_server.port}/"
+        log.info("agent started: %d asset(s): %s%s", len(self.runners),
+                 ", ".join(r.plan.asset for r in self.runners), status)
         try:
             if until is None:
                 await self.stop_event.wait()

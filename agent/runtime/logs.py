@@ -21,41 +21,9 @@ import os
 import sys
 import traceback
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-
-class LogFormat(StrEnum):
-    KEYVALUE = "keyvalue"
-    JSON = "json"
-
-
-class LogLevel(StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-class LogConfig(BaseModel):
-    """The ``[log]`` table of an asset file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format: LogFormat = Field(
-        LogFormat.KEYVALUE,
-        description="Line format: 'keyvalue' (logfmt, for people and grep) or 'json' (for log shippers).",
-    )
-    level: LogLevel = Field(LogLevel.INFO, description="Lowest level written: 'debug', 'info', 'warning' or 'error'.")
-
-    @field_validator("level", "format", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        # "INFO" and "info" both appear in the wild (CLI flags, Python habits); accept either.
-        return value.lower() if isinstance(value, str) else value
-
+from agent.core.log_config import LogConfig, LogFormat, LogLevel  # the [log] model; applied here
 
 # Libraries that log per request or per poll at INFO; they are held at WARNING (see configure_logging).
 NOISY_LIBRARIES = ("asyncua", "pymodbus", "botocore", "boto3", "s3transfer", "urllib3", "apscheduler")

@@ -133,13 +133,16 @@ class _Link:
             raise ConnectionLost(f"cannot connect to {self._config.endpoint}")
         if self._shared:
             client.set_max_no_responses(SHARED_LINE_MAX_NO_RESPONSES)
-        if self._ever_connected:
+        first = not self._ever_connected
+        if not first:
             self._stats.reconnects += 1
         self._ever_connected = True
         self._backoff.reset()
         self._client = client
         self._stats.connect_error = None
-        self._transitions.success(key, "modbus %s: connected to %s", self._config.name, self._config.endpoint)
+        args = ("modbus %s: connected to %s", self._config.name, self._config.endpoint)
+        if not self._transitions.success(key, *args) and first:
+            log.info(*args)  # the first connection too, not only the recovery after failures
         return client
 
     def drop(self, client: Any) -> None:

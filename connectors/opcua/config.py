@@ -183,7 +183,8 @@ class OpcUaSourceConfig(SourceConfig):
     username: str | None = Field(default=None, description="User name for a UserName identity token.")
     password_file: Path | None = Field(
         default=None, description="File holding the password (first line; relative to the asset file; must be "
-        "readable when the asset file is loaded)."
+        "readable when the asset file is loaded). \"credential:NAME\" reads the systemd credential NAME "
+        "($CREDENTIALS_DIRECTORY/NAME, filled by LoadCredential= or SetCredentialEncrypted= in the unit) instead."
     )
     password_env: str | None = Field(default=None, description="Environment variable holding the password.")
     timeout_secs: float = Field(default=5, gt=0, description="Per-request timeout (s).")

@@ -258,12 +258,15 @@ class OpcUaConnector(_Feeds, _Values):
         self._session_start = self.stats.last_alive_ts = self._clock.now()
         self._unvouched = set(self._sensors)
         backoff.reset()
-        if self._ever_connected:
+        first = not self._ever_connected
+        if not first:
             self.stats.reconnects += 1
         self._ever_connected = True
         self._fail_kind = None
         self.stats.connect_error = None
-        self._session_log.success("session", "OPC-UA source %s: connected to %s", self.name, self._config.endpoint)
+        args = ("OPC-UA source %s: connected to %s", self.name, self._config.endpoint)
+        if not self._session_log.success("session", *args) and first:
+            _logger.info(*args)  # the first connection too, not only the recovery after failures
 
     def _session_failed(self, exc: BaseException) -> None:
         kind = type(exc).__name__

@@ -24,6 +24,7 @@ from asyncua.ua.uaerrors import (
 )
 
 from agent.core.errors import ConnectionLost, ConnectorError
+from agent.core.secrets import CredentialError, secret_path
 from connectors.base import SourceStats, raise_if_cancelling
 from connectors.opcua.config import NodeConfig, OpcUaSourceConfig, browse_elements
 from connectors.opcua.trust import ServerTrust
@@ -78,11 +79,12 @@ def _read_password(config: OpcUaSourceConfig, base_dir: Path) -> str | None:
             raise ConnectorError(f"source {config.name}: environment variable {config.password_env} is not set")
         return value
     if config.password_file is not None:
-        path = _resolve_path(base_dir, config.password_file)
         try:
+            path = secret_path(config.password_file, base_dir)  # a file, or a systemd credential
             lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise ConnectorError(f"source {config.name}: cannot read password_file {path}: {exc}") from exc
+        except (OSError, CredentialError) as exc:
+            raise ConnectorError(f"source {config.name}: cannot read password_file {config.password_file}: "
+                                 f"{exc}") from exc
         return lines[0] if lines else ""
     return None
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from agent.pipeline.spool import Spool
 from agent.pipeline.store import FileStore
-from tests.helpers import T0, asset_file, parse_csv, write_history
+from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, write_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 60.0
@@ -96,7 +96,7 @@ def test_kill_9_mid_window_then_restart(tmp_path):
             continue
         cell = by_time[stamp][header.index(sensor)]
         assert cell != "", (stamp, sensor)
-        assert math.isclose(float(cell), part["value"].mean(), rel_tol=1e-12), (stamp, sensor)
+        assert math.isclose(float(cell), part["value"].mean(), rel_tol=CSV_REL_TOL), (stamp, sensor)
         checked += 1
     assert checked >= 3
     assert not os.listdir(state / "outbox" / ".tmp")

@@ -86,12 +86,13 @@ def test_help_lists_every_command_without_raw_markup():
     assert top.returncode == 0, top.stderr
     listed = set(re.findall(r"^    (\S+)", top.stdout, re.M))
     assert {"run", "check", "probe", "config-example", "provision", "status", "opcua-cert", "lookout",
-            "simulate", "demo"} <= listed, top.stdout
+            "simulate", "demo", "discover"} <= listed, top.stdout
     lookout = cli("lookout", "--help")
     assert lookout.returncode == 0, lookout.stderr
     assert "usage: l4e-agent lookout" in lookout.stdout and "serve" in lookout.stdout
     texts = [top.stdout, lookout.stdout]
-    for command in ("lookout serve", "demo", "simulate", "run", "check"):
+    for command in ("lookout serve", "demo", "simulate", "run", "check", "discover", "discover opcua",
+                    "discover modbus"):
         shown = cli(*command.split(), "--help")
         assert shown.returncode == 0, (command, shown.stderr)
         assert f"usage: l4e-agent {command}" in shown.stdout

@@ -17,7 +17,7 @@ from agent.core.clock import ScaledClock
 from agent.pipeline.store import FileStore, S3Store
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
-from tests.helpers import T0, asset_file, parse_csv, reference_windows, write_history
+from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, reference_windows, write_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 120.0
@@ -42,7 +42,7 @@ def check_objects(objects: dict[str, bytes], frame: pd.DataFrame, prefix: str, w
         ref = reference[start]
         for row, (_, ref_row) in zip(rows, ref.iterrows(), strict=True):
             for cell, sensor in zip(row[1:], header[1:], strict=True):
-                assert math.isclose(float(cell), ref_row[sensor], rel_tol=1e-12), (key, row[0], sensor)
+                assert math.isclose(float(cell), ref_row[sensor], rel_tol=CSV_REL_TOL), (key, row[0], sensor)
         assert objects[key].endswith(b"\n")
 
 

@@ -19,7 +19,7 @@ from agent.core.clock import ScaledClock
 from agent.pipeline.store import FileStore
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
-from tests.helpers import T0, asset_file, parse_csv, reference_windows, write_history
+from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, reference_windows, write_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 300.0
@@ -40,7 +40,7 @@ def assert_windows_match_pandas(objs: dict[str, bytes], frame: pd.DataFrame, win
         assert len(rows) == len(ref) == 5
         for row, (_, ref_row) in zip(rows, ref.iterrows(), strict=True):
             for cell, sensor in zip(row[1:], header[1:], strict=True):
-                assert math.isclose(float(cell), ref_row[sensor], rel_tol=1e-12), (key, row[0], sensor)
+                assert math.isclose(float(cell), ref_row[sensor], rel_tol=CSV_REL_TOL), (key, row[0], sensor)
 
 
 async def test_first_window_at_300x_equals_an_independent_resample(tmp_path):

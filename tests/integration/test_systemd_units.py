@@ -187,7 +187,7 @@ def test_agent_unit_settings() -> None:
 def test_lookout_unit_settings() -> None:
     unit = read_unit(UNITS / "l4e-lookout.service")
     assert unit["ExecStart"] == [
-        "/opt/l4e-agent/venv/bin/l4e-agent lookout serve --host 127.0.0.1 --port 8787 "
+        "/opt/l4e-agent/venv/bin/l4e-agent lookout serve --host 127.0.0.1 --port 8765 "
         "--state-dir /var/lib/l4e-lookout --store file:///var/lib/l4e-lookout/store/"
     ]
     assert unit["Type"] == ["simple"]
