@@ -9,7 +9,10 @@ so a crash at any point neither loses nor duplicates anything:
 3. the window's spool segments are deleted.
 
 A crash before 2 rewrites the window with the same inputs on restart (same bytes, same keys); a crash after
-2 only deletes the leftover segments. The job derives all its work from the clock and this state, so a late
+2 only deletes the leftover segments. A spool segment that cannot be read (agent.pipeline.spool.SegmentUnreadable:
+EIO, EACCES, ...) stops the run before step 1: nothing is written or acknowledged, and the window is tried
+again after a backoff (``READ_BACKOFF_*``), so a failing read never turns into a window written without its
+readings. The job derives all its work from the clock and this state, so a late
 wake, a restart or an accelerated clock are handled by the same code.
 """
 
@@ -18,12 +21,14 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from agent.core.atomic import write_json_atomic
+from agent.core.clock import Backoff
 from agent.core.errors import TransitionLog
 from agent.core.model import Event, Window
 from agent.pipeline.columns import Columns
@@ -31,10 +36,13 @@ from agent.pipeline.csvfile import component_csv, time_column
 from agent.pipeline.diskhealth import disk_error
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.resample import Carry, resample
-from agent.pipeline.spool import Spool
+from agent.pipeline.spool import SegmentUnreadable, Spool
 from agent.pipeline.windows import iso_window, object_name, window_ending, windows_between
 
 log = logging.getLogger("l4e.pipeline")
+# retry of a window whose spool segment could not be read (wall seconds; the usual capped exponential backoff)
+READ_BACKOFF_INITIAL_SECS = 1.0
+READ_BACKOFF_MAX_SECS = 60.0
 
 
 def _malloc_trim():
@@ -108,6 +116,8 @@ class WindowCloser:
         self.stats = CloserStats()
         self.disk = spool.disk  # one DiskHealth per state directory
         self._errors = TransitionLog(log)
+        self.read_backoff = Backoff(READ_BACKOFF_INITIAL_SECS, READ_BACKOFF_MAX_SECS)
+        self._read_retry_at = 0.0  # monotonic wall time before which a window is not read again
         self.last_written: int | None = None
         self.carry = Carry({})
         self._load_state()
@@ -141,6 +151,8 @@ class WindowCloser:
         """Write every due window (see module docstring). Disk errors are reported to the spool's
         DiskHealth (logged once per episode) and the window is retried at the next call; a window whose
         readings the spool still holds in memory (its writes failed) is not written before they are on disk."""
+        if time.monotonic() < self._read_retry_at:
+            return []  # a spool segment could not be read: wait for the backoff before trying again
         up_to = self.plan.due_up_to(now)
         held = self.spool.held_windows()
         if held:
@@ -169,6 +181,12 @@ class WindowCloser:
                 self._save_state(empty_run[-1].end, self.carry)
                 self.spool.closed_upto = self.last_written
                 events.extend(self._commit_missing(empty_run, missing))
+        except SegmentUnreadable as exc:
+            # not a torn tail: the window is neither written nor acknowledged; the spool logged it once
+            delay = self.read_backoff.next()
+            self._read_retry_at = time.monotonic() + delay
+            log.debug("window %s waits: %s (retrying in %.1fs)", iso_window(window), exc, delay)
+            return events
         except OSError as exc:
             if disk_error(exc) is not None:
                 self.disk.failure("windows", exc)
@@ -177,6 +195,7 @@ class WindowCloser:
                 self._errors.failure("write", "cannot write window %s to the outbox: %s (will retry)", where, exc)
             return events
         self.disk.success("windows")
+        self.read_backoff.reset()
         self._errors.success("write", "writing windows to the outbox again")
         if any(e.kind == "window_written" for e in events):
             release_freed_memory()

@@ -22,6 +22,12 @@ Contract:
   ``held_bytes``) and the next flush writes them to a NEW segment. ``read`` concatenates all segments of a
   window, so nothing is lost and nothing is written twice. Disk errors go to a ``DiskHealth`` (one WARNING
   per episode, one INFO at recovery, a ``disk`` data-health event).
+- A segment that cannot be read (EIO, EACCES, a directory where a segment should be: any OSError) is not a
+  torn tail: ``read`` raises ``SegmentUnreadable`` and the segment is kept as it is. The error is counted
+  (``read_errors``, by errno name) and logged once per segment (WARNING; DEBUG while it lasts, INFO when it
+  reads again); the caller retries later (the window closer with backoff). Only a verified torn tail (short
+  record, bad magic, bad CRC) is skipped, and only that tail: nothing is acknowledged or deleted because a
+  read failed.
 - Validity-end markers (value NaN, see agent.core.model.validity_end) travel like readings; they are never counted
   as late readings.
 - ``mark_alive(ts)`` records the clock time of the agent's last sign of life (no fsync: a power cut may lose
@@ -40,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import StateError
+from agent.core.errors import StateError, TransitionLog
 from agent.core.model import Reading
 from agent.pipeline.columns import Columns, encode, read_file
 from agent.pipeline.diskhealth import DiskHealth
@@ -50,6 +56,16 @@ log = logging.getLogger("l4e.spool")
 SUFFIX = ".l4es"
 LEGACY_SUFFIX = ".arrows"  # Arrow IPC streams written by earlier versions: read, never written
 ALIVE_FILE = "alive"
+
+
+class SegmentUnreadable(Exception):
+    """A spool segment could not be read (an OSError, not a torn tail): the window must not be written or
+    acknowledged now; retry later. ``path`` is the segment, ``error`` the OSError."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"spool segment {path.name} cannot be read: {error}")
+        self.path = path
+        self.error = error
 
 
 class _Segment:
@@ -129,6 +145,8 @@ class Spool:
         self.closed_upto: int | None = None
         self.late = 0
         self.torn_segments = 0
+        self.read_errors = Counter()  # errno name (EIO, EACCES, EISDIR, ...) → failed segment reads
+        self._read_log = TransitionLog(log)  # one WARNING per unreadable segment, INFO when it reads again
         self.dropped_readings = Counter()  # reason → count
         self._alive_fd: int | None = None
         self.previous_alive: float | None = None
@@ -206,7 +224,11 @@ class Spool:
     def latest_ts(self, sensors: set[str]) -> float | None:
         """The latest timestamp of a reading (not a marker) of ``sensors`` the spool holds, or None."""
         best = max((r.ts for r in self._buffer if r.sensor in sensors and r.value == r.value), default=None)
-        parts = [self.read(end) for end in self.windows()] + [c for cs in self._held.values() for c in cs]
+        parts = [c for cs in list(self._held.values()) for c in cs]
+        for paths in self._segments().values():
+            for path in paths:
+                with contextlib.suppress(SegmentUnreadable):  # counted and logged; the rest still counts
+                    parts.extend(self._read_segment(path))
         for cols in parts:
             wanted = np.array([n in sensors for n in cols.names], dtype=bool)
             if not cols.num_rows or not wanted.any():
@@ -240,27 +262,47 @@ class Spool:
         return sorted(set(self._segments()) | set(self._held))
 
     def read(self, end: int) -> Columns:
-        """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted)."""
+        """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted).
+        Raises SegmentUnreadable when a segment cannot be read (see the module docstring): nothing of the
+        window is returned then, so a caller can never write (and acknowledge) the window without it."""
         parts = []
         for path in self._segments().get(end, []):
             parts.extend(self._read_segment(path))
         return Columns.concat(parts)
 
     def _read_segment(self, path: Path) -> list[Columns]:
-        if path.suffix == LEGACY_SUFFIX:
-            return self._read_legacy(path)
+        """The segment's readings; raises SegmentUnreadable on an OSError (counted, logged once per segment)."""
+        try:
+            if path.suffix == LEGACY_SUFFIX:
+                out = self._read_legacy(path)
+            else:
+                cols = self._read_records(path)
+                out = [cols] if cols.num_rows else []
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno, "OSError") if exc.errno is not None else type(exc).__name__
+            self.read_errors[name] += 1
+            self._read_log.failure(path.name, "spool: segment %s cannot be read (%s); it is kept and its window "
+                                   "waits (retried with backoff)", path.name, exc)
+            raise SegmentUnreadable(path, exc) from exc
+        self._read_log.success(path.name, "spool: segment %s can be read again", path.name)
+        return out
+
+    def _read_records(self, path: Path) -> Columns:
+        """``read_file`` with its verdict: a record that does not decode (ValueError after a good CRC) is
+        torn like a bad CRC; an OSError propagates (it says nothing about the file's content)."""
         try:
             cols, records, torn = read_file(path)
-        except (OSError, ValueError) as exc:
-            cols, records, torn = Columns.empty(), 0, exc
+        except ValueError:
+            cols, records, torn = Columns.empty(), 0, True
         if torn:
             # a crash mid-write leaves a partial last record (or an empty file): keep what came before
             self.torn_segments += 1
             log.warning("spool: %s ends with a torn record; %d complete records recovered", path.name, records)
-        return [cols] if cols.num_rows else []
+        return cols
 
     def _read_legacy(self, path: Path) -> list[Columns]:
-        """An Arrow IPC stream segment from an earlier version (pyarrow is imported for it only)."""
+        """An Arrow IPC stream segment from an earlier version (pyarrow is imported for it only). Raises
+        OSError when the file cannot be read; a stream cut short is a torn tail."""
         import pyarrow as pa
         import pyarrow.ipc
 
@@ -274,7 +316,7 @@ class Spool:
                     except StopIteration:
                         break
                     out.append(Columns.from_arrow(pa.Table.from_batches([batch])))
-        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+        except (pa.ArrowInvalid, ValueError) as exc:
             self.torn_segments += 1
             log.warning("spool: %s ends with a torn record (%s); %d complete batches recovered",
                         path.name, exc, len(out))
@@ -321,7 +363,10 @@ class Spool:
 
     def readings_in(self, end: int) -> int:
         """Readings of the window on disk plus held in memory (for the budget's drop events)."""
-        on_disk = sum(t.num_rows for path in self._segments().get(end, []) for t in self._read_segment(path))
+        on_disk = 0
+        for path in self._segments().get(end, []):
+            with contextlib.suppress(SegmentUnreadable):  # counted and logged by _read_segment
+                on_disk += sum(t.num_rows for t in self._read_segment(path))
         return on_disk + sum(t.num_rows for t in self._held.get(end, []))
 
     def close(self) -> None:
