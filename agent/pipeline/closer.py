@@ -120,6 +120,14 @@ class WindowCloser:
         self._read_retry_at = 0.0  # monotonic wall time before which a window is not read again
         self.last_written: int | None = None
         self.carry = Carry({})
+        self.resume()
+
+    def resume(self) -> None:
+        """Take the progress as the state directory holds it now, and finish an interrupted ack.
+
+        Called at construction and again when the runner starts: on a reload (SIGHUP) the fresh runners are
+        built while the old ones still run, and the old ones' drain may write windows after that; the fresh
+        closer must continue from there, neither writing such a window again nor reporting it missing."""
         self._load_state()
         if self.last_written is not None:
             self.spool.closed_upto = self.last_written
@@ -129,6 +137,7 @@ class WindowCloser:
 
     # --- persisted progress ---------------------------------------------------------------------------
     def _load_state(self) -> None:
+        self.last_written, self.carry = None, Carry({})
         try:
             data = json.loads(self.state_file.read_text())
         except FileNotFoundError:
@@ -254,6 +263,7 @@ class WindowCloser:
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1
+        log.debug("window %s written: %d file(s)", iso_window(window), sum(e.kind == "window_written" for e in events))
         if unknown:
             log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
         return events

@@ -159,10 +159,14 @@ class Spool:
             probe.unlink()
         except OSError as exc:
             raise StateError(f"spool folder {self.dir} is not writable: {exc}") from exc
+        self.previous_alive = self.read_alive()
+
+    def read_alive(self) -> float | None:
+        """The clock time the ``alive`` file holds (the last sign of life written), or None."""
         try:
-            self.previous_alive = float((self.dir / ALIVE_FILE).read_text().split()[0])
+            return float((self.dir / ALIVE_FILE).read_text().split()[0])
         except (OSError, ValueError, IndexError):
-            self.previous_alive = None
+            return None
 
     # --- hot path -------------------------------------------------------------------------------------
     def append(self, batch: list[Reading]) -> None:

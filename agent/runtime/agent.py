@@ -3,7 +3,9 @@ health, sd_notify, SIGHUP reload and SIGTERM drain.
 
 Shutdown (SIGTERM/SIGINT, or ``until`` on the clock): every runner drains (agent.runtime.asset), exit code 0.
 A reload builds fresh runners from the re-read files; when that raises a configuration, state or Lookout
-error, the running configuration stays and the reason is logged.
+error, the running configuration stays and the reason is logged. Otherwise the old runners are drained (their
+jobs removed and waited for, so nothing of theirs writes any more) and only then are the fresh ones started:
+a runner reads its progress and last sign of life at start (agent.runtime.asset), not when it is built.
 """
 
 from __future__ import annotations

@@ -124,6 +124,8 @@ class AssetRunner:
         self.event_listeners.append(self.history.on_event)
         self._pending_events: list[Event] = []
         self._tasks: list[asyncio.Task] = []
+        self._scheduler: JobScheduler | None = None
+        self._job_names: list[str] = []
         self._refusing = False
         self._refusal_logged = False
         self._dropping = False
@@ -335,11 +337,18 @@ class AssetRunner:
         window_tick = min(max(clock.real_seconds(min(plan.rate, plan.frequency / 10, max(1.0, plan.grace_secs)) / 2),
                               0.05), 5.0)
         upload_tick = min(max(window_tick, 0.05), 1.0)
-        scheduler.every(f"{plan.asset}.flush", flush_every, self.flush_job, flush_every)
-        scheduler.every(f"{plan.asset}.windows", window_tick, self.window_job)
-        scheduler.every(f"{plan.asset}.upload", upload_tick, self.upload_job, window_tick / 2)
-        scheduler.every(f"{plan.asset}.alarms", min(max(clock.real_seconds(10.0), 0.1), 5.0), self.alarm_job)
-        scheduler.every(f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job)
+        # the state as the previous runner of this directory left it (on a reload, this one was built while
+        # the old one still ran and its drain wrote windows since): progress, and the last sign of life
+        self.closer.resume()
+        self.spool.previous_alive = self.spool.read_alive()
+        jobs = ((f"{plan.asset}.flush", flush_every, self.flush_job, flush_every),
+                (f"{plan.asset}.windows", window_tick, self.window_job, 0.0),
+                (f"{plan.asset}.upload", upload_tick, self.upload_job, window_tick / 2),
+                (f"{plan.asset}.alarms", min(max(clock.real_seconds(10.0), 0.1), 5.0), self.alarm_job, 0.0),
+                (f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job, 0.0))
+        for name, every, job, first_in in jobs:
+            scheduler.every(name, every, job, first_in)
+        self._scheduler, self._job_names = scheduler, [name for name, *_ in jobs]
         self._started_at = clock.now()
         previous = self.spool.previous_alive
         if previous is not None:
@@ -351,7 +360,12 @@ class AssetRunner:
             self._tasks.append(asyncio.create_task(self._pump(connector), name=f"source:{connector.name}"))
 
     async def drain(self, upload_timeout_secs: float = 5.0) -> None:
-        """Stop sources, flush, write due windows, try one upload round (bounded). Never raises."""
+        """Stop this runner's jobs (waiting for runs in progress), stop sources, flush, write due windows, try
+        one upload round (bounded). Never raises. Afterwards nothing of this runner writes to the state
+        directory any more, so a runner started on it next (a reload) continues from what it finds there."""
+        if self._scheduler is not None:
+            await self._scheduler.remove(self._job_names)
+            self._scheduler = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -370,5 +384,7 @@ class AssetRunner:
         except Exception:
             log.exception("asset %s: error while draining", self.plan.asset)
         finally:
+            # the sources were stopped (their values end now): the last sign of life of this run
+            self.spool.mark_alive(self.clock.now())
             self.spool.close()
             await self.alarms.close(upload_timeout_secs)

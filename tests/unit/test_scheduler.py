@@ -29,3 +29,28 @@ async def test_a_job_still_running_at_its_next_wake_up_is_skipped_quietly(caplog
     assert scheduler.overlaps["slow"] >= 8  # the wake-ups in between were skipped, and counted
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert noisy == []  # APScheduler's "maximum number of running instances reached" never appears
+
+
+async def test_removed_jobs_end_their_run_and_never_run_again() -> None:
+    """What a drained runner relies on (agent.runtime.asset.drain): once ``remove`` returns, the job's run in
+    progress has ended and no wake-up of it, not even one already dispatched, runs any more."""
+    scheduler = JobScheduler()
+    started = asyncio.Event()
+    runs = finished = 0
+
+    async def job() -> None:
+        nonlocal runs, finished
+        runs += 1
+        started.set()
+        await asyncio.sleep(0.3)
+        finished += 1
+
+    scheduler.every("job", 0.05, job)
+    scheduler.start()
+    await asyncio.wait_for(started.wait(), 5)
+    await scheduler.remove(["job", "not-registered"])
+    assert finished == runs == 1  # the run in progress was waited for
+    await asyncio.sleep(0.3)
+    assert runs == 1  # and nothing ran after it
+    await scheduler.shutdown()
+    await scheduler.remove(["job"])  # after shutdown: nothing to do, no error
