@@ -40,6 +40,7 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -131,7 +132,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    """See the module docstring. Not thread-safe: use from the event loop (flush may run in a thread alone)."""
+    """See the module docstring. ``append`` may be called from the event loop while everything else runs in
+    one other thread (agent.core.offloop.DiskWorker): the append buffer is handed over under a lock; the
+    read-only summaries (``buffered``, ``held_bytes``, ``bytes_on_disk``) may be called from either."""
 
     def __init__(self, directory: Path, frequency_secs: int, disk: DiskHealth | None = None) -> None:
         self.dir = Path(directory)
@@ -139,6 +142,7 @@ class Spool:
         self.run_id = f"{time.time_ns():x}"
         self.disk = disk if disk is not None else DiskHealth(self.dir)
         self._buffer: list[Reading] = []
+        self._buffer_lock = threading.Lock()  # append (event loop) against flush taking the buffer (worker)
         self._held: dict[int, list[Columns]] = {}  # window end → readings flushed but not yet written
         self._open: dict[int, _Segment] = {}
         self._seq = 0
@@ -170,7 +174,8 @@ class Spool:
 
     # --- hot path -------------------------------------------------------------------------------------
     def append(self, batch: list[Reading]) -> None:
-        self._buffer.extend(batch)
+        with self._buffer_lock:
+            self._buffer.extend(batch)
 
     # --- durability -----------------------------------------------------------------------------------
     def flush(self) -> int:
@@ -180,9 +185,9 @@ class Spool:
         flush in a new segment file; the failure is reported to ``self.disk`` (logged once per episode)."""
         parts: dict[int, list[Columns]] = self._held
         self._held = {}
-        if self._buffer:
-            buf = self._buffer
-            self._buffer = []
+        with self._buffer_lock:
+            buf, self._buffer = self._buffer, []
+        if buf:
             cols = Columns.from_readings(buf)
             ends = (np.ceil(cols.ts / self.frequency) * self.frequency).astype(np.int64)
             for end in np.unique(ends):
@@ -227,7 +232,9 @@ class Spool:
 
     def latest_ts(self, sensors: set[str]) -> float | None:
         """The latest timestamp of a reading (not a marker) of ``sensors`` the spool holds, or None."""
-        best = max((r.ts for r in self._buffer if r.sensor in sensors and r.value == r.value), default=None)
+        with self._buffer_lock:
+            buffered = list(self._buffer)
+        best = max((r.ts for r in buffered if r.sensor in sensors and r.value == r.value), default=None)
         parts = [c for cs in list(self._held.values()) for c in cs]
         for paths in self._segments().values():
             for path in paths:
@@ -354,7 +361,7 @@ class Spool:
 
     def buffered(self) -> int:
         """Readings in memory: appended since the last flush plus held after failed writes."""
-        return len(self._buffer) + sum(t.num_rows for tables in self._held.values() for t in tables)
+        return len(self._buffer) + sum(t.num_rows for tables in list(self._held.values()) for t in tables)
 
     def held_windows(self) -> list[int]:
         """Window ends with readings held in memory because their write failed (oldest first): such a
@@ -363,7 +370,7 @@ class Spool:
 
     def held_bytes(self) -> int:
         """Size of the readings held in memory after failed writes (counted against the disk budget)."""
-        return sum(t.nbytes for tables in self._held.values() for t in tables)
+        return sum(t.nbytes for tables in list(self._held.values()) for t in tables)
 
     def readings_in(self, end: int) -> int:
         """Readings of the window on disk plus held in memory (for the budget's drop events)."""

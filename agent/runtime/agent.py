@@ -6,6 +6,7 @@ A reload builds fresh runners from the re-read files; when that raises a configu
 error, the running configuration stays and the reason is logged. Otherwise the old runners are drained (their
 jobs removed and waited for, so nothing of theirs writes any more) and only then are the fresh ones started:
 a runner reads its progress and last sign of life at start (agent.runtime.asset), not when it is built.
+The fresh runners are built in a worker thread: the event loop never waits on the disk (agent.core.offloop).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Agent:
                 continue
             self.notifier.reloading()
             try:
-                fresh = self._reload()
+                # in a thread: building runners reads the asset files and probes the state folders (an fsync)
+                fresh = await asyncio.to_thread(self._reload)
             except (ConfigError, StateError, LookoutError) as exc:  # a bad new file keeps the old one running
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 self.notifier.ready(self.supervision.summary())
