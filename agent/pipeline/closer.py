@@ -166,15 +166,16 @@ class WindowCloser:
         held = self.spool.held_windows()
         if held:
             up_to = min(up_to, held[0] - self.plan.frequency)
-        with_data = [end for end in self.spool.windows() if end <= up_to]
-        if self.last_written is None and not with_data:
-            return []
-        first_after = self.last_written if self.last_written is not None else with_data[0] - self.plan.frequency
         events: list[Event] = []
-        data_set = set(with_data)
-        empty_run: list[Window] = []
         window: Window | None = None
         try:
+            # strict: a spool folder that cannot be listed is not an empty one (that would skip its windows)
+            with_data = [end for end in self.spool.windows(strict=True) if end <= up_to]
+            if self.last_written is None and not with_data:
+                return []
+            first_after = self.last_written if self.last_written is not None else with_data[0] - self.plan.frequency
+            data_set = set(with_data)
+            empty_run: list[Window] = []
             for window in windows_between(first_after, up_to, self.plan.frequency):
                 # a window with no reading is still written when a carried value holds into it:
                 # a steady plant reports nothing new, and that is a value, not a gap (rule 2a)
@@ -194,7 +195,7 @@ class WindowCloser:
             # not a torn tail: the window is neither written nor acknowledged; the spool logged it once
             delay = self.read_backoff.next()
             self._read_retry_at = time.monotonic() + delay
-            log.debug("window %s waits: %s (retrying in %.1fs)", iso_window(window), exc, delay)
+            log.debug("window %s waits: %s (retrying in %.1fs)", iso_window(window) if window else "-", exc, delay)
             return events
         except OSError as exc:
             if disk_error(exc) is not None:

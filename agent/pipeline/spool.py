@@ -236,7 +236,7 @@ class Spool:
             buffered = list(self._buffer)
         best = max((r.ts for r in buffered if r.sensor in sensors and r.value == r.value), default=None)
         parts = [c for cs in list(self._held.values()) for c in cs]
-        for paths in self._segments().values():
+        for paths in self._segments(strict=False).values():
             for path in paths:
                 with contextlib.suppress(SegmentUnreadable):  # counted and logged; the rest still counts
                     parts.extend(self._read_segment(path))
@@ -256,21 +256,34 @@ class Spool:
             seg.close()
 
     # --- reading and acknowledging --------------------------------------------------------------------
-    def _segments(self) -> dict[int, list[Path]]:
+    def _segments(self, strict: bool = True) -> dict[int, list[Path]]:
+        """Segment files by window end. A folder that cannot be listed (EACCES, EIO) raises SegmentUnreadable
+        (counted, logged once), or with ``strict=False`` gives no segments (budget and status figures)."""
         out: dict[int, list[Path]] = {}
-        for path in [*self.dir.glob(f"*{SUFFIX}"), *self.dir.glob(f"*{LEGACY_SUFFIX}")]:
+        try:
+            with os.scandir(self.dir) as entries:
+                names = [e.name for e in entries if e.name.endswith((SUFFIX, LEGACY_SUFFIX))]
+        except OSError as exc:
+            self._unreadable(self.dir, exc)
+            if strict:
+                raise SegmentUnreadable(self.dir, exc) from exc
+            return out
+        self._read_log.success(self.dir.name, "spool: folder %s can be listed again", self.dir)
+        for name in names:
             try:
-                end = int(path.name.split("-", 1)[0])
+                end = int(name.split("-", 1)[0])
             except ValueError:
                 continue
-            out.setdefault(end, []).append(path)
+            out.setdefault(end, []).append(self.dir / name)
         for paths in out.values():
             paths.sort()
         return out
 
-    def windows(self) -> list[int]:
-        """Window ends that have flushed readings on disk or held in memory, oldest first."""
-        return sorted(set(self._segments()) | set(self._held))
+    def windows(self, strict: bool = False) -> list[int]:
+        """Window ends that have flushed readings on disk or held in memory, oldest first. ``strict``: raise
+        SegmentUnreadable when the folder cannot be listed, instead of leaving its windows out (the window
+        closer must not take an unlistable folder for an empty one)."""
+        return sorted(set(self._segments(strict)) | set(self._held))
 
     def read(self, end: int) -> Columns:
         """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted).
@@ -290,13 +303,18 @@ class Spool:
                 cols = self._read_records(path)
                 out = [cols] if cols.num_rows else []
         except OSError as exc:
-            name = errno.errorcode.get(exc.errno, "OSError") if exc.errno is not None else type(exc).__name__
-            self.read_errors[name] += 1
-            self._read_log.failure(path.name, "spool: segment %s cannot be read (%s); it is kept and its window "
-                                   "waits (retried with backoff)", path.name, exc)
+            self._unreadable(path, exc)
             raise SegmentUnreadable(path, exc) from exc
         self._read_log.success(path.name, "spool: segment %s can be read again", path.name)
         return out
+
+    def _unreadable(self, path: Path, exc: OSError) -> None:
+        """Count a failed read by errno name; log it once per file (or folder) until it reads again."""
+        name = errno.errorcode.get(exc.errno, "OSError") if exc.errno is not None else type(exc).__name__
+        self.read_errors[name] += 1
+        what = "folder" if path == self.dir else "segment"
+        self._read_log.failure(path.name, "spool: %s %s cannot be read (%s); it is kept and its windows wait "
+                               "(retried with backoff)", what, path.name if what == "segment" else path, exc)
 
     def _read_records(self, path: Path) -> Columns:
         """``read_file`` with its verdict: a record that does not decode (ValueError after a good CRC) is
@@ -344,10 +362,10 @@ class Spool:
     def drop_window(self, end: int) -> int:
         """Delete a window's raw readings, on disk and held in memory, to free room (budget policy).
         Returns the bytes freed (file sizes plus the held tables' size)."""
-        freed = sum(p.stat().st_size for p in self._segments().get(end, []) if p.exists())
+        freed = sum(p.stat().st_size for p in self._segments(strict=False).get(end, []) if p.exists())
         freed += sum(t.nbytes for t in self._held.pop(end, []))
         self._drop_segment_handle(end)
-        for path in self._segments().get(end, []):
+        for path in self._segments(strict=False).get(end, []):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return freed
@@ -375,7 +393,7 @@ class Spool:
     def readings_in(self, end: int) -> int:
         """Readings of the window on disk plus held in memory (for the budget's drop events)."""
         on_disk = 0
-        for path in self._segments().get(end, []):
+        for path in self._segments(strict=False).get(end, []):
             with contextlib.suppress(SegmentUnreadable):  # counted and logged by _read_segment
                 on_disk += sum(t.num_rows for t in self._read_segment(path))
         return on_disk + sum(t.num_rows for t in self._held.get(end, []))

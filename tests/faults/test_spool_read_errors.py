@@ -155,3 +155,35 @@ def test_latest_ts_and_budget_counts_skip_an_unreadable_segment(tmp_path, monkey
     assert spool.latest_ts({"x"}) == 450.0
     assert spool.read_errors["EIO"] >= 1
     assert len(list((tmp_path / "spool").glob("600-*.l4es"))) == 2
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO])
+def test_a_spool_folder_that_cannot_be_listed_is_not_taken_for_an_empty_one(tmp_path, monkeypatch, caplog, code):
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir, 300)
+    spool.append([Reading("x", 1.0, 330.0), Reading("x", 2.0, 630.0)])  # windows (300, 600] and (600, 900]
+    spool.flush()
+    outbox = Outbox(tmp_path / "outbox")
+    closer = WindowCloser(plan(), spool, outbox, tmp_path / "progress.json")
+    assert [e.kind for e in closer.close_due(NOW)] == ["window_written"] and closer.last_written == END
+
+    real_scandir = os.scandir
+    listing_fails = True
+
+    def scandir(path="."):
+        if listing_fails and os.fspath(path) == os.fspath(spool_dir):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    # (600, 900] is due: the folder cannot be listed, so nothing is known about it; it is neither missing
+    # nor written, and the progress stays where it was
+    assert closer.close_due(900 + 60.0) == []
+    assert closer.last_written == END and len(outbox.entries()) == 1
+    assert spool.read_errors == {errno.errorcode[code]: 1}
+    assert any(r.levelno == logging.WARNING and "cannot be read" in r.getMessage() for r in caplog.records)
+
+    listing_fails = False
+    closer._read_retry_at = 0.0
+    assert [e.kind for e in closer.close_due(900 + 60.0)] == ["window_written"]
+    assert closer.last_written == 900 and not list(spool_dir.glob("900-*.l4es"))
