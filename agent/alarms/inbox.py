@@ -16,14 +16,16 @@ clearing event for a closed one does nothing, so a repeat changes no alarm.
 
 A write that fails (full disk) leaves the events in memory; they are saved with the next write that
 succeeds. The inbox holds at most ``MAX_EVENTS``; beyond that the oldest are dropped with one ERROR (the
-engine has not taken anything for that long: its state cannot be saved). Not thread-safe: call from the
-event loop.
+engine has not taken anything for that long: its state cannot be saved). Thread-safe (one lock): the window
+closer journals a window's events from the disk worker thread while the loop adds and takes others.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 from pathlib import Path
 
 from agent.core.atomic import write_json_atomic
@@ -34,6 +36,15 @@ log = logging.getLogger("l4e.alarms")
 INBOX_FILE = "events.json"
 INBOX_VERSION = 1
 MAX_EVENTS = 10_000
+
+
+def _locked(method):
+    """Run ``method`` under the inbox's lock (re-entrant: methods call ``load``)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
 
 
 def _event_to_dict(event: Event) -> dict:
@@ -58,15 +69,18 @@ class EventInbox:
         self._events: list[Event] = []
         self._conditions: dict[str, list[str]] = {}
         self._loaded = False
+        self._lock = threading.RLock()
         self._overflow_logged = False
         self._unsaved = False  # memory holds what the file does not (a failed save): saved by the next one
 
     @property
+    @_locked
     def conditions(self) -> dict[str, list[str]]:
         """The condition flags saved with the events: kind (e.g. "source_silent") → subjects."""
         self.load()
-        return self._conditions
+        return dict(self._conditions)
 
+    @_locked
     def load(self) -> None:
         """Read the file (once; later calls do nothing)."""
         if self._loaded:
@@ -94,15 +108,18 @@ class EventInbox:
             log.info("alarm event inbox: %d event(s) from before the restart are handed to the alarm engine",
                      len(self._events))
 
+    @_locked
     def pending(self) -> list[Event]:
         """The events not yet taken, oldest first (a copy)."""
         self.load()
         return list(self._events)
 
+    @_locked
     def __len__(self) -> int:
         self.load()
         return len(self._events)
 
+    @_locked
     def add(self, events: list[Event], conditions: dict[str, list[str]] | None = None) -> None:
         """Append ``events`` (and replace the condition flags when given), then save. Raises OSError when the
         save fails: the events stay in memory and are saved with the next write that succeeds."""
@@ -119,6 +136,7 @@ class EventInbox:
                           "oldest are dropped", MAX_EVENTS)
         self._save()
 
+    @_locked
     def taken(self, count: int) -> None:
         """The engine took the first ``count`` events (its state is saved): drop them, then save (also when
         ``count`` is 0 and an earlier save failed). Raises OSError when the save fails (they are dropped from

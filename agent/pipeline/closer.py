@@ -11,9 +11,11 @@ so a crash at any point neither loses nor duplicates anything:
 4. the window's spool segments are deleted.
 
 A crash before 3 rewrites the window with the same inputs on restart (same bytes, same keys; its events are
-journaled again, which changes no alarm); a crash after 3 only deletes the leftover segments. The job
-derives all its work from the clock and this state, so a late wake, a restart or an accelerated clock are
-handled by the same code.
+journaled again, which changes no alarm); a crash after 3 only deletes the leftover segments. A spool segment
+that cannot be read (agent.pipeline.spool.SegmentUnreadable: EIO, EACCES, ...) stops the run before step 1:
+nothing is written or acknowledged, and the window is tried again after a backoff (``READ_BACKOFF_*``), so a
+failing read never turns into a window written without its readings. The job derives all its work from the
+clock and this state, so a late wake, a restart or an accelerated clock are handled by the same code.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.core.atomic import write_json_atomic
+from agent.core.clock import Backoff
 from agent.core.errors import TransitionLog
 from agent.core.model import Event, Window
 from agent.pipeline.columns import Columns
@@ -35,10 +39,13 @@ from agent.pipeline.csvfile import component_csv, time_column
 from agent.pipeline.diskhealth import disk_error
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.resample import Carry, resample
-from agent.pipeline.spool import Spool
+from agent.pipeline.spool import SegmentUnreadable, Spool
 from agent.pipeline.windows import iso_window, object_name, window_ending, windows_between
 
 log = logging.getLogger("l4e.pipeline")
+# retry of a window whose spool segment could not be read (wall seconds; the usual capped exponential backoff)
+READ_BACKOFF_INITIAL_SECS = 1.0
+READ_BACKOFF_MAX_SECS = 60.0
 
 
 def _malloc_trim():
@@ -116,11 +123,21 @@ class WindowCloser:
         self.stats = CloserStats()
         self.disk = spool.disk  # one DiskHealth per state directory
         self._errors = TransitionLog(log)
+        self.read_backoff = Backoff(READ_BACKOFF_INITIAL_SECS, READ_BACKOFF_MAX_SECS)
+        self._read_retry_at = 0.0  # monotonic wall time before which a window is not read again
         self.last_written: int | None = None
         # clock time the agent started (set by the runner): before any window is written, the windows after it
         # are closed (and reported missing) even when no reading at all ever arrived
         self.anchor: float | None = None
         self.carry = Carry({})
+        self.resume()
+
+    def resume(self) -> None:
+        """Take the progress as the state directory holds it now, and finish an interrupted ack.
+
+        Called at construction and again when the runner starts: on a reload (SIGHUP) the fresh runners are
+        built while the old ones still run, and the old ones' drain may write windows after that; the fresh
+        closer must continue from there, neither writing such a window again nor reporting it missing."""
         self._load_state()
         if self.last_written is not None:
             self.spool.closed_upto = self.last_written
@@ -130,6 +147,7 @@ class WindowCloser:
 
     # --- persisted progress ---------------------------------------------------------------------------
     def _load_state(self) -> None:
+        self.last_written, self.carry = None, Carry({})
         try:
             data = json.loads(self.state_file.read_text())
         except FileNotFoundError:
@@ -152,19 +170,22 @@ class WindowCloser:
         """Write every due window (see module docstring). Disk errors are reported to the spool's
         DiskHealth (logged once per episode) and the window is retried at the next call; a window whose
         readings the spool still holds in memory (its writes failed) is not written before they are on disk."""
+        if time.monotonic() < self._read_retry_at:
+            return []  # a spool segment could not be read: wait for the backoff before trying again
         up_to = self.plan.due_up_to(now)
         held = self.spool.held_windows()
         if held:
             up_to = min(up_to, held[0] - self.plan.frequency)
-        with_data = [end for end in self.spool.windows() if end <= up_to]
-        first_after = self._first_after(with_data)
-        if first_after is None:
-            return []
         events: list[Event] = []
-        data_set = set(with_data)
-        empty_run: list[Window] = []
         window: Window | None = None
         try:
+            # strict: a spool folder that cannot be listed is not an empty one (that would skip its windows)
+            with_data = [end for end in self.spool.windows(strict=True) if end <= up_to]
+            first_after = self._first_after(with_data)
+            if first_after is None:
+                return []
+            data_set = set(with_data)
+            empty_run: list[Window] = []
             for window in windows_between(first_after, up_to, self.plan.frequency):
                 # a window with no reading is still written when a carried value holds into it:
                 # a steady plant reports nothing new, and that is a value, not a gap (rule 2a)
@@ -181,6 +202,12 @@ class WindowCloser:
                 self._save_state(empty_run[-1].end, self.carry)
                 self.spool.closed_upto = self.last_written
                 events.extend(self._commit_missing(empty_run, missing))
+        except SegmentUnreadable as exc:
+            # not a torn tail: the window is neither written nor acknowledged; the spool logged it once
+            delay = self.read_backoff.next()
+            self._read_retry_at = time.monotonic() + delay
+            log.debug("window %s waits: %s (retrying in %.1fs)", iso_window(window) if window else "-", exc, delay)
+            return events
         except OSError as exc:
             if disk_error(exc) is not None:
                 self.disk.failure("windows", exc)
@@ -189,6 +216,7 @@ class WindowCloser:
                 self._errors.failure("write", "cannot write window %s to the outbox: %s (will retry)", where, exc)
             return events
         self.disk.success("windows")
+        self.read_backoff.reset()
         self._errors.success("write", "writing windows to the outbox again")
         if any(e.kind == "window_written" for e in events):
             release_freed_memory()

@@ -35,6 +35,7 @@ def component_csv(grid: Grid, sensors: list[str], timestamp_column: str = "Times
         return None
     times_text = times_text if times_text is not None else time_column(grid.times)
     lines = [",".join([timestamp_column, *sensors])]
+    # each cell at most 12 significant digits (cell): a resampled mean's float noise is not data
     isnan = math.isnan
     for stamp, row in zip(times_text, block.tolist(), strict=True):
         lines.append(stamp + "," + ",".join(["" if isnan(v) else cell(v) for v in row]))

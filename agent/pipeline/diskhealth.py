@@ -13,7 +13,9 @@ this object turns them into transitions of one *episode*:
 
 What a failing job does with its data is its own business (the spool holds readings in memory, the window
 closer retries the window, the alarm engine keeps its events); this object only decides what is logged and
-signalled. Events carry ``subject`` = the state directory. Not thread-safe: call from the event loop.
+signalled. Events carry ``subject`` = the state directory. Thread-safe: the spool and the window closer
+report from their disk worker thread (agent.core.offloop), the other jobs from the event loop; ``on_event``
+is called from the reporting thread (agent.runtime.asset.AssetRunner.emit hands it to the loop).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -60,6 +63,7 @@ class DiskHealth:
         self._episode_failures = 0
         self.episodes = 0
         self.failures: Counter = Counter()  # job → failed attempts, over the whole run (metrics, tests)
+        self._lock = threading.RLock()  # one episode, whichever thread reports first
 
     @property
     def failing(self) -> bool:
@@ -68,6 +72,10 @@ class DiskHealth:
 
     def failure(self, job: str, exc: BaseException) -> None:
         """Record a failed write of ``job``; logs and signals only the start of an episode."""
+        with self._lock:
+            self._failure(job, exc)
+
+    def _failure(self, job: str, exc: BaseException) -> None:
         self.failures[job] += 1
         self._episode_failures += 1
         first_of_job = job not in self._failing
@@ -89,6 +97,10 @@ class DiskHealth:
 
     def success(self, job: str) -> None:
         """Record a successful write of ``job``; ends the episode when no other job is still failing."""
+        with self._lock:
+            self._success(job)
+
+    def _success(self, job: str) -> None:
         if self._failing.pop(job, None) is None or self._failing or self._episode_started is None:
             return
         secs = time.monotonic() - self._episode_started

@@ -48,7 +48,11 @@ class Outbox:
             if not folder.is_dir() or not folder.name.isdigit():
                 continue
             end = int(folder.name)
-            for path in folder.iterdir():
+            try:
+                paths = list(folder.iterdir())
+            except FileNotFoundError:  # its last file was uploaded meanwhile (another thread)
+                continue
+            for path in paths:
                 out.append(OutboxEntry(end, path.name, path))
         out.sort(key=lambda e: (e.window_end, e.name))
         return out

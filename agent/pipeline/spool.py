@@ -22,6 +22,12 @@ Contract:
   ``held_bytes``) and the next flush writes them to a NEW segment. ``read`` concatenates all segments of a
   window, so nothing is lost and nothing is written twice. Disk errors go to a ``DiskHealth`` (one WARNING
   per episode, one INFO at recovery, a ``disk`` data-health event).
+- A segment that cannot be read (EIO, EACCES, a directory where a segment should be: any OSError) is not a
+  torn tail: ``read`` raises ``SegmentUnreadable`` and the segment is kept as it is. The error is counted
+  (``read_errors``, by errno name) and logged once per segment (WARNING; DEBUG while it lasts, INFO when it
+  reads again); the caller retries later (the window closer with backoff). Only a verified torn tail (short
+  record, bad magic, bad CRC) is skipped, and only that tail: nothing is acknowledged or deleted because a
+  read failed.
 - Validity-end markers (value NaN, see agent.core.model.validity_end) travel like readings; they are never counted
   as late readings.
 - ``mark_alive(ts)`` records the clock time of the agent's last sign of life (no fsync: a power cut may lose
@@ -34,13 +40,14 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from agent.core.errors import StateError
+from agent.core.errors import StateError, TransitionLog
 from agent.core.model import Reading
 from agent.pipeline.columns import Columns, encode, read_file
 from agent.pipeline.diskhealth import DiskHealth
@@ -50,6 +57,16 @@ log = logging.getLogger("l4e.spool")
 SUFFIX = ".l4es"
 LEGACY_SUFFIX = ".arrows"  # Arrow IPC streams written by earlier versions: read, never written
 ALIVE_FILE = "alive"
+
+
+class SegmentUnreadable(Exception):
+    """A spool segment could not be read (an OSError, not a torn tail): the window must not be written or
+    acknowledged now; retry later. ``path`` is the segment, ``error`` the OSError."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"spool segment {path.name} cannot be read: {error}")
+        self.path = path
+        self.error = error
 
 
 class _Segment:
@@ -115,7 +132,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    """See the module docstring. Not thread-safe: use from the event loop (flush may run in a thread alone)."""
+    """See the module docstring. ``append`` may be called from the event loop while everything else runs in
+    one other thread (agent.core.offloop.DiskWorker): the append buffer is handed over under a lock; the
+    read-only summaries (``buffered``, ``held_bytes``, ``bytes_on_disk``) may be called from either."""
 
     def __init__(self, directory: Path, frequency_secs: int, disk: DiskHealth | None = None) -> None:
         self.dir = Path(directory)
@@ -123,12 +142,15 @@ class Spool:
         self.run_id = f"{time.time_ns():x}"
         self.disk = disk if disk is not None else DiskHealth(self.dir)
         self._buffer: list[Reading] = []
+        self._buffer_lock = threading.Lock()  # append (event loop) against flush taking the buffer (worker)
         self._held: dict[int, list[Columns]] = {}  # window end → readings flushed but not yet written
         self._open: dict[int, _Segment] = {}
         self._seq = 0
         self.closed_upto: int | None = None
         self.late = 0
         self.torn_segments = 0
+        self.read_errors = Counter()  # errno name (EIO, EACCES, EISDIR, ...) → failed segment reads
+        self._read_log = TransitionLog(log)  # one WARNING per unreadable segment, INFO when it reads again
         self.dropped_readings = Counter()  # reason → count
         self._alive_fd: int | None = None
         self.previous_alive: float | None = None
@@ -141,14 +163,19 @@ class Spool:
             probe.unlink()
         except OSError as exc:
             raise StateError(f"spool folder {self.dir} is not writable: {exc}") from exc
+        self.previous_alive = self.read_alive()
+
+    def read_alive(self) -> float | None:
+        """The clock time the ``alive`` file holds (the last sign of life written), or None."""
         try:
-            self.previous_alive = float((self.dir / ALIVE_FILE).read_text().split()[0])
+            return float((self.dir / ALIVE_FILE).read_text().split()[0])
         except (OSError, ValueError, IndexError):
-            self.previous_alive = None
+            return None
 
     # --- hot path -------------------------------------------------------------------------------------
     def append(self, batch: list[Reading]) -> None:
-        self._buffer.extend(batch)
+        with self._buffer_lock:
+            self._buffer.extend(batch)
 
     # --- durability -----------------------------------------------------------------------------------
     def flush(self) -> int:
@@ -158,9 +185,9 @@ class Spool:
         flush in a new segment file; the failure is reported to ``self.disk`` (logged once per episode)."""
         parts: dict[int, list[Columns]] = self._held
         self._held = {}
-        if self._buffer:
-            buf = self._buffer
-            self._buffer = []
+        with self._buffer_lock:
+            buf, self._buffer = self._buffer, []
+        if buf:
             cols = Columns.from_readings(buf)
             ends = (np.ceil(cols.ts / self.frequency) * self.frequency).astype(np.int64)
             for end in np.unique(ends):
@@ -205,8 +232,14 @@ class Spool:
 
     def latest_ts(self, sensors: set[str]) -> float | None:
         """The latest timestamp of a reading (not a marker) of ``sensors`` the spool holds, or None."""
-        best = max((r.ts for r in self._buffer if r.sensor in sensors and r.value == r.value), default=None)
-        parts = [self.read(end) for end in self.windows()] + [c for cs in self._held.values() for c in cs]
+        with self._buffer_lock:
+            buffered = list(self._buffer)
+        best = max((r.ts for r in buffered if r.sensor in sensors and r.value == r.value), default=None)
+        parts = [c for cs in list(self._held.values()) for c in cs]
+        for paths in self._segments(strict=False).values():
+            for path in paths:
+                with contextlib.suppress(SegmentUnreadable):  # counted and logged; the rest still counts
+                    parts.extend(self._read_segment(path))
         for cols in parts:
             wanted = np.array([n in sensors for n in cols.names], dtype=bool)
             if not cols.num_rows or not wanted.any():
@@ -223,44 +256,82 @@ class Spool:
             seg.close()
 
     # --- reading and acknowledging --------------------------------------------------------------------
-    def _segments(self) -> dict[int, list[Path]]:
+    def _segments(self, strict: bool = True) -> dict[int, list[Path]]:
+        """Segment files by window end. A folder that cannot be listed (EACCES, EIO) raises SegmentUnreadable
+        (counted, logged once), or with ``strict=False`` gives no segments (budget and status figures)."""
         out: dict[int, list[Path]] = {}
-        for path in [*self.dir.glob(f"*{SUFFIX}"), *self.dir.glob(f"*{LEGACY_SUFFIX}")]:
+        try:
+            with os.scandir(self.dir) as entries:
+                names = [e.name for e in entries if e.name.endswith((SUFFIX, LEGACY_SUFFIX))]
+        except OSError as exc:
+            self._unreadable(self.dir, exc)
+            if strict:
+                raise SegmentUnreadable(self.dir, exc) from exc
+            return out
+        self._read_log.success(self.dir.name, "spool: folder %s can be listed again", self.dir)
+        for name in names:
             try:
-                end = int(path.name.split("-", 1)[0])
+                end = int(name.split("-", 1)[0])
             except ValueError:
                 continue
-            out.setdefault(end, []).append(path)
+            out.setdefault(end, []).append(self.dir / name)
         for paths in out.values():
             paths.sort()
         return out
 
-    def windows(self) -> list[int]:
-        """Window ends that have flushed readings on disk or held in memory, oldest first."""
-        return sorted(set(self._segments()) | set(self._held))
+    def windows(self, strict: bool = False) -> list[int]:
+        """Window ends that have flushed readings on disk or held in memory, oldest first. ``strict``: raise
+        SegmentUnreadable when the folder cannot be listed, instead of leaving its windows out (the window
+        closer must not take an unlistable folder for an empty one)."""
+        return sorted(set(self._segments(strict)) | set(self._held))
 
     def read(self, end: int) -> Columns:
-        """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted)."""
+        """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted).
+        Raises SegmentUnreadable when a segment cannot be read (see the module docstring): nothing of the
+        window is returned then, so a caller can never write (and acknowledge) the window without it."""
         parts = []
         for path in self._segments().get(end, []):
             parts.extend(self._read_segment(path))
         return Columns.concat(parts)
 
     def _read_segment(self, path: Path) -> list[Columns]:
-        if path.suffix == LEGACY_SUFFIX:
-            return self._read_legacy(path)
+        """The segment's readings; raises SegmentUnreadable on an OSError (counted, logged once per segment)."""
+        try:
+            if path.suffix == LEGACY_SUFFIX:
+                out = self._read_legacy(path)
+            else:
+                cols = self._read_records(path)
+                out = [cols] if cols.num_rows else []
+        except OSError as exc:
+            self._unreadable(path, exc)
+            raise SegmentUnreadable(path, exc) from exc
+        self._read_log.success(path.name, "spool: segment %s can be read again", path.name)
+        return out
+
+    def _unreadable(self, path: Path, exc: OSError) -> None:
+        """Count a failed read by errno name; log it once per file (or folder) until it reads again."""
+        name = errno.errorcode.get(exc.errno, "OSError") if exc.errno is not None else type(exc).__name__
+        self.read_errors[name] += 1
+        what = "folder" if path == self.dir else "segment"
+        self._read_log.failure(path.name, "spool: %s %s cannot be read (%s); it is kept and its windows wait "
+                               "(retried with backoff)", what, path.name if what == "segment" else path, exc)
+
+    def _read_records(self, path: Path) -> Columns:
+        """``read_file`` with its verdict: a record that does not decode (ValueError after a good CRC) is
+        torn like a bad CRC; an OSError propagates (it says nothing about the file's content)."""
         try:
             cols, records, torn = read_file(path)
-        except (OSError, ValueError) as exc:
-            cols, records, torn = Columns.empty(), 0, exc
+        except ValueError:
+            cols, records, torn = Columns.empty(), 0, True
         if torn:
             # a crash mid-write leaves a partial last record (or an empty file): keep what came before
             self.torn_segments += 1
             log.warning("spool: %s ends with a torn record; %d complete records recovered", path.name, records)
-        return [cols] if cols.num_rows else []
+        return cols
 
     def _read_legacy(self, path: Path) -> list[Columns]:
-        """An Arrow IPC stream segment from an earlier version (pyarrow is imported for it only)."""
+        """An Arrow IPC stream segment from an earlier version (pyarrow is imported for it only). Raises
+        OSError when the file cannot be read; a stream cut short is a torn tail."""
         import pyarrow as pa
         import pyarrow.ipc
 
@@ -274,7 +345,7 @@ class Spool:
                     except StopIteration:
                         break
                     out.append(Columns.from_arrow(pa.Table.from_batches([batch])))
-        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+        except (pa.ArrowInvalid, ValueError) as exc:
             self.torn_segments += 1
             log.warning("spool: %s ends with a torn record (%s); %d complete batches recovered",
                         path.name, exc, len(out))
@@ -291,10 +362,10 @@ class Spool:
     def drop_window(self, end: int) -> int:
         """Delete a window's raw readings, on disk and held in memory, to free room (budget policy).
         Returns the bytes freed (file sizes plus the held tables' size)."""
-        freed = sum(p.stat().st_size for p in self._segments().get(end, []) if p.exists())
+        freed = sum(p.stat().st_size for p in self._segments(strict=False).get(end, []) if p.exists())
         freed += sum(t.nbytes for t in self._held.pop(end, []))
         self._drop_segment_handle(end)
-        for path in self._segments().get(end, []):
+        for path in self._segments(strict=False).get(end, []):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return freed
@@ -308,7 +379,7 @@ class Spool:
 
     def buffered(self) -> int:
         """Readings in memory: appended since the last flush plus held after failed writes."""
-        return len(self._buffer) + sum(t.num_rows for tables in self._held.values() for t in tables)
+        return len(self._buffer) + sum(t.num_rows for tables in list(self._held.values()) for t in tables)
 
     def held_windows(self) -> list[int]:
         """Window ends with readings held in memory because their write failed (oldest first): such a
@@ -317,11 +388,14 @@ class Spool:
 
     def held_bytes(self) -> int:
         """Size of the readings held in memory after failed writes (counted against the disk budget)."""
-        return sum(t.nbytes for tables in self._held.values() for t in tables)
+        return sum(t.nbytes for tables in list(self._held.values()) for t in tables)
 
     def readings_in(self, end: int) -> int:
         """Readings of the window on disk plus held in memory (for the budget's drop events)."""
-        on_disk = sum(t.num_rows for path in self._segments().get(end, []) for t in self._read_segment(path))
+        on_disk = 0
+        for path in self._segments(strict=False).get(end, []):
+            with contextlib.suppress(SegmentUnreadable):  # counted and logged by _read_segment
+                on_disk += sum(t.num_rows for t in self._read_segment(path))
         return on_disk + sum(t.num_rows for t in self._held.get(end, []))
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from agent.core.clock import Backoff, Clock
@@ -61,7 +62,8 @@ class Uploader:
     an S3 endpoint that accepts the connection and never answers, a hung NFS folder)."""
 
     def __init__(self, outbox: Outbox, store: ObjectStore, prefix: str, clock: Clock, delay_offset_secs: int,
-                 backoff: Backoff | None = None, timeout_secs: float = 60.0) -> None:
+                 backoff: Backoff | None = None, timeout_secs: float = 60.0,
+                 offload: Callable[..., Awaitable] | None = None) -> None:
         self.outbox = outbox
         self.store = store
         self.prefix = prefix
@@ -69,6 +71,9 @@ class Uploader:
         self.delay_offset_secs = delay_offset_secs
         self.backoff = backoff or Backoff(DEFAULT_BACKOFF_INITIAL_SECS, DEFAULT_BACKOFF_MAX_SECS)
         self.timeout_secs = timeout_secs
+        # runs the outbox's file work (listing, reading, removing) off the event loop, in the order of the
+        # other writes to the state directory (agent.core.offloop); None: inline (tests, tools)
+        self._offload = offload
         self.stats = UploadStats()
         self._retry_at = 0.0  # monotonic wall time before which no attempt is made
         self._failing_since: float | None = None  # monotonic wall time of the first failure in a row
@@ -110,14 +115,17 @@ class Uploader:
             self._inflight = (key, fut)
             raise StoreUnavailable(f"no answer within {self.timeout_secs:g}s") from None
 
+    async def _blocking(self, fn, *args):
+        return fn(*args) if self._offload is None else await self._offload(fn, *args)
+
     async def _run_once(self, force: bool) -> int:
         if not force and time.monotonic() < self._retry_at:
             return 0
         done = 0
-        for entry in self.outbox.entries():
+        for entry in await self._blocking(self.outbox.entries):
             key = self.prefix + entry.name
             try:
-                data = entry.path.read_bytes()
+                data = await self._blocking(entry.path.read_bytes)
             except FileNotFoundError:
                 continue
             try:
@@ -127,7 +135,7 @@ class Uploader:
                 return done
             if self._failing_since is not None:
                 self._recovered()
-            self.outbox.remove(entry)
+            await self._blocking(self.outbox.remove, entry)
             self.backoff.reset()
             now = self.clock.now()
             self.stats.record(key, now - entry.window_end)

@@ -5,6 +5,10 @@ This module is the only one that builds connectors (through connectors.registry)
 exceptions from the data path's tasks are caught wholesale: a crashed connector task is logged and restarted
 with backoff; the others keep flowing. Draining: connectors stop, the spool is flushed, due windows are
 written, one bounded upload round runs; what is not due stays in the spool for the next start.
+
+The event loop never waits on the disk: the spool's flush, the window closer, the budget checks and the
+uploader's outbox reads and removals run in the runner's one disk worker thread (agent.core.offloop), in the
+order the jobs submit them; the loop only appends readings and hands events on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -23,7 +28,8 @@ from agent.alarms.hooks import build_hooks
 from agent.alarms.inbox import INBOX_FILE, EventInbox
 from agent.config import AssetConfig, base_dir_of
 from agent.core.clock import Backoff, Clock
-from agent.core.model import Event, validity_end
+from agent.core.model import Event, Window, validity_end
+from agent.core.offloop import DiskWorker
 from agent.pipeline.closer import WindowCloser
 from agent.pipeline.diskhealth import DiskHealth, disk_error
 from agent.pipeline.outbox import Outbox
@@ -93,7 +99,10 @@ class AssetRunner:
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.plan = plan_from_config(config, base_dir_of(config_path))
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the jobs run on (set at their first run)
+        self._loop_thread: int | None = None
         self.disk = DiskHealth(self.state_dir, clock.now, self.emit)  # one WARNING/INFO per disk episode
+        self.disk_worker = DiskWorker(config.asset)  # all blocking work on state_dir, off the loop, in order
         self.spool = Spool(self.state_dir / "spool", self.plan.frequency, self.disk)
         self.outbox = Outbox(self.state_dir / "outbox")
         # events wait here, on disk, for the alarm engine's next run (a kill -9 in between loses none)
@@ -108,7 +117,7 @@ class AssetRunner:
         self.store = store
         self.uploader = Uploader(self.outbox, store, prefix or "", clock, 60 * config.lookout.delay_offset_minutes,
                                  Backoff(config.upload.backoff_initial_secs, config.upload.backoff_max_secs),
-                                 timeout_secs=config.upload.timeout_secs)
+                                 timeout_secs=config.upload.timeout_secs, offload=self._offload)
         base = base_dir_of(config_path)
         self.connectors: list[Connector] = connectors if connectors is not None else [
             connector_class(src.kind)(src, clock, base) for src in config.sources]
@@ -131,6 +140,9 @@ class AssetRunner:
         self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
         self.event_listeners.append(self.history.on_event)
         self._tasks: list[asyncio.Task] = []
+        self._scheduler: JobScheduler | None = None
+        self._starting: asyncio.Task | None = None
+        self._job_names: list[str] = []
         self._refusing = False
         self._refusal_logged = False
         self._dropping = False
@@ -149,7 +161,12 @@ class AssetRunner:
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
         """Record events: into the alarm engine's durable inbox (taken at its next job run), and to the
-        listeners now. A failed inbox write keeps them in memory, saved by the next write that succeeds."""
+        listeners now. A failed inbox write keeps them in memory, saved by the next write that succeeds. Called
+        from the disk worker (a disk episode starts or ends there), the events are handed to the loop instead."""
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+                self._loop.call_soon_threadsafe(self.emit, list(events))
+            return
         if events:
             try:
                 self.inbox.add(events, self._conditions())
@@ -162,8 +179,8 @@ class AssetRunner:
                 "source_untrusted": sorted(self._untrusted)}
 
     def _journal_window_events(self, events: list[Event]) -> None:
-        """The closer's journal: a window's events are in the inbox on disk before its progress is saved.
-        Raises OSError (the closer retries the window; the events stay queued in memory meanwhile)."""
+        """The closer's journal (in the disk worker): a window's events are in the inbox on disk before its
+        progress is saved. Raises OSError (the closer retries the window; the events stay queued in memory)."""
         self.inbox.add(events)
 
     def _inbox_write_failed(self, exc: OSError) -> None:
@@ -223,7 +240,16 @@ class AssetRunner:
                 log.exception("source %s crashed (restart %d in %.1fs)", connector.name, n, delay)
                 await asyncio.sleep(delay)
 
+    async def _offload(self, fn, *args):
+        """Run blocking file work in the disk worker; remember the loop so events from there come back to it."""
+        if self._loop is None:
+            self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        return await self.disk_worker.run(fn, *args)
+
     async def flush_job(self) -> None:
+        await self._offload(self._guarded_flush)
+
+    def _guarded_flush(self) -> None:
         with self.disk.guard("flush"):  # the spool reports its own write errors; this guards the budget's I/O
             self._flush()
 
@@ -248,6 +274,10 @@ class AssetRunner:
             self._dropping = self._dropping or bool(dropped)
             self.emit(dropped)
 
+    def _close_spool(self, alive_ts: float) -> None:
+        self.spool.mark_alive(alive_ts)
+        self.spool.close()
+
     def close_time(self) -> float:
         """The clock time windows are closed against: now, held back while a timeline source (replay) has not
         handed over every reading before a window's end (``SourceStats.watermark``), by at most one upload
@@ -260,9 +290,27 @@ class AssetRunner:
         return max(min(now, min(marks) + self.plan.grace_secs - 1e-6), now - limit)
 
     async def window_job(self) -> None:
+        events, prepared = await self._offload(self._write_windows, self.close_time())
+        self.history.prepared.update(prepared)
+        for event in events:  # one at a time: the sources' batches go in between (a window has many files)
+            self._announce([event])  # already in the inbox: the closer journaled them before its progress
+            await asyncio.sleep(0)
+
+    def _write_windows(self, close_time: float) -> tuple[list[Event], dict]:
+        """(In the disk worker.) Flush, write the due windows, and read back what the status page keeps of
+        each written file, before an upload (also in the worker, after this) can take the file away."""
+        events: list[Event] = []
         with self.disk.guard("windows job"):
             self.spool.flush()
-            self._announce(self.closer.close_due(self.close_time()))  # journaled by the closer itself
+            events = self.closer.close_due(close_time)  # journaled into the inbox by the closer itself
+        prepared = {}
+        for ev in events:
+            start, end = ev.details.get("window_start"), ev.details.get("window_end")
+            if ev.kind == "window_written" and start is not None and end is not None:
+                rows = self.history.read_window_file(ev.subject, Window(int(start), int(end)))
+                if rows is not None:
+                    prepared[(ev.subject, int(start))] = rows
+        return events, prepared
 
     async def upload_job(self) -> None:
         with self.disk.guard("upload"):
@@ -399,17 +447,6 @@ class AssetRunner:
     def bad_quality_sources(self) -> set[str]:
         return self._bad_quality - self._unsettled
 
-    def _resume_replays(self) -> None:
-        """Replay sources resume after the last reading the agent already holds for them (exact replay)."""
-        for conn in self.connectors:
-            if not hasattr(conn, "resume_after"):
-                continue
-            sensors = set(self._source_sensors.get(conn.name, ()))
-            held = self.spool.latest_ts(sensors)
-            last_written = self.closer.last_written
-            candidates = [t for t in (held, last_written) if t is not None]
-            if candidates:
-                conn.resume_after = float(max(candidates))
     def untrusted_sources(self) -> set[str]:
         return {conn.name for conn in self.connectors if getattr(conn.stats, "untrusted", None)}
 
@@ -420,27 +457,68 @@ class AssetRunner:
         window_tick = min(max(clock.real_seconds(min(plan.rate, plan.frequency / 10, max(1.0, plan.grace_secs)) / 2),
                               0.05), 5.0)
         upload_tick = min(max(window_tick, 0.05), 1.0)
-        scheduler.every(f"{plan.asset}.flush", flush_every, self.flush_job, flush_every)
-        scheduler.every(f"{plan.asset}.windows", window_tick, self.window_job)
-        scheduler.every(f"{plan.asset}.upload", upload_tick, self.upload_job, window_tick / 2)
-        scheduler.every(f"{plan.asset}.alarms", max(clock.real_seconds(self.config.alarms.check_interval_secs), 0.1),
-                        self.alarm_job)
-        scheduler.every(f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job)
-        self._carry_conditions()
+        jobs = ((f"{plan.asset}.flush", flush_every, self.flush_job, flush_every),
+                (f"{plan.asset}.windows", window_tick, self.window_job, 0.0),
+                (f"{plan.asset}.upload", upload_tick, self.upload_job, window_tick / 2),
+                (f"{plan.asset}.alarms", max(clock.real_seconds(self.config.alarms.check_interval_secs), 0.1),
+                 self.alarm_job, 0.0),
+                (f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job, 0.0))
+        self._scheduler, self._job_names = scheduler, [name for name, *_ in jobs]
         self._started_at = clock.now()
         self._started_wall = time.monotonic()
         self.closer.anchor = self._started_at  # windows after the start are reported even with no reading at all
+        self._starting = asyncio.create_task(self._start(scheduler, jobs), name=f"start:{plan.asset}")
+
+    async def _start(self, scheduler: JobScheduler, jobs) -> None:
+        """Read the state the previous runner left (in the disk worker), then start the jobs and sources."""
+        try:
+            resume_after = await self._offload(self._read_start_state)
+        except Exception:  # a bug: start anyway (the closer and spool keep what they read at construction)
+            log.exception("asset %s: cannot read the state left by the previous run", self.plan.asset)
+            resume_after = {}
+        self._carry_conditions()
+        for name, every, job, first_in in jobs:
+            scheduler.every(name, every, job, first_in)
         previous = self.spool.previous_alive
         if previous is not None:
             # a previous run that did not stop cleanly (kill -9, power cut) vouched for nothing after its last
             # sign of life: end every value there, before anything new arrives
             self._end_validity([s for names in self._source_sensors.values() for s in names], previous)
-        self._resume_replays()
         for connector in self.connectors:
+            if connector.name in resume_after:
+                connector.resume_after = resume_after[connector.name]
             self._tasks.append(asyncio.create_task(self._pump(connector), name=f"source:{connector.name}"))
 
+    def _read_start_state(self) -> dict[str, float]:
+        """(In the disk worker.) The state as the previous runner of this directory left it: on a reload this
+        runner was built while the old one still ran, and its drain wrote windows since. Adopts the progress
+        and the last sign of life; returns where each replay source resumes: after the last reading the agent
+        already holds for it, or the end of the last written window (exact replay)."""
+        self.closer.resume()
+        self.spool.previous_alive = self.spool.read_alive()
+        self.inbox.load()  # the events and conditions the previous runner left (read here, off the loop)
+        resume_after = {}
+        for conn in self.connectors:
+            if not hasattr(conn, "resume_after"):
+                continue
+            held = self.spool.latest_ts(set(self._source_sensors.get(conn.name, ())))
+            candidates = [t for t in (held, self.closer.last_written) if t is not None]
+            if candidates:
+                resume_after[conn.name] = float(max(candidates))
+        return resume_after
+
     async def drain(self, upload_timeout_secs: float = 5.0) -> None:
-        """Stop sources, flush, write due windows, try one upload round (bounded). Never raises."""
+        """Stop this runner's jobs (waiting for runs in progress), stop sources, flush, write due windows, try
+        one upload round (bounded). Never raises. Afterwards nothing of this runner writes to the state
+        directory any more, so a runner started on it next (a reload) continues from what it finds there."""
+        if self._starting is not None:  # drained before it was fully started (a quick second reload)
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._starting
+            self._starting = None
+        if self._scheduler is not None:
+            await self._scheduler.remove(self._job_names)
+            self._scheduler = None
         self._finished.update(conn.name for conn in self.connectors)  # stopped on purpose, not unreachable
         for task in self._tasks:
             task.cancel()
@@ -449,8 +527,9 @@ class AssetRunner:
                 await task
         self._tasks.clear()
         try:
-            self.spool.flush()
-            self._announce(self.closer.close_due(self.close_time()))
+            events, prepared = await self._offload(self._write_windows, self.close_time())
+            self.history.prepared.update(prepared)
+            self._announce(events)  # already in the inbox (the closer's journal)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.uploader.run_once(force=True), upload_timeout_secs)
             with self.disk.guard("alarms"):
@@ -458,5 +537,7 @@ class AssetRunner:
         except Exception:
             log.exception("asset %s: error while draining", self.plan.asset)
         finally:
-            self.spool.close()
+            # the sources were stopped (their values end now): the last sign of life of this run
+            await self._offload(self._close_spool, self.clock.now())
+            self.disk_worker.close()
             await self.alarms.close(upload_timeout_secs)

@@ -20,6 +20,7 @@ l4e_windows_missing_total          counter    asset, component    component file
 l4e_upload_latency_seconds         histogram  asset               window end → object stored, in seconds
 l4e_outbox_backlog                 gauge      asset               files waiting in the outbox
 l4e_spool_bytes                    gauge      asset               bytes in the readings spool
+l4e_spool_read_errors_total        counter    asset, error        spool segment reads that failed (kept, retried)
 l4e_results_processed_total        counter    asset               inference results handled
 l4e_alarms_raised_total            counter    asset, rule         alarms raised by a rule
 l4e_hook_failures_total            counter    hook                alarm hook deliveries that failed
@@ -61,6 +62,7 @@ WINDOWS_MISSING_TOTAL = "l4e_windows_missing_total"
 UPLOAD_LATENCY_SECONDS = "l4e_upload_latency_seconds"
 OUTBOX_BACKLOG = "l4e_outbox_backlog"
 SPOOL_BYTES = "l4e_spool_bytes"
+SPOOL_READ_ERRORS_TOTAL = "l4e_spool_read_errors_total"
 RESULTS_PROCESSED_TOTAL = "l4e_results_processed_total"
 ALARMS_RAISED_TOTAL = "l4e_alarms_raised_total"
 HOOK_FAILURES_TOTAL = "l4e_hook_failures_total"
@@ -93,6 +95,8 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
                ("asset",)),
     MetricSpec(OUTBOX_BACKLOG, "gauge", "Files waiting in the outbox for upload.", ("asset",)),
     MetricSpec(SPOOL_BYTES, "gauge", "Bytes held in the readings spool.", ("asset",)),
+    MetricSpec(SPOOL_READ_ERRORS_TOTAL, "counter", "Spool segment reads that failed with an OSError (the segment "
+               "is kept and its window retried), by errno name.", ("asset", "error")),
     MetricSpec(RESULTS_PROCESSED_TOTAL, "counter", "Inference results processed.", ("asset",)),
     MetricSpec(ALARMS_RAISED_TOTAL, "counter", "Alarms raised, by rule.", ("asset", "rule")),
     MetricSpec(HOOK_FAILURES_TOTAL, "counter", "Alarm hook deliveries that failed.", ("hook",)),

@@ -44,7 +44,8 @@ class JobScheduler:
                                                          "misfire_grace_time": None})
         self._started = False
         self._running: set[asyncio.Task] = set()
-        self._busy: set[str] = set()  # jobs with a run in progress
+        self._busy: dict[str, asyncio.Task] = {}  # job name → its run in progress
+        self._registered: dict[str, object] = {}  # job name → token of its current registration
         self.overlaps: Counter = Counter()  # job name → wake-ups skipped because the last run was still going
         self.failures: Counter = Counter()  # job name → runs that raised
         self._failing = TransitionLog(log)
@@ -53,13 +54,16 @@ class JobScheduler:
               first_in_secs: float = 0.0) -> None:
         """Run ``job`` every ``interval_secs`` wall seconds (first run after ``first_in_secs``)."""
         first = datetime.now().astimezone() + timedelta(seconds=first_in_secs)
+        token = self._registered[name] = object()
 
         async def tracked() -> None:
+            if self._registered.get(name) is not token:  # woken before it was removed or replaced: stale
+                return
             if name in self._busy:  # still running from an earlier wake-up: normal, skip this one quietly
                 self.overlaps[name] += 1
                 return
             task = asyncio.current_task()
-            self._busy.add(name)
+            self._busy[name] = task
             self._running.add(task)
             try:
                 await job()
@@ -72,11 +76,25 @@ class JobScheduler:
                 self._failing.success(name, "job %s succeeds again", name)
             finally:
                 self._running.discard(task)
-                self._busy.discard(name)
+                if self._busy.get(name) is task:
+                    del self._busy[name]
 
         tracked.__name__ = name
         self._scheduler.add_job(tracked, "interval", seconds=max(0.01, interval_secs), id=name, name=name,
                                 next_run_time=first, replace_existing=True)
+
+    async def remove(self, names: list[str]) -> None:
+        """Stop waking the jobs ``names`` and wait until their runs in progress have ended (a runner being
+        drained must not have a job of its own still writing beside the drain, or after it). A name not
+        registered, or a scheduler already shut down, is fine."""
+        for name in names:
+            self._registered.pop(name, None)
+            job = self._scheduler.get_job(name)
+            if job is not None:
+                job.remove()
+        running = {self._busy[name] for name in names if name in self._busy}
+        if running:
+            await asyncio.wait(running)
 
     def start(self) -> None:
         self._scheduler.start()

@@ -5,8 +5,9 @@ closer, uploader, outbox, alarm engine). A few things the agent does not keep ar
 moment that happens once per window, execution, alarm or health tick, never once per reading:
 
 - sensor history: the last hour of *closed-window grid rows* per sensor, parsed from the CSV bytes of each
-  window file right after the closer wrote it (``on_event`` with a ``window_written`` event; the file is
-  still in the outbox then, because the uploader only runs between jobs). At most ``max_points`` rows per
+  window file right after the closer wrote it (``read_window_file``, in the runner's disk worker, in the
+  same call as the write, so the uploader cannot have taken the file yet; ``on_event`` with the
+  ``window_written`` event then keeps the rows). At most ``max_points`` rows per
   hour are kept (with a fine sampling rate every k-th grid row), so memory is bounded by sensors ×
   ``max_points`` whatever the rate. Reading the CSV was chosen over a hook in the closer: the closer stays
   untouched and the page shows exactly what was sent to Lookout (after aggregation and the fill rule).
@@ -130,6 +131,8 @@ class StatusHistory:
         self.transitions: deque = deque(maxlen=transitions)
         self.sources: dict[str, SourceMemo] = {}
         self.unreadable_windows = 0
+        # (component, window start) → rows read off the event loop (read_window_file), taken by on_event
+        self.prepared: dict[tuple[str, int], list | None] = {}
         self.sensor_sources: dict[str, str] | None = None  # sensor → source name (agent.runtime.status_data caches it)
         self._diag_k = diagnostics_per_row
 
@@ -198,31 +201,42 @@ class StatusHistory:
         return points.after(self.latest_grid_ts - self.horizon_secs)
 
     # --- internals ------------------------------------------------------------------------------------
-    def _window_file(self, component: str, window: Window) -> None:
+    def read_window_file(self, component: str, window: Window) -> list[tuple[float, list[str], list]] | None:
+        """The kept grid rows of a written window file as (ts, sensors, values: float or None for an empty
+        cell), or None when it cannot be
+        read. Pure (reads the file, changes nothing here): the runner calls it in its disk worker, right after
+        the closer wrote the file, and hands the rows to ``on_event`` through ``prepared``."""
         path = self.outbox_dir / str(window.end) / self.name_of(component, window)
         try:
             text = path.read_bytes().decode()
         except (OSError, UnicodeDecodeError):
-            self.unreadable_windows += 1  # dropped by the budget meanwhile: the page just misses it
-            return
+            return None
         lines = text.split("\n")
         header = next(csv.reader([lines[0]]))
         sensors = header[1:]
-        keep = []
+        rows = []
         for i, line in enumerate(lines[1:], start=1):
             ts = window.start + i * self.rate  # one row per grid point in (start, end], in order
             if line and (ts // self.rate) % self.step == 0:
-                keep.append((ts, line))
-        for ts, line in keep:
-            cells = next(csv.reader([line]))
-            stamp = datetime.strptime(cells[0], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
-            if stamp != ts:  # the file does not have one row per grid point: trust its timestamps
-                ts = stamp
-            for sensor, cell in zip(sensors, cells[1:], strict=False):
+                cells = next(csv.reader([line]))
+                stamp = datetime.strptime(cells[0], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+                # the file does not have one row per grid point: trust its timestamps
+                rows.append((stamp if stamp != ts else ts, sensors, [float(c) if c else None for c in cells[1:]]))
+        return rows
+
+    def _window_file(self, component: str, window: Window) -> None:
+        rows = self.prepared.pop((component, window.start), None)
+        if rows is None:
+            rows = self.read_window_file(component, window)
+        if rows is None:
+            self.unreadable_windows += 1  # dropped by the budget meanwhile: the page just misses it
+            return
+        for ts, sensors, values in rows:
+            for sensor, value in zip(sensors, values, strict=False):
                 points = self.series.get(sensor)
                 if points is None:
                     points = self.series[sensor] = Series(self._points)
-                points.append(ts, float(cell) if cell else None)
+                points.append(ts, value)
             if self.latest_grid_ts is None or ts > self.latest_grid_ts:
                 self.latest_grid_ts = ts
         self.version += 1

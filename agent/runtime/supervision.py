@@ -53,6 +53,8 @@ class Supervision:
                 scrape.add(M.WINDOWS_MISSING_TOTAL, n, asset=asset, component=comp)
             scrape.add(M.OUTBOX_BACKLOG, runner.uploader.backlog(), asset=asset)
             scrape.add(M.SPOOL_BYTES, runner.spool.bytes_on_disk(), asset=asset)
+            for error, n in dict(runner.spool.read_errors).items():
+                scrape.add(M.SPOOL_READ_ERRORS_TOTAL, n, asset=asset, error=error)
             scrape.histogram(M.UPLOAD_LATENCY_SECONDS, self._latency_histogram(asset, runner.uploader.stats),
                              asset=asset)
             poller = runner.results_poller

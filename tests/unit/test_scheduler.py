@@ -61,3 +61,28 @@ async def test_a_failing_job_is_logged_once_when_it_starts_and_once_when_it_ends
     assert visible[0].exc_info is not None and "ValueError" in visible[0].getMessage()  # the bug's traceback, once
     assert "succeeds again" in visible[1].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # APScheduler's traceback never shows
+
+
+async def test_removed_jobs_end_their_run_and_never_run_again() -> None:
+    """What a drained runner relies on (agent.runtime.asset.drain): once ``remove`` returns, the job's run in
+    progress has ended and no wake-up of it, not even one already dispatched, runs any more."""
+    scheduler = JobScheduler()
+    started = asyncio.Event()
+    runs = finished = 0
+
+    async def job() -> None:
+        nonlocal runs, finished
+        runs += 1
+        started.set()
+        await asyncio.sleep(0.3)
+        finished += 1
+
+    scheduler.every("job", 0.05, job)
+    scheduler.start()
+    await asyncio.wait_for(started.wait(), 5)
+    await scheduler.remove(["job", "not-registered"])
+    assert finished == runs == 1  # the run in progress was waited for
+    await asyncio.sleep(0.3)
+    assert runs == 1  # and nothing ran after it
+    await scheduler.shutdown()
+    await scheduler.remove(["job"])  # after shutdown: nothing to do, no error
