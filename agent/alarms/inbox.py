@@ -120,9 +120,10 @@ class EventInbox:
         return len(self._events)
 
     @_locked
-    def add(self, events: list[Event], conditions: dict[str, list[str]] | None = None) -> None:
-        """Append ``events`` (and replace the condition flags when given), then save. Raises OSError when the
-        save fails: the events stay in memory and are saved with the next write that succeeds."""
+    def add(self, events: list[Event], conditions: dict[str, list[str]] | None = None, save: bool = True) -> None:
+        """Append ``events`` (and replace the condition flags when given), then save (``save`` False: the caller
+        saves, e.g. in its disk thread). Raises OSError when the save fails: the events stay in memory and are
+        saved with the next write that succeeds."""
         self.load()
         self._events.extend(events)
         if conditions is not None:
@@ -134,10 +135,12 @@ class EventInbox:
                 self._overflow_logged = True
                 log.error("alarm event inbox holds more than %d events (the alarm engine takes none): the "
                           "oldest are dropped", MAX_EVENTS)
-        self._save()
+        self._unsaved = True
+        if save:
+            self._save()
 
     @_locked
-    def taken(self, count: int) -> None:
+    def taken(self, count: int, save: bool = True) -> None:
         """The engine took the first ``count`` events (its state is saved): drop them, then save (also when
         ``count`` is 0 and an earlier save failed). Raises OSError when the save fails (they are dropped from
         memory anyway; a crash before the next successful save feeds them again, which changes no alarm)."""
@@ -147,7 +150,15 @@ class EventInbox:
         del self._events[:count]
         if len(self._events) <= MAX_EVENTS // 2:
             self._overflow_logged = False
-        self._save()
+        self._unsaved = True
+        if save:
+            self._save()
+
+    @_locked
+    def save(self) -> None:
+        """Write what memory holds, when it differs from the file. Raises OSError when the write fails."""
+        if self._unsaved:
+            self._save()
 
     def _save(self) -> None:
         self._unsaved = True

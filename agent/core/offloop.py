@@ -34,6 +34,15 @@ class DiskWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
+    def submit(self, fn: Callable[..., T], *args) -> None:
+        """Queue ``fn(*args)`` behind the calls already submitted, without waiting for it (from code that cannot
+        await: ``fn`` handles its own errors). After ``close`` it runs at once in the calling thread, so nothing
+        submitted is dropped."""
+        try:
+            self._executor.submit(fn, *args)
+        except RuntimeError:  # closed: the runner is draining or gone
+            fn(*args)
+
     def close(self) -> None:
         """No more calls (later ones raise RuntimeError); one already submitted still finishes in the thread.
         Does not wait for it: callers await their calls, so there is none unless its caller was cancelled."""

@@ -168,11 +168,18 @@ class AssetRunner:
                 self._loop.call_soon_threadsafe(self.emit, list(events))
             return
         if events:
-            try:
-                self.inbox.add(events, self._conditions())
-            except OSError as exc:
-                self._inbox_write_failed(exc)
+            # in memory now (the alarm job sees them), on disk through the disk worker: queued behind what it is
+            # writing, so within milliseconds, and the loop never waits on the disk
+            self.inbox.add(events, self._conditions(), save=False)
+            self.disk_worker.submit(self._save_inbox)
         self._announce(events)
+
+    def _save_inbox(self) -> None:
+        """(In the disk worker.) Save the inbox; a failure keeps the events in memory for the next save."""
+        try:
+            self.inbox.save()
+        except OSError as exc:
+            self._inbox_write_failed(exc)
 
     def _conditions(self) -> dict[str, list[str]]:
         return {"source_silent": sorted(self._silent), "source_bad_quality": sorted(self._bad_quality),
@@ -388,7 +395,8 @@ class AssetRunner:
                 self._count(await self.alarms.on_event(event))
                 taken += 1
         finally:
-            self.inbox.taken(taken)
+            self.inbox.taken(taken, save=False)
+            await self._offload(self.inbox.save)  # raises OSError on a failed save (the alarm job's disk guard)
 
     def _count(self, transitions) -> None:
         self.history.on_alarms(transitions)
