@@ -125,5 +125,6 @@ class Agent:
             for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+            self.notifier.close()  # its datagram socket; STOPPING=1 was the last message
         log.info("agent stopped")
         return 0

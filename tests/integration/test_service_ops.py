@@ -115,9 +115,11 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
     finally:
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=60)
+        stopping = notify.seen("STOPPING=1")
+        notify.sock.close()
     assert agent.returncode == 0, err[-2000:]
     assert "reload refused" in err and "lookout.upload_frequency" in err
-    assert notify.seen("STOPPING=1")
+    assert stopping
     # drained: the due windows are in the store, nothing left in the outbox
     assert len(list(store.glob("pump_*.csv"))) == 3  # windows ending 00:05, 00:10, 00:15: all due by SIGTERM
     assert not [p for p in (tmp_path / "state" / "outbox").rglob("*.csv")]
