@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.ci_policy import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401  (hooks: no skip under CI)
 from tests.ports import free_port
 
 _KEEP = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "TERM", "USER", "SHELL",

@@ -126,7 +126,7 @@ def worker_main(argv: list[str]) -> int:
         return ConfigError.exit_code
     try:
         migrate.upgrade(args.db)
-    except Exception as exc:  # unreachable or refusing database: nothing started yet, the unit restarts us
+    except migrate.database_errors() as exc:  # unreachable or refusing: nothing started yet, the unit restarts us
         log.error("cannot prepare the database: %s: %s", type(exc).__name__, exc)
         return 1
     stop, previous = _until_signal()
@@ -205,13 +205,18 @@ def serve_main(argv: list[str]) -> int:
         return ConfigError.exit_code
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    database_errors: tuple[type[Exception], ...] = ()
+    if args.db:
+        from agent.lookout_local.migrate import database_errors as fleet_errors
+
+        database_errors = fleet_errors()
     try:
         try:
             service.start()
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
             return 1
-        except Exception as exc:  # --db: the database unreachable at start (sqlalchemy/psycopg errors)
+        except database_errors as exc:  # --db: the database unreachable at start
             log.error("cannot prepare the database: %s: %s", type(exc).__name__, exc)
             return 1
         print(f"listening on {service.endpoint_url}", flush=True)

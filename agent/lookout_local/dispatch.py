@@ -43,7 +43,7 @@ class Dispatcher(Ticker):
     def tick_failed(self, exc: Exception) -> None:
         # the database restarting, mostly: retried on the next tick
         if not self._failing:
-            log.warning("dispatcher tick failed: %s: %s", type(exc).__name__, exc)
+            log.warning("dispatcher tick failed: %s: %s", type(exc).__name__, exc, exc_info=exc)  # once per episode
             self._failing = True
         else:
             log.debug("dispatcher tick failed again: %s", exc)

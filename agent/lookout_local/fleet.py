@@ -192,9 +192,10 @@ class FleetWorker:
             try:
                 asyncio.run(self._main())
                 backoff = 0.5
-            except Exception as exc:
+            except Exception as exc:  # supervision boundary: the worker thread must outlive any failure
+                # the first failure of a run of them carries the traceback (a bug shows where); retries one line
                 log.warning("fleet worker %s: %s: %s; starting again in %.1fs", self.name, type(exc).__name__,
-                            exc, backoff)
+                            exc, backoff, exc_info=backoff == 0.5)
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, 10.0)
@@ -231,6 +232,8 @@ class FleetWorker:
     async def _sweep(self, app) -> None:
         """Put the tasks of workers silent for a lease back in the queue (every lease/4 s); drop finished
         task records older than KEEP_JOBS_HOURS (every CLEANUP_SECS)."""
+        from procrastinate.exceptions import ConnectorException
+
         failing = False
         loop = asyncio.get_running_loop()
         cleaned = -CLEANUP_SECS  # the first pass cleans up at once
@@ -247,10 +250,10 @@ class FleetWorker:
                     try:
                         await app.job_manager.retry_job(job)
                         log.warning("task %s %s of a silent worker: queued again", job.id, job.call_string)
-                    except Exception as exc:  # another sweep took it first
+                    except ConnectorException as exc:  # another sweep took it first: not "doing" any more
                         log.debug("retry of task %s: %s", job.id, exc)
                 failing = False
-            except Exception as exc:
+            except Exception as exc:  # supervision boundary: the database restarting, mostly; next pass retries
                 if not failing:
-                    log.warning("lease sweep failed: %s", exc)
+                    log.warning("lease sweep failed: %s", exc, exc_info=True)
                 failing = True

@@ -17,6 +17,17 @@ def sqlalchemy_url(db_url: str) -> str:
     return "postgresql+psycopg://" + rest
 
 
+def database_errors() -> tuple[type[Exception], ...]:
+    """What a database that is unreachable or refuses us raises at start (connection refused, no such role or
+    database, a migration that fails): psycopg's, SQLAlchemy's and Alembic's errors, and OSError beneath them.
+    Anything else is a bug and keeps its traceback."""
+    import psycopg
+    import sqlalchemy.exc
+    from alembic.util.exc import CommandError
+
+    return (OSError, psycopg.Error, sqlalchemy.exc.SQLAlchemyError, CommandError)
+
+
 def upgrade(db_url: str) -> None:
     """Apply every pending revision (``alembic upgrade head``)."""
     from alembic import command

@@ -143,5 +143,6 @@ class Agent:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             sys.setswitchinterval(switch_interval)
+            self.notifier.close()  # its datagram socket; STOPPING=1 was the last message
         log.info("agent stopped")
         return 0

@@ -128,6 +128,7 @@ class AssetRunner:
                 conn.use_state_dir(self.state_dir)
         self.stats = AssetStats()
         self.event_listeners: list[Callable[[Event], None]] = []
+        self.listener_failures: Counter[str] = Counter()  # listener → exceptions it raised
         writers = connector_writer_factory(config, base, self.state_dir)
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
                                   build_hooks(config.alarms, base, writers), clock, window_secs=self.plan.frequency)
@@ -203,11 +204,20 @@ class AssetRunner:
         """Hand events to the listeners (status page, history); they are already in the inbox."""
         for ev in events:
             self.stats.events.append(ev)
-            for listener in self.event_listeners:
-                try:
-                    listener(ev)
-                except Exception:  # a listener must never break the data path
-                    log.exception("event listener failed for %s", ev.kind)
+            self._tell_listeners(ev)
+
+    def _tell_listeners(self, event: Event) -> None:
+        """Hand ``event`` to every listener. A listener that raises is logged with its traceback the first
+        time, then only counted (``listener_failures``): a listener must never break the data path."""
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:  # supervision boundary: a bug in a listener (status history, tests' probes)
+                name = getattr(listener, "__qualname__", repr(listener))
+                self.listener_failures[name] += 1
+                log.log(logging.DEBUG if self.listener_failures[name] > 1 else logging.ERROR,
+                        "event listener %s failed for %s (%d time(s))", name, event.kind,
+                        self.listener_failures[name], exc_info=self.listener_failures[name] == 1)
 
     # --- tasks ----------------------------------------------------------------------------------------
     def _end_validity(self, sensors, at: float) -> None:
@@ -220,6 +230,7 @@ class AssetRunner:
         or finishes, the values of its sensors stop holding (rule 2a)."""
         backoff = Backoff(CONNECTOR_RESTART_BACKOFF_INITIAL_SECS, CONNECTOR_RESTART_BACKOFF_MAX_SECS)
         sensors = self._source_sensors.get(connector.name, ())
+        last_crash: str | None = None
         while True:
             try:
                 async for batch in connector.readings():
@@ -239,12 +250,15 @@ class AssetRunner:
             except asyncio.CancelledError:
                 self._end_validity(sensors, self.clock.now())
                 raise
-            except Exception:
+            except Exception as exc:  # supervision boundary: a connector's bug restarts that source, never the agent
                 self._end_validity(sensors, self.clock.now())
                 n = self.stats.task_restarts.get(connector.name, 0) + 1
                 self.stats.task_restarts[connector.name] = n
                 delay = backoff.next()
-                log.exception("source %s crashed (restart %d in %.1fs)", connector.name, n, delay)
+                crash = f"{type(exc).__name__}: {exc}"  # the same crash again: one line, its traceback was logged
+                log.error("source %s crashed (restart %d in %.1fs): %s", connector.name, n, delay, crash,
+                          exc_info=crash != last_crash)
+                last_crash = crash
                 await asyncio.sleep(delay)
 
     async def _offload(self, fn, *args):
@@ -415,11 +429,7 @@ class AssetRunner:
 
     async def _on_result_event(self, event: Event) -> None:
         self.stats.events.append(event)
-        for listener in self.event_listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("event listener failed for %s", event.kind)
+        self._tell_listeners(event)
         self._count(await self.alarms.on_event(event))
 
     def _carry_conditions(self) -> None:

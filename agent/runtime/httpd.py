@@ -22,6 +22,7 @@ import contextlib
 import hmac
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -56,6 +57,7 @@ class MetricsServer:
         self.status = status
         self._token = token
         self._server: asyncio.Server | None = None
+        self.failures: Counter[str] = Counter()  # path → requests answered 500 (a bug in rendering)
 
     @classmethod
     def from_config(cls, config: MetricsConfig, registry: CollectorRegistry, health: Health,
@@ -98,7 +100,15 @@ class MetricsServer:
                 else:
                     status, content_type, body = self._respond(method, path)
             except Exception:  # supervision boundary: a bug in rendering still gets an answer, and its traceback
-                log.exception("metrics request %s %s failed", method, path)
+                # once per path: a scraper hits the same bug every few seconds; later failures are counted
+                # (under a bounded number of keys: the path comes from the client)
+                key = path.partition("?")[0][:200]
+                if key not in self.failures and len(self.failures) >= 32:
+                    key = "(other paths)"
+                self.failures[key] += 1
+                log.log(logging.ERROR if self.failures[key] == 1 else logging.DEBUG,
+                        "metrics request %s %s failed (%d time(s))", method, path, self.failures[key],
+                        exc_info=self.failures[key] == 1)
                 status, content_type, body = 500, _TEXT, b"internal error\n"
             await _write_response(writer, status, content_type, body, head_only=method == "HEAD")
         except _BadRequest as exc:

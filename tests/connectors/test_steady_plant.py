@@ -243,6 +243,7 @@ def test_a_steady_plant_with_a_healthy_session_is_healthy(tmp_path):
             _, err = proc.communicate(timeout=60)
         peer_loop.run_until_complete(peer.stop())
         peer_loop.close()
+        notify.sock.close()
     assert proc.returncode == 0, err[-2000:]
     assert len(codes) >= 10
     assert all(code == 200 for code, _ in codes), codes

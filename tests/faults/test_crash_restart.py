@@ -57,7 +57,7 @@ def test_kill_9_mid_window_then_restart(tmp_path):
         assert wait_for(lambda: clock_now() >= mid_third, 60)
     finally:
         first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        first.communicate(timeout=10)  # reaps it and closes its stderr pipe
     assert first.returncode == -signal.SIGKILL
     killed_at = clock_now()
 

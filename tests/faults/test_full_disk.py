@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from agent.pipeline.spool import Spool
 from agent.pipeline.store import FileStore
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
+from tests.ci_policy import require_or_skip
 from tests.helpers import T0, asset_file, parse_csv, write_history
 
 SPEED = 40.0  # a PT5M window takes 7.5 s of wall time
@@ -44,11 +44,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     where.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
                           text=True, timeout=30)
-    if proc.returncode != 0:
-        why = f"cannot mount a tmpfs: {proc.stderr.strip() or proc.returncode}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why + " (CI=true: this fault test must run)")
-        pytest.skip(why)
+    require_or_skip(proc.returncode == 0, f"cannot mount a tmpfs: {proc.stderr.strip() or proc.returncode}")
     try:
         yield where
     finally:

@@ -132,6 +132,7 @@ def load(url: str, timeout: float = 60.0, settle_secs: float = 0.5) -> PageLoad:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+        proc.stderr.close()  # not read to EOF: chromium's helper processes may hold the pipe open a while
         shutil.rmtree(profile, ignore_errors=True)
 
 

@@ -15,24 +15,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_short_demo_raises_the_alarm_for_the_fault_and_not_before(tmp_path):
     out = tmp_path / "demo"
-    err = (tmp_path / "stderr.txt").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "--out", str(out), "--quick",
-                             "--fault-start-min", "20", "--fault-end-min", "35", "--live-min", "50"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     lines, page = [], None
-    try:
-        for line in proc.stdout:  # the status page is served while the agent runs: fetch it then
-            lines.append(line)
-            m = re.search(r"status page: (http://127\.0\.0\.1:\d+/)", line)
-            if m and page is None:
-                with urllib.request.urlopen(m.group(1), timeout=10) as resp:
-                    page = (resp.status, resp.read().decode())
-        proc.wait(timeout=240)
-    finally:
-        proc.kill()
+    with (tmp_path / "stderr.txt").open("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "--out", str(out), "--quick",
+                                 "--fault-start-min", "20", "--fault-end-min", "35", "--live-min", "50"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            for line in proc.stdout:  # the status page is served while the agent runs: fetch it then
+                lines.append(line)
+                m = re.search(r"status page: (http://127\.0\.0\.1:\d+/)", line)
+                if m and page is None:
+                    with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+                        page = (resp.status, resp.read().decode())
+            proc.wait(timeout=240)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            proc.stdout.close()
+        err.seek(0)
+        errors = err.read()
     stdout = "".join(lines)
-    err.seek(0)
-    assert proc.returncode == 0, stdout[-3000:] + err.read()[-3000:]
+    assert proc.returncode == 0, stdout[-3000:] + errors[-3000:]
     assert page is not None and page[0] == 200 and "asset pump-07" in page[1]
     assert all(f'data-sensor="{s}"' in page[1] for s in ("flow", "suction_pressure", "vibration", "winding_temp"))
     summary = json.loads((out / "summary.json").read_text())

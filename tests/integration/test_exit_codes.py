@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent.core.errors import ConfigError, StateError
+from tests.ci_policy import require_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "l4e-agent@.service"
@@ -39,12 +40,15 @@ kind = "replay"
 path = "history.csv"
 """
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (the CI runs as root)")
+def require_root(why: str) -> None:
+    """Only the tests that need root are skipped without it, and never under CI (the CI runs as root)."""
+    require_or_skip(os.geteuid() == 0, f"{why} needs root")
 
 
 @pytest.fixture
 def small_fs(tmp_path):
     """A 256 KiB tmpfs at tmp_path/fs, unmounted afterwards."""
+    require_root("mounting a tmpfs")
     mnt = tmp_path / "fs"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mnt)], check=True, timeout=10)
@@ -169,6 +173,7 @@ def test_status_refuses_a_state_dir_that_is_a_regular_file(tmp_path):
 
 def test_status_refuses_an_unreadable_state_dir(tmp_path):
     """Run as an unprivileged user (root reads anything): the state folder is root's, mode 0700."""
+    require_root("switching to an unprivileged user (setpriv --reuid)")
     folder = Path(tempfile.mkdtemp(prefix="l4e-status-"))
     try:
         folder.chmod(0o755)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci_policy import require_or_skip
+
 REPO = Path(__file__).resolve().parents[2]
 UNITS = ("l4e-agent@.service", "l4e-lookout.service")
 EXAMPLE = "# example asset file for the install test\nasset = 'pump-7'\n"
@@ -178,7 +180,8 @@ def test_real_venv_install_and_upgrade(tmp_path: Path) -> None:
     assert version == "0.1.0" and location.startswith(str(venv))
     assert (REPO / "build").exists() == had_build_dir  # built from a copy, the checkout stays clean
 
-    if shutil.which("systemd-analyze"):
+    has_verify = shutil.which("systemd-analyze") is not None
+    if has_verify:
         host_units = next(d for d in HOST_UNIT_DIRS if d.is_dir())
         shutil.copytree(host_units, root / "usr/lib/systemd/system", symlinks=True)
         verify = subprocess.run(
@@ -189,3 +192,5 @@ def test_real_venv_install_and_upgrade(tmp_path: Path) -> None:
 
     out = install_ok(REPO, *args, timeout=180)  # upgrade in place
     assert "created venv" not in out and "installed l4e-agent 0.1.0" in out
+    # everything else ran; the verify step did not: said as a skip locally, a failure under CI
+    require_or_skip(has_verify, "systemd-analyze missing: the installed units were not verified")

@@ -83,7 +83,7 @@ def test_kill_9_and_restart_lose_and_repeat_no_row_and_two_runs_are_byte_identic
                 time.sleep(0.02)
             time.sleep(0.15)
             proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)  # reaps it and closes its stderr pipe
             before = len(list(store_dir.glob("*.csv")))
             assert 2 <= before < 6
         proc = run_cli(path, state, until)

@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class NotifySocket:
+    """The service manager's end of NOTIFY_SOCKET. Drain it while waiting: a datagram socket queues only a few
+    messages (net.unix.max_dgram_qlen, 10 by default) and the agent's next ones are dropped (EAGAIN)."""
+
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
@@ -76,7 +79,8 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
     try:
         wait_for(lambda: notify.seen("READY=1"), 30, "READY=1")
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: metric(get(base + "/metrics")[1], "l4e_windows_written_total") >= 2, 30, "two windows")
+        wait_for(lambda: notify.drain() or metric(get(base + "/metrics")[1], "l4e_windows_written_total") >= 2, 30,
+                 "two windows")
         status, body = get(base + "/metrics")
         assert status == 200
         assert metric(body, "l4e_readings_total") >= 2 * 5 * 6 * 3  # 2 windows × 5 min × 6/min × 3 sensors
@@ -87,7 +91,7 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
         assert pings_while_flowing >= 2
 
         # the history ends at T0 + 12 min: after 60 s of clock time without readings the source is silent
-        wait_for(lambda: get(base + "/healthz")[0] == 503, 40, "healthz 503")
+        wait_for(lambda: notify.drain() or get(base + "/healthz")[0] == 503, 40, "healthz 503")
         code, reason = get(base + "/healthz")
         assert code == 503
         assert "silent" in reason and "history" in reason
@@ -115,9 +119,11 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
     finally:
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=60)
+        stopping = notify.seen("STOPPING=1")
+        notify.sock.close()
     assert agent.returncode == 0, err[-2000:]
     assert "reload refused" in err and "lookout.upload_frequency" in err
-    assert notify.seen("STOPPING=1")
+    assert stopping
     # drained: the due windows are in the store, nothing left in the outbox
     assert len(list(store.glob("pump_*.csv"))) == 3  # windows ending 00:05, 00:10, 00:15: all due by SIGTERM
     assert not [p for p in (tmp_path / "state" / "outbox").rglob("*.csv")]

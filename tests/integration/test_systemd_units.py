@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.core.errors import ConfigError
+from tests.ci_policy import require_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -31,21 +32,12 @@ MAX_EXPOSURE = 2.0
 
 
 
-def in_ci(environ=os.environ) -> bool:
-    """CI=true (GitHub Actions, GitLab, .ci/run): a tool the CI installs must be there."""
-    return environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(autouse=True)
 def systemd_analyze() -> None:
     """Every test here needs systemd-analyze. The CI installs it (Makefile system-deps), so under CI its
     absence is a broken install step and fails; on a developer's machine without it the tests are skipped."""
-    if shutil.which("systemd-analyze") is not None:
-        return
-    message = "systemd-analyze missing (Debian package: systemd; `make system-deps` installs it)"
-    if in_ci():
-        pytest.fail(f"{message}: under CI=true this is a failure, not a skip")
-    pytest.skip(message)
+    require_or_skip(shutil.which("systemd-analyze"),
+                    "systemd-analyze missing (Debian package: systemd; `make system-deps` installs it)")
 
 
 def make_verify_root(root: Path, units: Path = UNITS) -> Path:
@@ -223,9 +215,9 @@ def _kernel_has_mdwe() -> bool:
     return libc.prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0
 
 
-@pytest.mark.skipif(not _kernel_has_mdwe(), reason="kernel without PR_SET_MDWE (Linux < 6.3)")
 def test_python_stack_runs_under_memory_deny_write_execute() -> None:
     """MemoryDenyWriteExecute=yes is only safe if nothing we import needs W+X memory (a JIT would)."""
+    require_or_skip(_kernel_has_mdwe(), "kernel without PR_SET_MDWE (Linux < 6.3)")
     result = subprocess.run(
         [sys.executable, "-c", MDWE_PROBE], capture_output=True, text=True, timeout=60, cwd=REPO, check=False
     )

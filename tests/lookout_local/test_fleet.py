@@ -367,4 +367,7 @@ def test_worker_refuses_to_start_without_a_database(tmp_path, caplog):
     assert "--keep-executions-days 0.0: must be > 0 days" in caplog.text
     assert main(["lookout", "worker", *db]) == 1  # valid options, no database there: not a config error
     assert "cannot prepare the database" in caplog.text
+    caplog.clear()
+    assert main(["lookout", "serve", *db, "--port", "0"]) == 1  # the service too, with the reason and no traceback
+    assert "cannot prepare the database: OperationalError" in caplog.text and "Traceback" not in caplog.text
 

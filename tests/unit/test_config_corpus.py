@@ -2,7 +2,7 @@
 
 Each case must exit with expected_exit.txt's code and print every line of expected_error.txt (``{case}`` is the
 case folder's path) on stderr, as one "configuration error" line without a traceback. Cases run in-process
-through agent.cli.main (the same code path as the console script, 150 of them in seconds); the ones with a
+through agent.cli.main (the same code path as the console script, all of them in seconds); the ones with a
 chmod.txt run in a subprocess under an unprivileged user when the suite runs as root (root reads anything).
 """
 
@@ -93,8 +93,17 @@ def test_case(name, case_root, monkeypatch, capsys):
         assert fragment in stderr, f"missing {fragment!r} in {stderr!r}"
 
 
-def test_corpus_size_and_shape():
-    assert len(NAMES) >= 60
+def readme_corpus_size() -> int:
+    """The number of broken files the README states (one sentence, so the two cannot drift apart)."""
+    found = re.findall(r"`tests/cases/config_errors/` holds (\d+) broken asset files", (ROOT / "README.md").read_text())
+    assert len(found) == 1, "README.md must state the corpus size once"
+    return int(found[0])
+
+
+def test_corpus_size_is_the_one_the_readme_states_and_every_case_is_complete():
+    folders = sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
+    assert folders == NAMES  # a folder without expected_exit.txt would silently not run
+    assert len(NAMES) == readme_corpus_size()
     for name in NAMES:
         folder = CORPUS / name
         assert (folder / "expected_error.txt").read_text().strip(), name

@@ -7,7 +7,7 @@ import os
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,20 @@ class Manager:
                 out.append(self.sock.recv(4096).decode().split("\n"))
             except BlockingIOError:
                 return out
+
+
+@pytest.fixture
+def notifier_for() -> Iterator[Callable[[str], Notifier]]:
+    """``notifier_for(address)``: a Notifier whose socket is closed after the test."""
+    made: list[Notifier] = []
+
+    def make(address: str) -> Notifier:
+        made.append(Notifier(address))
+        return made[-1]
+
+    yield make
+    for notifier in made:
+        notifier.close()
 
 
 @pytest.fixture
@@ -78,8 +92,8 @@ def test_messages_arrive_as_systemd_expects(manager: Manager, monkeypatch: pytes
     notifier.close()
 
 
-def test_abstract_namespace_socket(abstract_manager: Manager) -> None:
-    notifier = Notifier(abstract_manager.address)
+def test_abstract_namespace_socket(notifier_for, abstract_manager: Manager) -> None:
+    notifier = notifier_for(abstract_manager.address)
     assert notifier.ready()
     assert abstract_manager.receive() == ["READY=1"]
 
@@ -98,10 +112,11 @@ def test_unset_removes_variable_for_children(manager: Manager, monkeypatch: pyte
     assert "NOTIFY_SOCKET" not in os.environ
     assert notifier.ready()
     assert manager.receive() == ["READY=1"]
+    notifier.close()
 
 
-def test_vanished_manager_does_not_raise(manager: Manager) -> None:
-    notifier = Notifier(manager.address)
+def test_vanished_manager_does_not_raise(notifier_for, manager: Manager) -> None:
+    notifier = notifier_for(manager.address)
     manager.sock.close()
     Path(manager.address).unlink()
     assert not notifier.watchdog()
@@ -124,9 +139,9 @@ def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert watchdog_interval_secs(env) == expected
 
 
-async def test_gate_pings_only_while_healthy(manager: Manager) -> None:
+async def test_gate_pings_only_while_healthy(notifier_for, manager: Manager) -> None:
     state = {"ok": True}
-    notifier = Notifier(manager.address)
+    notifier = notifier_for(manager.address)
     gate = WatchdogGate(notifier, lambda: (state["ok"], "no reading for 120 s"), interval_secs=0.01)
     assert gate.enabled
     task = asyncio.create_task(gate.run())
@@ -148,17 +163,17 @@ async def test_gate_pings_only_while_healthy(manager: Manager) -> None:
     assert messages[-1] == "WATCHDOG=1"
 
 
-def test_gate_treats_a_raising_check_as_unhealthy(manager: Manager) -> None:
+def test_gate_treats_a_raising_check_as_unhealthy(notifier_for, manager: Manager) -> None:
     def broken() -> bool:
         raise RuntimeError("boom")
 
-    gate = WatchdogGate(Notifier(manager.address), broken, interval_secs=1.0)
+    gate = WatchdogGate(notifier_for(manager.address), broken, interval_secs=1.0)
     assert not gate.tick()
     assert manager.receive() == ["STATUS=unhealthy: health check raised RuntimeError: boom"]
 
 
-async def test_gate_without_watchdog_returns_at_once(manager: Manager) -> None:
-    gate = WatchdogGate(Notifier(manager.address), lambda: True, environ={})
+async def test_gate_without_watchdog_returns_at_once(notifier_for, manager: Manager) -> None:
+    gate = WatchdogGate(notifier_for(manager.address), lambda: True, environ={})
     assert not gate.enabled
     await asyncio.wait_for(gate.run(), timeout=1.0)
 
@@ -185,12 +200,12 @@ def test_all_healthy_joins_reasons() -> None:
     assert all_healthy(lambda: (True, ""), lambda: True)() == (True, "")
 
 
-def test_gate_stops_pinging_when_data_stops(manager: Manager) -> None:
+def test_gate_stops_pinging_when_data_stops(notifier_for, manager: Manager) -> None:
     """The watchdog path end to end: readings stop → the progress check fails → no more pings."""
     now = [0.0]
     readings = [0]
     health = all_healthy(ProgressCheck("readings", lambda: readings[0], 10, monotonic=lambda: now[0]))
-    gate = WatchdogGate(Notifier(manager.address), health, interval_secs=5)
+    gate = WatchdogGate(notifier_for(manager.address), health, interval_secs=5)
     for _ in range(4):
         readings[0] += 3
         now[0] += 5
