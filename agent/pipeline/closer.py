@@ -110,6 +110,8 @@ class WindowCloser:
         self._errors = TransitionLog(log)
         self.last_written: int | None = None
         self.carry = Carry({})
+        self.last_ts: dict[str, float] = {}  # sensor → latest good reading of the windows written (progress)
+        self.keeper = None  # set by the history backfill (agent.pipeline.reclose.Keeper)
         self._load_state()
         if self.last_written is not None:
             self.spool.closed_upto = self.last_written
@@ -128,11 +130,15 @@ class WindowCloser:
             return
         self.last_written = data.get("last_written")
         self.carry = Carry.from_json(data.get("carry"))
+        self.last_ts = {str(k): float(v) for k, v in (data.get("last_ts") or {}).items()}
 
     def _save_state(self, last_written: int, carry: Carry) -> None:
         """Persist (last_written, carry), then adopt them: on a failed write neither the file (agent.core.atomic)
         nor the in-memory progress changes, so the same window is simply written again later."""
-        write_json_atomic(self.state_file, {"last_written": last_written, "carry": carry.to_json()})
+        state = {"last_written": last_written, "carry": carry.to_json()}
+        if self.last_ts:
+            state["last_ts"] = self.last_ts
+        write_json_atomic(self.state_file, state)
         self.last_written = last_written
         self.carry = carry
 
@@ -202,9 +208,10 @@ class WindowCloser:
         log.warning("%s", events[0].message)
         return events
 
-    def _close(self, window: Window, now: float) -> list[Event]:
+    def render(self, window: Window, readings: Columns, carry: Carry) -> tuple[list[tuple[str, bytes | None]], Carry]:
+        """The window's CSV bytes per component (None: no reading, no file) from its readings and the carry at
+        its start, and the carry after it. Pure: the same inputs give the same bytes (a re-close relies on it)."""
         plan = self.plan
-        readings = self.spool.read(window.end)
         # one component at a time: a window of thousands of sensors never becomes one wide frame, so the
         # memory a close needs is that of its largest component, not of the asset (sensors are in exactly one
         # component; each sensor's rows depend on its own readings only, so the bytes are the same)
@@ -212,15 +219,22 @@ class WindowCloser:
         comp_of = {s: k for k, (_, sensors) in enumerate(comps) for s in sensors}
         group = np.array([comp_of.get(n, -1) for n in readings.names], dtype=np.int32)[readings.code] \
             if readings.num_rows else np.empty(0, np.int32)
-        unknown = int(np.count_nonzero(group < 0))
-        carry = self.carry
-        events = []
         times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
+        out = []
         for k, (comp, sensors) in enumerate(comps):
             rows = np.flatnonzero(group == k)  # in append order
             part = Columns(readings.names, readings.code[rows], readings.ts[rows], readings.value[rows])
             grid, carry = resample(part, window, plan.rate, sensors, plan.aggs, plan.fill_limit, carry, plan.holds)
-            data = component_csv(grid, sensors, plan.timestamp_column, times_text)
+            out.append((comp, component_csv(grid, sensors, plan.timestamp_column, times_text)))
+        return out, carry
+
+    def _close(self, window: Window, now: float) -> list[Event]:
+        plan = self.plan
+        readings = self.spool.read(window.end)
+        start_carry = self.carry
+        files, carry = self.render(window, readings, start_carry)
+        events = []
+        for comp, data in files:
             if data is None:
                 self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + 1
                 msg = (f"component {comp}: no reading in window {iso_window(window)}; no file written "
@@ -232,12 +246,30 @@ class WindowCloser:
             self.stats.files_written += 1
             events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
                                 now, {"window_start": window.start, "window_end": window.end}))
+        if self.keeper is not None:  # history backfill: keep what a late reading needs to re-close it
+            self.keeper.keep(window, start_carry, files)
+            self._note_last_ts(readings)
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1
-        if unknown:
-            log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
+        if readings.num_rows:
+            known = set(plan.sensors)
+            unknown = int(np.count_nonzero(~np.array([n in known for n in readings.names], bool)[readings.code]))
+            if unknown:
+                log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
         return events
+
+    def _note_last_ts(self, readings: Columns) -> None:
+        """Per sensor, the latest good reading of the window: kept in the progress file, so the agent knows the
+        last reading it held of every sensor after the window's raw readings are gone (history backfill)."""
+        if not readings.num_rows:
+            return
+        good = ~np.isnan(readings.value)
+        latest = np.full(len(readings.names), -np.inf)
+        np.maximum.at(latest, readings.code[good], readings.ts[good])
+        for name, ts in zip(readings.names, latest.tolist(), strict=True):
+            if ts > self.last_ts.get(name, -np.inf):
+                self.last_ts[name] = ts
 
     # --- disk budget ----------------------------------------------------------------------------------
     def enforce_budget(self, now: float) -> list[Event]:

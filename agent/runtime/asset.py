@@ -109,6 +109,7 @@ class AssetRunner:
         for conn in self.connectors:  # state a connector keeps itself (OPC-UA: the pinned server certificate)
             if hasattr(conn, "use_state_dir"):
                 conn.use_state_dir(self.state_dir)
+        self.keeper = self._attach_backfill()
         self.stats = AssetStats()
         self.event_listeners: list[Callable[[Event], None]] = []
         writers = connector_writer_factory(config, base, self.state_dir)
@@ -131,6 +132,24 @@ class AssetRunner:
         self._silent: set[str] = set()
         self._bad_quality: set[str] = set()
         self._untrusted: set[str] = set()
+
+    def _attach_backfill(self):
+        """History backfill (OPC-UA ``backfill``): the connectors write through the spool and re-close windows
+        already written (agent.pipeline.reclose); None when no source backfills."""
+        fillers = [c for c in self.connectors if getattr(c, "backfill", None) is not None]
+        if not fillers:
+            return None
+        from agent.pipeline.reclose import Keeper, SpoolBackfillPort
+
+        def reaches(_window) -> bool:  # could a backfill still bring readings of a window written now?
+            return any(c.backfill.may_reach(c.stats.connected) for c in fillers)
+
+        keeper = Keeper(self.state_dir / "kept", self.closer, reaches,
+                        max(c.backfill.settings.max_age_secs for c in fillers), self.clock.now)
+        port = SpoolBackfillPort(self.spool, self.closer, keeper)
+        for conn in fillers:
+            conn.use_backfill(port, self.state_dir)
+        return keeper
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
