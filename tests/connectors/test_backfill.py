@@ -247,6 +247,10 @@ async def test_link_drop_rewrites_the_window_written_during_it(tmp_path, caplog)
     from agent.core.clock import ScaledClock
     from agent.runtime.agent import Agent
     from agent.runtime.asset import AssetRunner
+    from agent.runtime.metrics import render
+    from agent.runtime.status_data import asset_status, collect_status
+    from agent.runtime.status_page import render_page
+    from agent.runtime.supervision import Supervision
     from tests.connectors.opcua_peer import CuttableLink
 
     caplog.set_level(logging.INFO)
@@ -298,3 +302,16 @@ async def test_link_drop_rewrites_the_window_written_during_it(tmp_path, caplog)
     rewritten = [r.message for r in caplog.records if "rewritten with backfilled readings" in r.getMessage()]
     assert len(rewritten) == 1 and runner.keeper.rewritten == 1, rewritten
     assert sum("keeps no history" in r.getMessage() for r in caplog.records) == 1
+    # visible: the status data (page and /api/status) and /metrics
+    source = asset_status(runner, clock.now())["sources"][0]["backfill"]
+    assert source["values_total"] >= 2 * 3 and source["pending_gaps"] == 0 and source["no_history"] == ["c"]
+    assert source["out_of_reach_gaps"] == 1  # c's gap: no history
+    assert asset_status(runner, clock.now())["windows"]["rewritten_total"] == 1
+    page = render_page(collect_status([runner], clock.now()))
+    assert f'backfill plc: {source["values_total"]} values filled' in page and "no history: c" in page
+    assert '<span class="rewritten-total">1</span> rewritten' in page
+    text = render(Supervision([runner]).registry)
+    assert f'l4e_backfill_values_total{{source="plc"}} {float(source["values_total"])}' in text
+    assert 'l4e_backfill_gaps_pending{source="plc"} 0.0' in text
+    assert 'l4e_backfill_out_of_reach_total{source="plc"} 1.0' in text
+    assert 'l4e_windows_rewritten_total{asset="hist"} 1.0' in text
