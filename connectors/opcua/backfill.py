@@ -90,10 +90,12 @@ class GapBook:
         self.path = path
         self.gaps: dict[str, list[list[float]]] = {}   # sensor → [[start, end, done], ...], oldest first
         self.writing: dict[str, float] = {}            # sensor → position being written (see Progress)
+        self.totals: dict = {}                         # BackfillStats as last saved (cumulative over runs)
         try:
             data = json.loads(path.read_text())
             self.gaps = {s: [[float(x) for x in g] for g in gs] for s, gs in data.get("gaps", {}).items() if gs}
             self.writing = {s: float(t) for s, t in data.get("writing", {}).items()}
+            self.totals = dict(data.get("totals") or {})
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, AttributeError) as exc:
@@ -101,7 +103,7 @@ class GapBook:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, {"gaps": self.gaps, "writing": self.writing})
+        write_json_atomic(self.path, {"gaps": self.gaps, "writing": self.writing, "totals": self.totals})
 
     def add(self, sensor: str, start: float, end: float) -> None:
         self.gaps.setdefault(sensor, []).append([start, end, start])
@@ -155,6 +157,12 @@ class Backfill:
         self._state_dir = Path(state_dir)
         self.book = GapBook(self._state_dir / "backfill" / f"{self.config.name}.json")
         self.book.settle(port)
+        st, totals = self.stats, self.book.totals  # counters continue over restarts (`l4e-agent status`)
+        st.values = int(totals.get("values", 0))
+        st.gaps_filled = int(totals.get("gaps_filled", 0))
+        st.out_of_reach_gaps = int(totals.get("out_of_reach_gaps", 0))
+        st.out_of_reach_secs = float(totals.get("out_of_reach_secs", 0.0))
+        self.book.totals = self._totals  # (nodes without history are checked again by every run)
 
     @property
     def active(self) -> bool:
@@ -223,6 +231,16 @@ class Backfill:
         self.book.add(sensor, start, end)
         return True
 
+    def _save(self) -> None:
+        self.book.totals = self._totals
+        self.book.save()
+
+    @property
+    def _totals(self) -> dict:
+        st = self.stats
+        return {"values": st.values, "gaps_filled": st.gaps_filled, "out_of_reach_gaps": st.out_of_reach_gaps,
+                "out_of_reach_secs": round(st.out_of_reach_secs, 3), "no_history": sorted(st.no_history)}
+
     def _out_of_reach(self, secs: float) -> None:
         self.stats.out_of_reach_secs += secs
         self.stats.out_of_reach_gaps += 1
@@ -249,7 +267,7 @@ class Backfill:
 
     async def _fill(self, client: Client, node_ids: dict[str, ua.NodeId]) -> None:
         book = self.book
-        book.save()  # the gaps just opened are durable before any reading is written for them
+        self._save()  # the gaps just opened are durable before any reading is written for them
         sensors = [s for s in book.gaps if s in node_ids and s not in self._failed]
         await self._check_history(client, {s: node_ids[s] for s in sensors})
         spans = [Span(s, node_ids[s], book.gaps[s][0][2], book.gaps[s][0][1]) for s in sensors if s in book.gaps]
@@ -313,7 +331,7 @@ class Backfill:
         if readings:
             for key, _, upto in pending:
                 book.writing[key] = max(upto, book.writing.get(key, upto))
-            book.save()
+            self._save()
             self.port.write(readings)
         for key, _, upto in pending:
             gap = book.gaps[key][0]
@@ -325,16 +343,16 @@ class Backfill:
                 if not gaps:
                     del book.gaps[key]
                 self.stats.gaps_filled += 1
-        book.writing = {}
-        book.save()
         self.stats.values += sum(1 for r in readings if r.value == r.value)
+        book.writing = {}
+        self._save()
 
     def _no_history(self, sensor: str, status: str) -> None:
         """The node keeps no history: its gaps stay empty (noted once per node)."""
         gaps = self.book.gaps.pop(sensor, [])
         for _, end, done in gaps:
             self._out_of_reach(end - done)
-        self.book.save()
+        self._save()
         self.stats.no_history.add(sensor)
         if sensor not in self._noted:
             self._noted.add(sensor)

@@ -136,7 +136,7 @@ async def test_kill_9_gap_is_filled_from_the_servers_history(tmp_path):
     """kill -9 the agent while the server keeps writing, restart: the window covering the gap equals the server's
     history cell by cell; the node without history stays empty in the gap, with one log line."""
     state, store_dir = tmp_path / "state", tmp_path / "store"
-    timeline = Timeline(state, lead=16)
+    timeline = Timeline(state, lead=20)
     peer = await HistoryPeer(["a", "b"], plain=["c"]).start()
     writer = asyncio.create_task(peer.run_writer(timeline.now, 1.0, value_of))
     path = asset_toml(tmp_path, peer.endpoint, store_dir)
@@ -163,7 +163,7 @@ async def test_kill_9_gap_is_filled_from_the_servers_history(tmp_path):
         writer.cancel()
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGKILL)  # the files are checked in the store; nothing else to wait for
         errs = [proc.communicate(timeout=20)[1] if proc is not None else "" for proc in (first, second)]
         await peer.stop()
     cells = window_cells(store, timeline.end)
@@ -171,7 +171,7 @@ async def test_kill_9_gap_is_filled_from_the_servers_history(tmp_path):
     # compared from the second after the first run's first live reading to the window end
     grid = [t for t in sorted(cells["a"]) if t > math.ceil(first_live) + 1]
     gap = [t for t in grid if killed + 1 < t < killed + 5]
-    assert len(grid) >= 8 and gap, (grid, killed)
+    assert len(grid) >= 6 and len(gap) >= 2, ("the machine is too slow for this timeline", grid, killed)
     for sensor in "ab":
         for t in grid:
             assert cells[sensor][t] != "", f"{sensor} empty at {t} (gap {killed})"
@@ -180,6 +180,13 @@ async def test_kill_9_gap_is_filled_from_the_servers_history(tmp_path):
     assert any(cells["c"][t] == "" for t in gap), [cells["c"][t] for t in gap]
     log = errs[1]
     assert log.count("keeps no history") == 1 and "sensor c" in log, log[-3000:]
+    # `l4e-agent status` shows it from the state folder (the command's text, without the API section)
+    from agent.config import load
+    from agent.lookout.status import status
+
+    line = next(x for x in status(load(path), state, None).splitlines() if x.startswith("backfill plc: "))
+    filled = int(line.split()[2])
+    assert filled >= 2 * 4 and "0 gap(s) pending" in line and "no history: c" in line, line
 
 
 # ---- the paged HistoryRead loop (connectors.opcua.history_read) against the same server, in-process
