@@ -144,6 +144,8 @@ class Backfill:
         self._checked: set[str] = set()             # sensors whose history attributes were read
         self._failed: set[str] = set()              # sensors whose read failed in this session (retried later)
         self._wake = asyncio.Event()
+        # one durable write (spool + progress) per this many values, not per page: fsyncs cost more than reads
+        self.commit_every = 20_000
         self._enabled = clock.speed == 1.0
         if not self._enabled:
             _logger.warning("OPC-UA source %s: backfill is off: the clock is scaled (--speed), so the server's "
@@ -277,8 +279,7 @@ class Backfill:
         pending: list[tuple[str, list[Reading], float]] = []
         finished: list[str] = []
         count = 0
-        # one durable write (spool + progress) per this many values, not per page: fsyncs cost more than reads
-        commit_every = max(4 * self.settings.values_per_request, 20_000)
+        commit_every = max(self.commit_every, self.settings.values_per_request)
         limit = _RateLimit(self.settings.values_per_second)
         pages = read_raw(client, spans, self.settings.values_per_request, self.settings.nodes_per_request, limit)
         async with aclosing(pages):  # an error writing the readings closes the read: its points are released

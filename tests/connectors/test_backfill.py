@@ -322,3 +322,64 @@ async def test_link_drop_rewrites_the_window_written_during_it(tmp_path, caplog)
     assert 'l4e_backfill_gaps_pending{source="plc"} 0.0' in text
     assert 'l4e_backfill_out_of_reach_total{source="plc"} 1.0' in text
     assert 'l4e_windows_rewritten_total{asset="hist"} 1.0' in text
+
+
+class _DiedAfterWrite(Exception):
+    """The process dies here: the readings are durable, the progress file does not know yet."""
+
+
+async def test_backfill_cut_between_write_and_progress_resumes_without_writing_twice(tmp_path):
+    """kill -9 between the spool write and the progress file (the narrowest point of a backfill; a process
+    cannot be killed there on demand, so the death is raised there): the next run asks the spool what it holds,
+    resumes after it, and every history value inside the gap is in the spool exactly once."""
+    from agent.config import load
+    from agent.core.clock import SystemClock
+    from agent.runtime.asset import AssetRunner
+
+    peer = await HistoryPeer(["a", "b"], plain=["c"]).start()
+    t0 = float(int(time.time()) - 200)
+    for name in "ab":
+        await peer.fill(name, [(t0 + i, value_of(name, i, t0 + i)) for i in range(120)])
+    path = asset_toml(tmp_path, peer.endpoint, tmp_path / "store")
+    state = tmp_path / "state"
+    client = Client(peer.endpoint)
+    await client.connect()
+    ids = {n: ua.NodeId.from_string(HistoryPeer.node_id(n)) for n in "ab"}
+    try:
+        writes: list[int] = []
+
+        def dying(real_write):
+            def write_then_die(readings):
+                real_write(readings)
+                writes.append(len(readings))
+                if len(writes) == 2:
+                    raise _DiedAfterWrite
+            return write_then_die
+
+        for attempt in range(2):
+            runner = AssetRunner(load(path), path, state, SystemClock())  # a new process: state from disk only
+            backfill = runner.connectors[0].backfill
+            backfill.commit_every = 20
+            if attempt == 0:
+                for name in "ab":
+                    backfill.book.add(name, t0 + 10, t0 + 100)
+                backfill.port.write = dying(backfill.port.write)
+                with contextlib.suppress(_DiedAfterWrite):
+                    await backfill._fill(client, ids)
+                assert len(writes) == 2
+                assert json.loads((state / "backfill" / "plc.json").read_text())["writing"], "not cut mid-way"
+            else:
+                await backfill._fill(client, ids)
+                assert not backfill.book.gaps
+            runner.spool.close()
+        from agent.pipeline.spool import Spool
+
+        spool = Spool(state / "spool", FREQ)
+        cols = [spool.read(end) for end in spool.windows()]
+        held = {n: sorted(t for c in cols for s, t in zip(c.sensors(), c.ts.tolist(), strict=True) if s == n)
+                for n in "ab"}
+        for name in "ab":
+            assert held[name] == [t0 + i for i in range(11, 100)], name  # all of (start, end), each once
+    finally:
+        await client.disconnect()
+        await peer.stop()
