@@ -167,11 +167,17 @@ class WindowCloser:
                     empty_run.append(window)
                     continue
                 missing = self._missing_events(empty_run, now)
+                if self.keeper is not None:  # history backfill: a window with no reading yet may still get some
+                    for empty in empty_run:
+                        self.keeper.keep(empty, self.carry, [])
                 written = self._close(window, now)  # also records the empty run before it as written
                 events.extend(self._commit_missing(empty_run, missing) + written)
                 empty_run = []
             if empty_run:
                 missing = self._missing_events(empty_run, now)
+                if self.keeper is not None:  # history backfill: a window with no reading yet may still get some
+                    for empty in empty_run:
+                        self.keeper.keep(empty, self.carry, [])
                 self._save_state(empty_run[-1].end, self.carry)
                 self.spool.closed_upto = self.last_written
                 events.extend(self._commit_missing(empty_run, missing))

@@ -13,8 +13,10 @@ link was down while they were written. Two parts:
     deleted; a kept window older than the longest ``max_age`` is deleted too.
 
 :meth:`Keeper.reclose`
-    Backfilled readings of a kept window are written durably beside its raw segments (agent.core.atomic), then
-    the window is rendered again exactly as the closer renders it (``WindowCloser.render``: same readings plus the
+    Backfilled readings of a kept window are written durably beside its raw segments (agent.core.atomic) and the
+    window is marked ``dirty``; the windows job (``render_dirty``) renders dirty windows again once the backfills
+    are idle, or every RENDER_EVERY_SECS while one runs long, so a window is rendered once per burst and not once
+    per write. It is rendered exactly as the closer renders it (``WindowCloser.render``: same readings plus the
     new ones, same carry at its start). A component file whose bytes changed is put in the outbox again under
     the same key (the uploader overwrites the object), logged once per window and counted in ``rewritten``; the
     carry after the window feeds the next kept window the same way, and the progress file's carry when the window
@@ -50,6 +52,10 @@ from agent.pipeline.windows import iso_window
 log = logging.getLogger("l4e.pipeline")
 
 META = "meta.json"
+DIRTY = "dirty"  # marker: backfilled readings arrived, the window is to be rendered again
+# While a backfill keeps bringing readings, dirty windows are rendered again at most this often (wall seconds);
+# when every backfill is idle, at once. A window is rendered once per burst, not once per write.
+RENDER_EVERY_SECS = 30.0
 
 
 def _digest(data: bytes | None) -> str | None:
@@ -70,6 +76,7 @@ class Keeper:
         self.unreachable = 0        # backfilled readings of written windows that were not kept (dropped)
         self._logged: set[int] = set()
         self._seq = 0
+        self._dirty_since: float | None = None  # monotonic time the oldest unrendered write arrived
         self.dir.mkdir(parents=True, exist_ok=True)
         closer.keeper = self
 
@@ -83,7 +90,8 @@ class Keeper:
         return sorted(out)
 
     def keep(self, window: Window, start_carry: Carry, files: list[tuple[str, bytes | None]]) -> None:
-        """Called by the closer before its progress moves past ``window`` (see the module docstring)."""
+        """Called by the closer before its progress moves past ``window``, also for a window it writes no file
+        for (no reading: a backfill may bring some). See the module docstring."""
         if not self.need(window):
             self.prune(None)
             return
@@ -99,17 +107,18 @@ class Keeper:
                                           "digests": {comp: _digest(data) for comp, data in files}})
 
     def prune(self, before: float | None) -> None:
-        """Delete kept windows (all of them, or those ending before ``before``)."""
+        """Delete kept windows (all of them, or those ending before ``before``), but none waiting to be
+        rendered again."""
         for end in self.windows():
-            if before is None or end < before:
+            if (before is None or end < before) and not (self.dir / str(end) / DIRTY).exists():
                 shutil.rmtree(self.dir / str(end), ignore_errors=True)
 
     # --- re-closing -----------------------------------------------------------------------------------
     def reclose(self, parts: dict[int, Columns]) -> None:
-        """Merge backfilled readings into written windows (see the module docstring). Raises OSError when
-        they could not be made durable (nothing is acknowledged then: the backfill retries)."""
+        """Merge backfilled readings into written windows (see the module docstring): durable on return (the
+        window is marked to be rendered again first, then the readings are written beside its raw segments).
+        Raises OSError when they could not be made durable (the backfill does not advance then)."""
         kept = set(self.windows())
-        affected = []
         for end, cols in sorted(parts.items()):
             if end not in kept:
                 n = int(np.count_nonzero(~np.isnan(cols.value)))
@@ -118,11 +127,30 @@ class Keeper:
                             "so its raw readings were not kept", n,
                             iso_window(Window(end - self.closer.plan.frequency, end)))
                 continue
+            folder = self.dir / str(end)
+            if not (folder / DIRTY).exists():
+                write_atomic(folder / DIRTY, b"")
             self._seq += 1
-            write_atomic(self.dir / str(end) / f"{end}-bf{time.time_ns():x}-{self._seq:06d}{SUFFIX}", encode(cols))
-            affected.append(end)
-        if affected:
-            self._render_from(affected[0], set(affected), sorted(kept))
+            write_atomic(folder / f"{end}-bf{time.time_ns():x}-{self._seq:06d}{SUFFIX}", encode(cols))
+            if self._dirty_since is None:
+                self._dirty_since = time.monotonic()
+
+    def render_dirty(self, idle: bool) -> None:
+        """Render the windows that got backfilled readings again (see the module docstring): at once when
+        ``idle`` (no backfill is bringing more), else at most every RENDER_EVERY_SECS."""
+        dirty = [end for end in self.windows() if (self.dir / str(end) / DIRTY).exists()]
+        if not dirty:
+            self._dirty_since = None
+            return
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()  # marked by an earlier run
+        if not idle and time.monotonic() - self._dirty_since < RENDER_EVERY_SECS:
+            return
+        self._render_from(dirty[0], set(dirty), self.windows())
+        for end in dirty:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / str(end) / DIRTY).unlink()
+        self._dirty_since = None
 
     def _render_from(self, first: int, affected: set[int], kept: list[int]) -> None:
         closer = self.closer
@@ -199,7 +227,7 @@ class SpoolBackfillPort:
             self.spool.flush()
             if self.spool.held_windows():
                 raise OSError("the spool could not write the backfilled readings (see the disk warning)")
-        if late.any():
+        if late.any():  # windows already written: rendered again by the windows job (Keeper.render_dirty)
             self.keeper.reclose({int(e): cols.filter(late & (ends == e)) for e in np.unique(ends[late])})
 
     # --- helpers

@@ -240,6 +240,9 @@ class AssetRunner:
         with self.disk.guard("windows job"):
             self.spool.flush()
             self.emit(self.closer.close_due(self.close_time()))
+            if self.keeper is not None:  # windows already written that backfilled readings completed
+                self.keeper.render_dirty(idle=not any(c.backfill.busy() for c in self.connectors
+                                                      if getattr(c, "backfill", None) is not None))
 
     async def upload_job(self) -> None:
         with self.disk.guard("upload"):

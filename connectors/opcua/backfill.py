@@ -173,6 +173,10 @@ class Backfill:
     def pending(self) -> int:
         return self.book.pending() if self.book is not None else 0
 
+    def busy(self) -> bool:
+        """Whether readings are still coming: gaps pending that this session has not given up on."""
+        return self.active and self.book is not None and any(s not in self._failed for s in self.book.gaps)
+
     def may_reach(self, connected: bool) -> bool:
         """Whether this backfill may still bring readings of a window written now: the session is down (its
         gap is still opening), a live reading that closes a gap is due, or gaps are pending."""
