@@ -171,8 +171,10 @@ class BackfillConfig(BaseModel):
         description="How far back a gap is filled (ISO 8601 duration, PT1S … P366D, e.g. \"PT24H\"); the part of "
         "a gap older than this is cut and reported as out of reach."
     )
-    nodes_per_request: int = Field(default=100, ge=1, le=10_000,
-                                   description="Nodes per HistoryRead request.")
+    nodes_per_request: int = Field(
+        default=20, ge=1, le=10_000,
+        description="Nodes per HistoryRead request (a response holds up to nodes_per_request × values_per_request "
+        "values in memory at once: 20 × 1000 is about 20 MB of decoded values).")
     values_per_request: int = Field(default=1000, ge=1, le=100_000,
                                     description="NumValuesPerNode of each HistoryRead (values per node per page).")
     values_per_second: float = Field(
@@ -243,7 +245,7 @@ class OpcUaSourceConfig(SourceConfig):
     backfill: BackfillConfig | None = Field(
         default=None,
         description="Fill the gaps (agent restart, lost link) from the server's history, e.g. backfill = "
-        '{ max_age = "PT24H" }; all keys with their defaults: { max_age = "PT24H", nodes_per_request = 100, '
+        '{ max_age = "PT24H" }; all keys with their defaults: { max_age = "PT24H", nodes_per_request = 20, '
         "values_per_request = 1000, values_per_second = 100000 } (max_age: how far back a gap is filled, ISO 8601 "
         "days/hours/minutes/seconds, PT1S … P366D; nodes_per_request: nodes per HistoryRead; values_per_request: "
         "values per node per page; values_per_second: rate limit of the whole source). Needs timestamp = "
