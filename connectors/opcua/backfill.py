@@ -143,6 +143,7 @@ class Backfill:
         self._noted: set[str] = set()               # sensors already logged as without history
         self._checked: set[str] = set()             # sensors whose history attributes were read
         self._failed: set[str] = set()              # sensors whose read failed in this session (retried later)
+        self._cut = [0, 0.0]                        # gaps cut by max_age since the last report, their seconds
         self._wake = asyncio.Event()
         # one durable write (spool + progress) per this many values, not per page: fsyncs cost more than reads
         self.commit_every = 20_000
@@ -224,10 +225,9 @@ class Backfill:
         cutoff = self.clock.now() - self.settings.max_age_secs
         if start < cutoff:
             cut = min(end, cutoff) - start
-            self.stats.out_of_reach_secs += cut
-            self.stats.out_of_reach_gaps += 1
-            _logger.warning("OPC-UA source %s: sensor %s: %.0f s of its gap are older than max_age %s and will "
-                            "not be filled", self.config.name, sensor, cut, self.settings.max_age)
+            self._out_of_reach(cut)
+            self._cut[0] += 1
+            self._cut[1] += cut
             start = cutoff
             if end <= start:
                 return False
@@ -270,9 +270,18 @@ class Backfill:
                 _logger.info("OPC-UA source %s: backfill interrupted (%s); it resumes at the next session",
                              self.config.name, _describe(exc))
                 return
+            except Exception as exc:  # a bug: say so once; live data is not affected, the next session retries
+                self.stats.last_error = _describe(exc)
+                _logger.exception("OPC-UA source %s: backfill failed; it resumes at the next session",
+                                  self.config.name)
+                return
 
     async def _fill(self, client: Client, node_ids: dict[str, ua.NodeId]) -> None:
         book = self.book
+        if self._cut[0]:  # one line per session, not one per node
+            _logger.warning("OPC-UA source %s: %d gap(s) reach back further than max_age %s: %.0f s in total will "
+                            "not be filled", self.config.name, self._cut[0], self.settings.max_age, self._cut[1])
+            self._cut = [0, 0.0]
         self._save()  # the gaps just opened are durable before any reading is written for them
         sensors = [s for s in book.gaps if s in node_ids and s not in self._failed]
         await self._check_history(client, {s: node_ids[s] for s in sensors})

@@ -383,3 +383,32 @@ async def test_backfill_cut_between_write_and_progress_resumes_without_writing_t
     finally:
         await client.disconnect()
         await peer.stop()
+
+
+def test_gap_runs_from_the_last_reading_held_to_the_first_live_one_cut_at_max_age(tmp_path):
+    """At the first session the gap of a node starts at the last reading the agent holds durably (here: the
+    progress file of windows already written, as a run killed long ago leaves it) and ends at the first live
+    reading; what is older than max_age (PT1H) is cut and counted out of reach; a node never read has no gap."""
+    from agent.config import load
+    from agent.core.clock import SystemClock
+    from agent.core.model import Reading
+    from agent.runtime.asset import AssetRunner
+
+    now = float(int(time.time()))
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "progress.json").write_text(json.dumps({"last_written": int(now - 7200) // FREQ * FREQ, "carry": {},
+                                                      "last_ts": {"a": now - 7200, "b": now - 100}}))
+    path = asset_toml(tmp_path, "opc.tcp://127.0.0.1:4840/", tmp_path / "store")
+    runner = AssetRunner(load(path), path, state, SystemClock())
+    backfill = runner.connectors[0].backfill
+    backfill.session_up(["a", "b", "c"], first=True)
+    backfill.observe([Reading("a", 1.0, now), Reading("b", 2.0, now + 0.5), Reading("c", 3.0, now)])
+    gaps = backfill.book.gaps
+    assert set(gaps) == {"a", "b"}
+    start, end, done = gaps["a"][0]
+    assert abs(start - (now - 3600)) < 5 and end == now and done == start
+    assert gaps["b"] == [[now - 100, now + 0.5, now - 100]]
+    assert backfill.stats.out_of_reach_gaps == 1 and abs(backfill.stats.out_of_reach_secs - 3600) < 5
+    assert backfill.may_reach(connected=True)  # windows written now are kept: the gaps are pending
+    runner.spool.close()
