@@ -69,6 +69,13 @@ class HistoryPeer:
         self.server = server
         return self
 
+    async def restart(self, down_secs: float = 0.5) -> None:
+        """Stop listening, then listen again on the same port with the same nodes and history (a server
+        restart as the network sees it: sessions and continuation points are gone)."""
+        await self.server.stop()
+        await asyncio.sleep(down_secs)
+        await self.server.start()
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()

@@ -37,9 +37,9 @@ def value_of(name: str, k: int, ts: float) -> float:
     return {"a": 1000.0, "b": 2000.0, "c": 3000.0}[name] + k % 100_000 + 0.25
 
 
-def asset_toml(tmp_path: Path, endpoint: str, store: Path) -> Path:
+def asset_toml(tmp_path: Path, endpoint: str, store: Path, sensors: str = "abc") -> Path:
     path = tmp_path / "asset.toml"
-    nodes = ", ".join(f'{{ sensor = "{n}", node_id = "{HistoryPeer.node_id(n)}" }}' for n in "abc")
+    nodes = ", ".join(f'{{ sensor = "{n}", node_id = "{HistoryPeer.node_id(n)}" }}' for n in sensors)
     path.write_text(textwrap.dedent(f"""\
         asset = "hist"
         [lookout]
@@ -48,7 +48,7 @@ def asset_toml(tmp_path: Path, endpoint: str, store: Path) -> Path:
         sampling_rate = "PT1S"
         input = "file://{store}/"
         [components]
-        unit = ["a", "b", "c"]
+        unit = {json.dumps(list(sensors))}
         [window]
         agg = "last"
         fill_limit = 2
@@ -412,3 +412,56 @@ def test_gap_runs_from_the_last_reading_held_to_the_first_live_one_cut_at_max_ag
     assert backfill.stats.out_of_reach_gaps == 1 and abs(backfill.stats.out_of_reach_secs - 3600) < 5
     assert backfill.may_reach(connected=True)  # windows written now are kept: the gaps are pending
     runner.spool.close()
+
+
+async def test_server_restart_in_the_middle_of_a_backfill(tmp_path):
+    """The server restarts while an hour-long gap is being read (paged, rate limited): the session is rebuilt, the
+    backfill resumes from its durable progress, and every history value of the gap is held exactly once (in the
+    spool or, for windows already written, beside their kept raw readings)."""
+    from agent.config import load
+    from agent.core.clock import SystemClock
+    from agent.pipeline.columns import read_file
+    from agent.pipeline.spool import Spool
+    from agent.runtime.agent import Agent
+    from agent.runtime.asset import AssetRunner
+
+    now = float(int(time.time()))
+    start = now - 3000
+    peer = await HistoryPeer(["a", "b"]).start()
+    for name in "ab":
+        await peer.fill(name, [(start + i, value_of(name, i, start + i)) for i in range(3000)])
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "progress.json").write_text(json.dumps({"last_written": int(start) // FREQ * FREQ, "carry": {},
+                                                      "last_ts": {"a": start, "b": start}}))
+    path = asset_toml(tmp_path, peer.endpoint, tmp_path / "store", sensors="ab")
+    path.write_text(path.read_text()
+                    .replace('nodes = [', 'backoff_initial_secs = 0.2\nbackoff_max_secs = 0.5\nnodes = [')
+                    .replace("values_per_request = 4", "values_per_request = 100, values_per_second = 1500"))
+    clock = SystemClock()
+    runner = AssetRunner(load(path), path, state, clock)
+    backfill = runner.connectors[0].backfill
+    backfill.commit_every = 200
+    agent = asyncio.create_task(Agent([runner], clock).run(until=now + 120))
+    try:
+        assert await wait_until(lambda: backfill.stats.values >= 400, 20, 0.02), backfill.stats
+        assert backfill.stats.values < 5000, "too late: the backfill is almost done"
+        await peer.restart()
+        assert await wait_until(lambda: backfill.book is not None and not backfill.book.gaps
+                                and backfill.stats.values >= 5998, 30), (backfill.stats, backfill.book.gaps)
+        assert runner.connectors[0].stats.reconnects >= 1
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+        await peer.stop()
+    held: dict[str, list[float]] = {"a": [], "b": []}
+    spool = Spool(state / "spool", FREQ)
+    parts = [spool.read(end) for end in spool.windows()]
+    parts += [read_file(p)[0] for p in sorted((state / "kept").glob("*/*.l4es"))]
+    for cols in parts:
+        for sensor, ts, value in zip(cols.sensors(), cols.ts.tolist(), cols.value.tolist(), strict=True):
+            if sensor in held and ts < now and value == value:
+                held[sensor].append(ts)
+    for name in "ab":
+        assert sorted(held[name]) == [start + i for i in range(1, 3000)], name
