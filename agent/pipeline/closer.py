@@ -214,9 +214,11 @@ class WindowCloser:
         log.warning("%s", events[0].message)
         return events
 
-    def render(self, window: Window, readings: Columns, carry: Carry) -> tuple[list[tuple[str, bytes | None]], Carry]:
+    def render(self, window: Window, readings: Columns, carry: Carry) -> tuple[list[tuple[str, bytes | None]], Carry,
+                                                                             tuple[int, int, int]]:
         """The window's CSV bytes per component (None: no reading, no file) from its readings and the carry at
-        its start, and the carry after it. Pure: the same inputs give the same bytes (a re-close relies on it)."""
+        its start, the carry after it, and (unknown readings, cells, empty cells) of the files. Pure: the same
+        inputs give the same bytes (a re-close relies on it)."""
         plan = self.plan
         # one component at a time: a window of thousands of sensors never becomes one wide frame, so the
         # memory a close needs is that of its largest component, not of the asset (sensors are in exactly one
@@ -225,20 +227,26 @@ class WindowCloser:
         comp_of = {s: k for k, (_, sensors) in enumerate(comps) for s in sensors}
         group = np.array([comp_of.get(n, -1) for n in readings.names], dtype=np.int32)[readings.code] \
             if readings.num_rows else np.empty(0, np.int32)
+        unknown = int(np.count_nonzero(group < 0))
         times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
         out = []
+        cells = empty = 0
         for k, (comp, sensors) in enumerate(comps):
             rows = np.flatnonzero(group == k)  # in append order
             part = Columns(readings.names, readings.code[rows], readings.ts[rows], readings.value[rows])
             grid, carry = resample(part, window, plan.rate, sensors, plan.aggs, plan.fill_limit, carry, plan.holds)
-            out.append((comp, component_csv(grid, sensors, plan.timestamp_column, times_text)))
-        return out, carry
+            data = component_csv(grid, sensors, plan.timestamp_column, times_text)
+            if data is not None:
+                cells += grid.values.size
+                empty += int(np.count_nonzero(np.isnan(grid.values)))
+            out.append((comp, data))
+        return out, carry, (unknown, cells, empty)
 
     def _close(self, window: Window, now: float) -> list[Event]:
         plan = self.plan
         readings = self.spool.read(window.end)
         start_carry = self.carry
-        files, carry = self.render(window, readings, start_carry)
+        files, carry, (unknown, _, _) = self.render(window, readings, start_carry)
         events = []
         for comp, data in files:
             if data is None:
@@ -258,11 +266,8 @@ class WindowCloser:
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1
-        if readings.num_rows:
-            known = set(plan.sensors)
-            unknown = int(np.count_nonzero(~np.array([n in known for n in readings.names], bool)[readings.code]))
-            if unknown:
-                log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
+        if unknown:
+            log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
         return events
 
     def _note_last_ts(self, readings: Columns) -> None:

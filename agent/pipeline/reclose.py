@@ -170,7 +170,7 @@ class Keeper:
                 continue
             window = Window(end - freq, end)
             parts = [read_file(path)[0] for path in sorted(folder.glob(f"*{SUFFIX}"))]
-            files, carry = closer.render(window, Columns.concat(parts), start_carry)
+            files, carry, _ = closer.render(window, Columns.concat(parts), start_carry)
             digests = meta.get("digests", {})
             changed = []
             for comp, data in files:

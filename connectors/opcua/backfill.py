@@ -50,7 +50,7 @@ from asyncua import Client, ua
 from agent.core.atomic import write_json_atomic
 from agent.core.model import Reading, validity_end
 from connectors.opcua.config import OpcUaSourceConfig
-from connectors.opcua.history_read import Done, Failed, NoHistory, Page, Span, _RateLimit, history_ts, read_raw
+from connectors.opcua.history_read import Done, Failed, NoHistory, Page, RateLimit, Span, history_ts, read_raw
 from connectors.opcua.session import _SEVERITY_MASK, _as_float, _describe, _status_name, _unix
 
 _logger = logging.getLogger("connectors.opcua")
@@ -293,7 +293,7 @@ class Backfill:
         finished: list[str] = []
         count = 0
         commit_every = max(self.commit_every, self.settings.values_per_request)
-        limit = _RateLimit(self.settings.values_per_second)
+        limit = RateLimit(self.settings.values_per_second)
         pages = read_raw(client, spans, self.settings.values_per_request, self.settings.nodes_per_request, limit)
         async with aclosing(pages):  # an error writing the readings closes the read: its points are released
             async for item in pages:

@@ -118,7 +118,7 @@ def micros(ts: float) -> int:
     return round(ts * 1_000_000)
 
 
-class _RateLimit:
+class RateLimit:
     """Sleep so that values handed over stay at or under ``per_second`` on average (wall clock)."""
 
     def __init__(self, per_second: float) -> None:
@@ -167,14 +167,14 @@ async def release(client: Client, details: ua.ReadRawModifiedDetails, open_point
 
 
 async def read_raw(client: Client, spans: list[Span], values_per_request: int, nodes_per_request: int,
-                   rate: _RateLimit | float) -> AsyncIterator[Page | NoHistory | Failed | Done]:
+                   rate: RateLimit | float) -> AsyncIterator[Page | NoHistory | Failed | Done]:
     """Read the spans (see the module docstring); yields Pages, NoHistory and Done per node.
 
     Nodes are read ``nodes_per_request`` at a time, earliest start first. Raises what the session raises
     (TimeoutError, ConnectionError, ua.UaError for a failed service call): the caller resumes from the last
     ``Page.last_ts`` it made durable.
     """
-    limit = rate if isinstance(rate, _RateLimit) else _RateLimit(rate)
+    limit = rate if isinstance(rate, RateLimit) else RateLimit(rate)
     todo = sorted(spans, key=lambda s: s.start)
     while todo:
         first = todo[0]
@@ -194,7 +194,7 @@ async def read_raw(client: Client, spans: list[Span], values_per_request: int, n
             todo = sorted(todo + again, key=lambda s: s.start)
 
 
-async def _read_batch(client: Client, batch: list[Span], per_node: int, limit: _RateLimit,
+async def _read_batch(client: Client, batch: list[Span], per_node: int, limit: RateLimit,
                       again: list[Span]) -> AsyncIterator[Page | NoHistory | Failed | Done]:
     details = _details(min(s.start for s in batch), max(s.end for s in batch), per_node)
     by_id = {s.node_id: s for s in batch}
