@@ -27,6 +27,7 @@ from agent.pipeline.store import FileStore
 from connectors.opcua.history_read import Done, Page, Span, read_raw
 from tests.connectors.history_peer import HistoryPeer
 from tests.helpers import parse_csv
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FREQ = 300
@@ -465,3 +466,46 @@ async def test_server_restart_in_the_middle_of_a_backfill(tmp_path):
                 held[sensor].append(ts)
     for name in "ab":
         assert sorted(held[name]) == [start + i for i in range(1, 3000)], name
+
+
+async def test_node_opcua_historian_pages_and_a_node_without_history(tmp_path):
+    """node-opcua's historian (installHistoricalDataNode) answers with real continuation points: the loop reads
+    every value strictly inside the gap once; its nodes say HistoryRead in AccessLevel, the plain node does not,
+    and reading the plain node's history ends as NoHistory (its gap stays empty)."""
+    import shutil
+
+    from connectors.opcua.history_read import NoHistory
+    from tests.connectors.node_opcua_peer import PEER_DIR
+
+    node = shutil.which("node")
+    assert node and (PEER_DIR / "node_modules" / "node-opcua-server").is_dir(), "run `make system-deps`"
+    port = free_port()
+    t0 = 1_800_000_000.0
+    proc = await asyncio.create_subprocess_exec(
+        node, str(PEER_DIR / "history_server.js"), str(port), str(t0), "300", cwd=PEER_DIR,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    client = Client(f"opc.tcp://127.0.0.1:{port}/l4e")
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line.startswith(b"READY"), line
+        await client.connect()
+        ids = {n: ua.NodeId.from_string(f"ns=1;s={n}") for n in ("HistA", "HistB", "Plain")}
+        access = await client.uaclient.read_attributes(list(ids.values()), ua.AttributeIds.AccessLevel)
+        assert [bool(a.Value.Value & ua.AccessLevel.HistoryRead.mask) for a in access] == [True, True, False]
+        spans = [Span("a", ids["HistA"], t0 + 10, t0 + 250), Span("b", ids["HistB"], t0 + 10.5, t0 + 299.5),
+                 Span("p", ids["Plain"], t0, t0 + 300)]
+        got, ends = await _read_all(client, spans, 7, 3)
+        assert got["a"] == [(t0 + i, float(i)) for i in range(11, 250)]
+        assert got["b"] == [(t0 + i, float(i)) for i in range(11, 300)]
+        assert [e.key for e in ends if isinstance(e, NoHistory)] == ["p"] and "p" not in got
+        # abandoned in the middle: the continuation point is released (the server answers the release)
+        pages = read_raw(client, [Span("a", ids["HistA"], t0, t0 + 300)], 7, 1, 1e9)
+        assert isinstance(await anext(pages), Page)
+        await pages.aclose()
+        got, _ = await _read_all(client, [Span("a", ids["HistA"], t0 + 290, t0 + 300)], 7, 1)
+        assert got["a"] == [(t0 + i, float(i)) for i in range(291, 300)]  # the session is still fine
+    finally:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+        proc.kill()
+        await proc.wait()
