@@ -127,6 +127,27 @@ def _local_lines(state_dir: Path) -> list[str]:
     cursor = _read_json(Path(state_dir) / CURSOR_FILE) or {}
     start = cursor.get("last_start")
     lines.append(f"results handled up to window starting: {iso_utc(start) if start is not None else 'none yet'}")
+    lines += _backfill_lines(Path(state_dir))
+    return lines
+
+
+def _backfill_lines(state_dir: Path) -> list[str]:
+    """Per OPC-UA source with a history backfill, its progress file (connectors.opcua.backfill)."""
+    lines: list[str] = []
+    if not (state_dir / "backfill").is_dir():
+        return lines
+    for name in sorted(_listdir(state_dir / "backfill")):
+        if not name.endswith(".json"):
+            continue
+        data = _read_json(state_dir / "backfill" / name) or {}
+        gaps = [g for gs in (data.get("gaps") or {}).values() for g in gs]
+        totals = data.get("totals") or {}
+        pending = sum(max(0.0, float(g[1]) - float(g[2])) for g in gaps)
+        none = totals.get("no_history") or []
+        lines.append(f"backfill {name[:-5]}: {totals.get('values', 0)} values filled, {len(gaps)} gap(s) pending "
+                     f"({pending:.0f} s to read), {totals.get('out_of_reach_gaps', 0)} out of reach "
+                     f"({float(totals.get('out_of_reach_secs', 0)):.0f} s)"
+                     + (f", no history: {', '.join(none)}" if none else ""))
     return lines
 
 

@@ -130,6 +130,8 @@ class WindowCloser:
         # are closed (and reported missing) even when no reading at all ever arrived
         self.anchor: float | None = None
         self.carry = Carry({})
+        self.last_ts: dict[str, float] = {}  # sensor → latest good reading of the windows written (progress)
+        self.keeper = None  # set by the history backfill (agent.pipeline.reclose.Keeper)
         self.resume()
 
     def resume(self) -> None:
@@ -157,11 +159,15 @@ class WindowCloser:
             return
         self.last_written = data.get("last_written")
         self.carry = Carry.from_json(data.get("carry"))
+        self.last_ts = {str(k): float(v) for k, v in (data.get("last_ts") or {}).items()}
 
     def _save_state(self, last_written: int, carry: Carry) -> None:
         """Persist (last_written, carry), then adopt them: on a failed write neither the file (agent.core.atomic)
         nor the in-memory progress changes, so the same window is simply written again later."""
-        write_json_atomic(self.state_file, {"last_written": last_written, "carry": carry.to_json()})
+        state = {"last_written": last_written, "carry": carry.to_json()}
+        if self.last_ts:
+            state["last_ts"] = self.last_ts
+        write_json_atomic(self.state_file, state)
         self.last_written = last_written
         self.carry = carry
 
@@ -193,11 +199,17 @@ class WindowCloser:
                     empty_run.append(window)
                     continue
                 missing = self._missing_events(empty_run, now)
+                if self.keeper is not None:  # history backfill: a window with no reading yet may still get some
+                    for empty in empty_run:
+                        self.keeper.keep(empty, self.carry, [])
                 written = self._close(window, now, missing)  # also records the empty run before it as written
                 events.extend(self._commit_missing(empty_run, missing) + written)
                 empty_run = []
             if empty_run:
                 missing = self._missing_events(empty_run, now)
+                if self.keeper is not None:  # history backfill: a window with no reading yet may still get some
+                    for empty in empty_run:
+                        self.keeper.keep(empty, self.carry, [])
                 self._journal(missing)
                 self._save_state(empty_run[-1].end, self.carry)
                 self.spool.closed_upto = self.last_written
@@ -260,11 +272,12 @@ class WindowCloser:
         if self.journal is not None and events:
             self.journal(events)
 
-    def _close(self, window: Window, now: float, before: list[Event] = ()) -> list[Event]:
-        """Write one window; ``before``: the missing-window events of the empty run just before it, journaled
-        with this window's own events."""
+    def render(self, window: Window, readings: Columns, carry: Carry) -> tuple[list[tuple[str, bytes | None]], Carry,
+                                                                             tuple[int, int, int]]:
+        """The window's CSV bytes per component (None: no reading, no file) from its readings and the carry at
+        its start, the carry after it, and (unknown readings, cells, empty cells) of the files. Pure: the same
+        inputs give the same bytes (a re-close relies on it)."""
         plan = self.plan
-        readings = self.spool.read(window.end)
         # one component at a time: a window of thousands of sensors never becomes one wide frame, so the
         # memory a close needs is that of its largest component, not of the asset (sensors are in exactly one
         # component; each sensor's rows depend on its own readings only, so the bytes are the same)
@@ -273,15 +286,30 @@ class WindowCloser:
         group = np.array([comp_of.get(n, -1) for n in readings.names], dtype=np.int32)[readings.code] \
             if readings.num_rows else np.empty(0, np.int32)
         unknown = int(np.count_nonzero(group < 0))
-        carry = self.carry
-        events = []
         times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
-        files = cells = empty = 0
+        out = []
+        cells = empty = 0
         for k, (comp, sensors) in enumerate(comps):
             rows = np.flatnonzero(group == k)  # in append order
             part = Columns(readings.names, readings.code[rows], readings.ts[rows], readings.value[rows])
             grid, carry = resample(part, window, plan.rate, sensors, plan.aggs, plan.fill_limit, carry, plan.holds)
             data = component_csv(grid, sensors, plan.timestamp_column, times_text)
+            if data is not None:
+                cells += grid.values.size
+                empty += int(np.count_nonzero(np.isnan(grid.values)))
+            out.append((comp, data))
+        return out, carry, (unknown, cells, empty)
+
+    def _close(self, window: Window, now: float, before: list[Event] = ()) -> list[Event]:
+        """Write one window; ``before``: the missing-window events of the empty run just before it, journaled
+        with this window's own events."""
+        plan = self.plan
+        readings = self.spool.read(window.end)
+        start_carry = self.carry
+        rendered, carry, (unknown, cells, empty) = self.render(window, readings, start_carry)
+        events = []
+        files = 0
+        for comp, data in rendered:
             if data is None:
                 self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + 1
                 msg = (f"component {comp}: no reading in window {iso_window(window)}; no file written "
@@ -292,20 +320,33 @@ class WindowCloser:
             self.outbox.put(window.end, plan.name(comp, window), data)
             self.stats.files_written += 1
             files += 1
-            cells += grid.values.size
-            empty += int(np.count_nonzero(np.isnan(grid.values)))
             events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
                                 now, {"window_start": window.start, "window_end": window.end}))
+        if self.keeper is not None:  # history backfill: keep what a late reading needs to re-close it
+            self.keeper.keep(window, start_carry, rendered)
+            self._note_last_ts(readings)
         self._journal([*before, *events])
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
         self.stats.windows_written += 1
         if files:  # one line per window, whatever the number of components and sensors
             log.info("window %s written: %d file(s), %d row(s), %d of %d cell(s) empty", iso_window(window), files,
-                     len(times_text), empty, cells)
+                     len(range(window.start + plan.rate, window.end + 1, plan.rate)), empty, cells)
         if unknown:
             log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
         return events
+
+    def _note_last_ts(self, readings: Columns) -> None:
+        """Per sensor, the latest good reading of the window: kept in the progress file, so the agent knows the
+        last reading it held of every sensor after the window's raw readings are gone (history backfill)."""
+        if not readings.num_rows:
+            return
+        good = ~np.isnan(readings.value)
+        latest = np.full(len(readings.names), -np.inf)
+        np.maximum.at(latest, readings.code[good], readings.ts[good])
+        for name, ts in zip(readings.names, latest.tolist(), strict=True):
+            if ts > self.last_ts.get(name, -np.inf):
+                self.last_ts[name] = ts
 
     # --- disk budget ----------------------------------------------------------------------------------
     def enforce_budget(self, now: float) -> list[Event]:

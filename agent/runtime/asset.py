@@ -126,6 +126,7 @@ class AssetRunner:
         for conn in self.connectors:  # state a connector keeps itself (OPC-UA: the pinned server certificate)
             if hasattr(conn, "use_state_dir"):
                 conn.use_state_dir(self.state_dir)
+        self.keeper = self._attach_backfill()
         self.stats = AssetStats()
         self.event_listeners: list[Callable[[Event], None]] = []
         self.listener_failures: Counter[str] = Counter()  # listener → exceptions it raised
@@ -158,6 +159,24 @@ class AssetRunner:
         # yet: they count for the alarms (no spurious clear) but not for liveness and health, which judge this
         # run's own evidence
         self._unsettled: set[str] = set()
+
+    def _attach_backfill(self):
+        """History backfill (OPC-UA ``backfill``): the connectors write through the spool and re-close windows
+        already written (agent.pipeline.reclose); None when no source backfills."""
+        fillers = [c for c in self.connectors if getattr(c, "backfill", None) is not None]
+        if not fillers:
+            return None
+        from agent.pipeline.reclose import Keeper, SpoolBackfillPort
+
+        def reaches(_window) -> bool:  # could a backfill still bring readings of a window written now?
+            return any(c.backfill.may_reach(c.stats.connected) for c in fillers)
+
+        keeper = Keeper(self.state_dir / "kept", self.closer, reaches,
+                        max(c.backfill.settings.max_age_secs for c in fillers), self.clock.now)
+        port = SpoolBackfillPort(self.spool, self.closer, keeper)
+        for conn in fillers:
+            conn.use_backfill(port, self.state_dir)
+        return keeper
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
@@ -324,6 +343,9 @@ class AssetRunner:
         with self.disk.guard("windows job"):
             self.spool.flush()
             events = self.closer.close_due(close_time)  # journaled into the inbox by the closer itself
+            if self.keeper is not None:  # windows already written that backfilled readings completed
+                self.keeper.render_dirty(idle=not any(c.backfill.busy() for c in self.connectors
+                                                      if getattr(c, "backfill", None) is not None))
         prepared = {}
         for ev in events:
             start, end = ev.details.get("window_start"), ev.details.get("window_end")

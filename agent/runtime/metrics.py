@@ -28,6 +28,10 @@ l4e_source_connected               gauge      source              1 while a sour
 l4e_source_alive                   gauge      source              1 while the source's transport answers
 l4e_source_bad_quality             gauge      source              1 while it answers but every item is Bad
 l4e_source_untrusted               gauge      source              1 while a source's server identity is refused
+l4e_backfill_values_total          counter    source              readings filled from the server's history
+l4e_backfill_gaps_pending          gauge      source              gaps (per node) not read to their end yet
+l4e_backfill_out_of_reach_total    counter    source              gaps (or parts) cut by max_age or with no history
+l4e_windows_rewritten_total        counter    asset               written windows rewritten with backfilled data
 =================================  =========  ==================  ==========================================
 
 The text is prometheus_client's ``generate_latest`` (exposition format 0.0.4, :data:`CONTENT_TYPE`);
@@ -70,6 +74,10 @@ SOURCE_CONNECTED = "l4e_source_connected"
 SOURCE_ALIVE = "l4e_source_alive"
 SOURCE_BAD_QUALITY = "l4e_source_bad_quality"
 SOURCE_UNTRUSTED = "l4e_source_untrusted"
+BACKFILL_VALUES_TOTAL = "l4e_backfill_values_total"
+BACKFILL_GAPS_PENDING = "l4e_backfill_gaps_pending"
+BACKFILL_OUT_OF_REACH_TOTAL = "l4e_backfill_out_of_reach_total"
+WINDOWS_REWRITTEN_TOTAL = "l4e_windows_rewritten_total"
 
 UPLOAD_LATENCY_BUCKETS_SECS = (1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 """Upload latency is measured from a window's end, so it includes the grace period and any outage."""
@@ -106,6 +114,14 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(SOURCE_BAD_QUALITY, "gauge", "1 while the source answers but every item is Bad/Uncertain.",
                ("source",)),
     MetricSpec(SOURCE_UNTRUSTED, "gauge", "1 while the source's server certificate is refused, else 0.", ("source",)),
+    MetricSpec(BACKFILL_VALUES_TOTAL, "counter", "Readings filled from the server's history (OPC-UA backfill).",
+               ("source",)),
+    MetricSpec(BACKFILL_GAPS_PENDING, "gauge", "Gaps (one per node and outage) not yet read to their end.",
+               ("source",)),
+    MetricSpec(BACKFILL_OUT_OF_REACH_TOTAL, "counter", "Gaps or parts of gaps that cannot be filled: older than "
+               "max_age, or the node keeps no history.", ("source",)),
+    MetricSpec(WINDOWS_REWRITTEN_TOTAL, "counter", "Windows already written and rewritten under the same key "
+               "because backfilled readings changed them.", ("asset",)),
 )
 
 _FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}

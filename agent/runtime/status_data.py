@@ -17,7 +17,11 @@ The document (``version`` 1)::
                    "since": ts of the first observation in that state, "readings_total",
                    "readings_per_sec" (clock seconds, about the last minute; null before two samples),
                    "read_errors_total", "bad_quality_total", "reconnects", "last_reading_ts", "last_alive_ts",
-                   "bad_now": [sensor, ...]}],
+                   "bad_now": [sensor, ...],
+                   "backfill": null, or for an OPC-UA source with ``backfill``: {"values_total" (readings filled
+                   from the server's history), "gaps_filled", "pending_gaps", "pending_secs" (gap time still to
+                   read), "out_of_reach_gaps", "out_of_reach_secs" (cut by max_age or without history),
+                   "no_history": [sensor, ...], "last_error"}}],
       "sensors": [{"name", "component", "source", "value", "ts", "age_secs",
                    "holds": the value is still carried on the grid (the next file has it: while its source
                    vouches for it, rule 2a, else within fill_limit steps),
@@ -26,6 +30,7 @@ The document (``version`` 1)::
                    "readings_total", "read_errors_total", "bad_quality_total",
                    "history": [[grid ts, value | null], ...] (closed windows, the last hour, ≤ 120 rows)}],
       "windows": {"frequency_secs", "rate_secs", "grace_secs", "delay_offset_secs", "written_total",
+                  "rewritten_total" (windows rewritten with backfilled readings; 0 without a backfill),
                   "last_written": {"start", "end"} | null,
                   "last_uploaded": {"key", "latency_secs", "uploaded_total"} | null,
                   "open": {"start", "end", "due_at": end + grace},
@@ -124,8 +129,20 @@ def _sources(runner, now: float) -> list[dict]:
             "read_errors_total": sum(st.read_errors.values()), "bad_quality_total": sum(st.bad_quality.values()),
             "reconnects": st.reconnects, "last_reading_ts": st.last_reading_ts,
             "last_alive_ts": getattr(st, "last_alive_ts", None),
-            "bad_now": sorted(getattr(st, "bad_now", None) or ())})
+            "bad_now": sorted(getattr(st, "bad_now", None) or ()),
+            "backfill": _backfill(getattr(conn, "backfill", None))})
     return out
+
+
+def _backfill(backfill) -> dict | None:
+    """A source's history backfill (connectors.opcua.backfill), or None without one."""
+    if backfill is None:
+        return None
+    st = backfill.stats
+    return {"values_total": st.values, "gaps_filled": st.gaps_filled, "pending_gaps": backfill.pending(),
+            "pending_secs": round(backfill.pending_secs(), 3), "out_of_reach_gaps": st.out_of_reach_gaps,
+            "out_of_reach_secs": round(st.out_of_reach_secs, 3), "no_history": sorted(st.no_history),
+            "last_error": st.last_error}
 
 
 def _holds(plan, sensor: str, reading, ended: bool, vouched: bool, now: float) -> bool:
@@ -213,6 +230,7 @@ def _windows(runner, now: float) -> dict:
     return {
         "frequency_secs": plan.frequency, "rate_secs": plan.rate, "grace_secs": plan.grace_secs,
         "delay_offset_secs": delay, "written_total": closer.stats.windows_written,
+        "rewritten_total": runner.keeper.rewritten if getattr(runner, "keeper", None) is not None else 0,
         "last_written": {"start": last - plan.frequency, "end": last} if last is not None else None,
         "last_uploaded": {"key": keys[-1], "latency_secs": uploader.stats.last_latency_secs,
                           "uploaded_total": uploader.stats.uploaded} if keys else None,

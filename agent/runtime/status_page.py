@@ -188,7 +188,18 @@ def _sources(sources: list[dict], now: float) -> str:
             f'<td class="num">{s["bad_quality_total"]}</td><td class="num">{s["reconnects"]}</td>'
             f'<td>{_ago(s["last_reading_ts"], now)}</td><td>{_ago(s["last_alive_ts"], now)}</td></tr>')
     rows.append("</table>")
+    rows.extend(_backfill(s) for s in sources if s.get("backfill"))
     return "".join(rows)
+
+
+def _backfill(source: dict) -> str:
+    """One line per source with a history backfill: filled, pending, out of reach."""
+    b = source["backfill"]
+    none = f'; no history: {escape(", ".join(b["no_history"]))}' if b["no_history"] else ""
+    return (f'<p class="backfill" data-source="{escape(source["name"])}">backfill {escape(source["name"])}: '
+            f'{b["values_total"]} values filled ({b["gaps_filled"]} gaps), {b["pending_gaps"]} gaps pending '
+            f'({b["pending_secs"]:.0f} s), {b["out_of_reach_gaps"]} out of reach ({b["out_of_reach_secs"]:.0f} s)'
+            f'{none}</p>')
 
 
 def _sensors(sensors: list[dict], end: float | None) -> str:
@@ -223,7 +234,9 @@ def _windows(w: dict) -> str:
                  f'{w["grace_secs"]:g} s, deadline end + {w["delay_offset_secs"]} s'),
         ("last written", f'<span class="last-written">{_iso(last["start"])} … {_iso(last["end"])}</span>'
                          if last else '<span class="last-written muted">none yet</span>'),
-        ("windows written", f'<span class="written-total">{w["written_total"]}</span>'),
+        ("windows written", f'<span class="written-total">{w["written_total"]}</span>'
+                            + (f' (<span class="rewritten-total">{w["rewritten_total"]}</span> rewritten with '
+                               'backfilled readings)' if w.get("rewritten_total") else "")),
         ("last uploaded", f'<span class="last-uploaded">{escape(up["key"])}</span> ({up["uploaded_total"]} files, '
                           f'latency {_dur(up["latency_secs"])})' if up else
                           '<span class="last-uploaded muted">none yet</span>'),

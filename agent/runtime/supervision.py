@@ -47,7 +47,14 @@ class Supervision:
                 scrape.add(M.SOURCE_ALIVE, 0 if source in silent else 1, source=source)
                 scrape.add(M.SOURCE_BAD_QUALITY, 1 if source in bad else 0, source=source)
                 scrape.add(M.SOURCE_UNTRUSTED, 1 if getattr(st, "untrusted", None) else 0, source=source)
+                backfill = getattr(conn, "backfill", None)
+                if backfill is not None:  # OPC-UA history backfill (connectors.opcua.backfill)
+                    scrape.add(M.BACKFILL_VALUES_TOTAL, backfill.stats.values, source=source)
+                    scrape.add(M.BACKFILL_GAPS_PENDING, backfill.pending(), source=source)
+                    scrape.add(M.BACKFILL_OUT_OF_REACH_TOTAL, backfill.stats.out_of_reach_gaps, source=source)
             scrape.add(M.WINDOWS_WRITTEN_TOTAL, runner.closer.stats.windows_written, asset=asset)
+            if getattr(runner, "keeper", None) is not None:
+                scrape.add(M.WINDOWS_REWRITTEN_TOTAL, runner.keeper.rewritten, asset=asset)
             scrape.add(M.WINDOWS_LATE_TOTAL, runner.uploader.stats.windows_late, asset=asset)
             for comp, n in runner.closer.stats.windows_missing.items():
                 scrape.add(M.WINDOWS_MISSING_TOTAL, n, asset=asset, component=comp)

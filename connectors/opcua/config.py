@@ -7,6 +7,7 @@ function, so only an asset with OPC-UA sources pays for it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,6 +144,58 @@ class SecurityConfig(BaseModel):
         return [] if sc is None else list(sc) if isinstance(sc, list) else [sc]
 
 
+_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+_MAX_BACKFILL_AGE_SECS = 366 * 86_400
+
+
+def duration_secs(text: str) -> int:
+    """An ISO 8601 duration of days, hours, minutes and seconds ("PT24H", "P2D", "PT90M") in seconds.
+    ValueError (naming the allowed form) for anything else, including months and years (not a fixed length)."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if match is None or text == "P":
+        raise ValueError(
+            f"got {text!r}; allowed: an ISO 8601 duration of days, hours, minutes, seconds "
+            f"such as 'PT24H', 'P2D', 'PT30M' (PT1S … P366D)"
+        )
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+class BackfillConfig(BaseModel):
+    """History backfill (opt-in): on every start and reconnect, the gap per node is read from the server's own
+    history (HistoryRead raw) and written into the spool; see connectors.opcua.backfill."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_age: str = Field(
+        description="How far back a gap is filled (ISO 8601 duration, PT1S … P366D, e.g. \"PT24H\"); the part of "
+        "a gap older than this is cut and reported as out of reach."
+    )
+    nodes_per_request: int = Field(
+        default=20, ge=1, le=10_000,
+        description="Nodes per HistoryRead request (a response holds up to nodes_per_request × values_per_request "
+        "values in memory at once: 20 × 1000 is about 20 MB of decoded values).")
+    values_per_request: int = Field(default=1000, ge=1, le=100_000,
+                                    description="NumValuesPerNode of each HistoryRead (values per node per page).")
+    values_per_second: float = Field(
+        default=100_000, gt=0, le=10_000_000,
+        description="Rate limit of the backfill (values per second, all nodes of the source together), so "
+        "the history read never competes with the live subscription.",
+    )
+
+    @field_validator("max_age")
+    @classmethod
+    def _parse_max_age(cls, text: str) -> str:
+        secs = duration_secs(text)
+        if not 1 <= secs <= _MAX_BACKFILL_AGE_SECS:
+            raise ValueError(f"got {text!r}; allowed: a duration from PT1S to P366D")
+        return text
+
+    @property
+    def max_age_secs(self) -> int:
+        return duration_secs(self.max_age)
+
+
 class OpcUaSourceConfig(SourceConfig):
     """An OPC-UA server ([[sources]] with kind = "opcua")."""
 
@@ -190,6 +243,15 @@ class OpcUaSourceConfig(SourceConfig):
     timeout_secs: float = Field(default=5, gt=0, description="Per-request timeout (s).")
     backoff_initial_secs: float = Field(default=1, gt=0, description="First reconnect delay (s).")
     backoff_max_secs: float = Field(default=30, gt=0, description="Reconnect delay cap (s).")
+    backfill: BackfillConfig | None = Field(
+        default=None,
+        description="Fill the gaps (agent restart, lost link) from the server's history, e.g. backfill = "
+        '{ max_age = "PT24H" }; all keys with their defaults: { max_age = "PT24H", nodes_per_request = 20, '
+        "values_per_request = 1000, values_per_second = 100000 } (max_age: how far back a gap is filled, ISO 8601 "
+        "days/hours/minutes/seconds, PT1S … P366D; nodes_per_request: nodes per HistoryRead; values_per_request: "
+        "values per node per page; values_per_second: rate limit of the whole source). Needs timestamp = "
+        "\"source\" or \"server\". See the README's \"History backfill\".",
+    )
     stale_after_intervals: int = Field(
         default=10,
         ge=0,
@@ -213,6 +275,10 @@ class OpcUaSourceConfig(SourceConfig):
                 "username with security.policy = \"None\": the password would be sent to whatever answers on "
                 "the endpoint; set security.policy (Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss) "
                 "or security.allow_credentials_over_none = true"
+            )
+        if self.backfill is not None and self.timestamp == "received":
+            raise ValueError(
+                'backfill needs timestamp = "source" or "server": history values have no received time'
             )
         if self.backoff_max_secs < self.backoff_initial_secs:
             raise ValueError("backoff_max_secs must be >= backoff_initial_secs")

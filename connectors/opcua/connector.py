@@ -65,7 +65,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from pathlib import Path
 
 from asyncua import Client, ua
@@ -74,6 +74,7 @@ from agent.core.clock import Backoff, Clock
 from agent.core.errors import ConnectionLost, ConnectorError, TransitionLog
 from agent.core.model import Reading, validity_end
 from connectors.base import ProbeReport, SourceStats, raise_if_cancelling
+from connectors.opcua.backfill import Backfill
 from connectors.opcua.config import OpcUaSourceConfig
 from connectors.opcua.feed import _Feeds
 from connectors.opcua.session import (
@@ -94,6 +95,14 @@ from connectors.opcua.trust import fingerprint as fingerprint_of
 from connectors.opcua.values import _Values
 
 _logger = logging.getLogger("connectors.opcua")  # one logger for the package (tests and operators filter on it)
+
+async def _stop_backfill(task: asyncio.Task, timeout: float) -> None:
+    """Cancel the session's backfill and wait (bounded) while it releases its continuation points."""
+    task.cancel()
+    with suppress(asyncio.CancelledError, TimeoutError, Exception):
+        async with asyncio.timeout(timeout):
+            await task
+
 
 class OpcUaConnector(_Feeds, _Values):
     """Readings from one OPC-UA server; see the module docstring for timestamps, freshness and recovery.
@@ -126,6 +135,8 @@ class OpcUaConnector(_Feeds, _Values):
         self._unvouched: set[str] = set()
         self._session_start = 0.0
         self.stats.session_watched = True  # `connected` means "answering": the stale timer tears a mute one down
+        # History backfill (opt-in, connectors.opcua.backfill): active once the agent attached its port
+        self.backfill = Backfill(config, clock, state_dir) if config.backfill is not None else None
 
     # ---- public API
 
@@ -133,9 +144,11 @@ class OpcUaConnector(_Feeds, _Values):
         """Yield batches of GOOD readings until cancelled; reconnects inside, never raises for a lost peer."""
         cfg = self._config
         backoff = Backoff(cfg.backoff_initial_secs, cfg.backoff_max_secs)
+        backfill = self.backfill if self.backfill is not None and self.backfill.active else None
         while True:
             client: Client | None = None
             vouched = False
+            filler: asyncio.Task | None = None
             try:
                 raise_if_cancelling()  # a cancel asyncua swallowed in the last attempt ends the loop here
                 self.connect_attempts += 1
@@ -143,25 +156,33 @@ class OpcUaConnector(_Feeds, _Values):
                 handles = await self._resolve(client)
                 if cfg.mode == "subscribe":
                     feed = await self._subscribe(client, handles)
+                    filler = self._start_backfill(backfill, client, handles)
                     self._session_up(backoff)
                     vouched = True
                     while True:
                         batch = await feed.next()
                         raise_if_cancelling()
                         if batch:
+                            if backfill is not None:
+                                backfill.observe(batch)
                             yield batch
                 else:
                     read_batch, _ = await _operation_limits(client)
+                    filler = self._start_backfill(backfill, client, handles)
                     self._session_up(backoff)
                     vouched = True
                     async with aclosing(self._poll(client, handles, read_batch)) as batches:
                         async for batch in batches:
+                            if backfill is not None:
+                                backfill.observe(batch)
                             yield batch
             except _RETRIABLE as exc:
                 raise_if_cancelling()  # a TimeoutError/ConnectionLost raised while a cancel was pending is the cancel
                 self._session_failed(exc)
             finally:
                 self.stats.connected = False
+                if filler is not None:
+                    await _stop_backfill(filler, cfg.timeout_secs)
                 if client is not None:
                     await _close(client, cfg.timeout_secs)
             if vouched:  # the session that vouched for the values is gone: they stop holding (rule 2a)
@@ -169,6 +190,20 @@ class OpcUaConnector(_Feeds, _Values):
                 yield [validity_end(sensor, end) for sensor in self._sensors]
             raise_if_cancelling()
             await asyncio.sleep(backoff.next())
+
+    def _start_backfill(self, backfill: Backfill | None, client: Client,
+                        handles: dict[int, str]) -> asyncio.Task | None:
+        """The session's backfill task (beside the live feed); the gaps open with the first live readings."""
+        if backfill is None:
+            return None
+        backfill.session_up(list(handles.values()), first=not self._ever_connected)
+        node_ids = {sensor: self._node_ids[h] for h, sensor in handles.items()}
+        return asyncio.create_task(backfill.run(client, node_ids), name=f"backfill:{self.name}")
+
+    def use_backfill(self, port, state_dir: Path) -> None:
+        """Attach the agent's side of the history backfill (agent.runtime.asset); no-op without ``backfill``."""
+        if self.backfill is not None:
+            self.backfill.attach(port, state_dir)
 
     def use_state_dir(self, state_dir: Path) -> None:
         """Keep the pinned server certificate in ``state_dir`` (agent.runtime.asset calls this when building)."""
