@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -108,13 +109,30 @@ def finish_times(db: str, pattern: str) -> list[float]:
     return sorted(json.loads(r[0])["_finished_at"] for r in rows)
 
 
-def wait_finished(db: str, pattern: str, count: int, timeout: float) -> list[float]:
+def wait_finished(db: str, pattern: str, count: int, timeout: float) -> tuple[list[float], float]:
+    """The finish times (wall s) once ``count`` executions finished, and when all of them existed (dispatched)."""
     deadline = time.monotonic() + timeout
-    while len(done := finish_times(db, pattern)) < count:
+    dispatched = None
+    while True:
+        if dispatched is None and db_rows(db, "SELECT count(*) FROM lookout_executions WHERE scheduler LIKE %s",
+                                          (pattern,))[0][0] >= count:
+            dispatched = time.time()
+        if len(done := finish_times(db, pattern)) >= count:
+            return done, dispatched or time.time()
         if time.monotonic() > deadline:
             raise SystemExit(f"{pattern}: {len(done)}/{count} executions finished within {timeout:.0f}s")
-        time.sleep(0.2)
-    return done
+        time.sleep(0.1)
+
+
+TABLES = ("lookout_executions", "lookout_resources", "procrastinate_jobs", "procrastinate_events",
+          "procrastinate_workers")
+
+
+def row_ops(db: str) -> dict[str, tuple[int, int, int]]:
+    """(inserted, updated, deleted) rows so far of the tables an execution touches."""
+    rows = db_rows(db, "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables "
+                       "WHERE relname = ANY(%s)", (list(TABLES),))
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 class ApiLoad:
@@ -174,17 +192,23 @@ def run(w: int, tag: str, args, ctx: dict) -> dict:
     wait_finished(db, f"{tag}{w}-warm-%", len(warm), args.timeout)
     xacts = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
     time.sleep(1.0)  # PostgreSQL publishes its statistics about once a second
+    idle0, idle_t0 = db_rows(db, xacts)[0][0], time.monotonic()
+    time.sleep(args.idle)  # the idle workers' own transactions (dispatcher ticks, queue polls, heartbeats)
     xact0 = db_rows(db, xacts)[0][0]
+    idle_rate = (xact0 - idle0) / (time.monotonic() - idle_t0)
+    ops0 = row_ops(db)
     throttled0 = [g.throttled()[0] for g in cgs]
     cpu0, pg0, t0 = [cpu_secs(p.pid) for p in procs], pg_cpu(ctx["pg"]), time.time()
     pattern = f"{tag}{w}-0%"
     with ApiLoad(ctx["api_clients"], names, args.api_rate) as load:
+        released = time.time()
         release(db, pattern, grid - F)
-        done = wait_finished(db, pattern, len(names), args.timeout)
+        done, dispatched = wait_finished(db, pattern, len(names), args.timeout)
     cpu1, pg1, t1 = [cpu_secs(p.pid) for p in procs], pg_cpu(ctx["pg"]), time.time()
     throttled = [g.throttled()[0] - t for g, t in zip(cgs, throttled0, strict=True)]
     time.sleep(1.0)
     xact1 = db_rows(db, xacts)[0][0]
+    ops1 = row_ops(db)
     for proc in procs:
         fleet.stop(proc)
     for group in cgs:
@@ -203,9 +227,80 @@ def run(w: int, tag: str, args, ctx: dict) -> dict:
     return {"workers": w, "throughput": throughput, "n": n, "wall": wall,
             "quota_use": [(c1 - c0) / wall / args.cpus for c0, c1 in zip(cpu0, cpu1, strict=True)],
             "throttled": throttled, "worker_ms": 1000 * (sum(cpu1) - sum(cpu0)) / n, "pg_ms": 1000 * (pg1 - pg0) / n,
-            "xacts": (xact1 - xact0) / n, "extra_runs": int(extra_runs[0]), "jobs": int(extra_runs[1]),
+            "xacts": (xact1 - xact0) / n, "idle_xacts": idle_rate / w,
+            "run_xacts": (xact1 - xact0 - idle_rate * (t1 + 1.0 - t0)) / n,
+            "dispatch": n / max(dispatched - released, 1e-3),
+            "rows": {t: tuple((b - a) / n for a, b in zip(ops0.get(t, (0, 0, 0)), ops1.get(t, (0, 0, 0)), strict=True))
+                     for t in TABLES},
+            "extra_runs": int(extra_runs[0]), "jobs": int(extra_runs[1]),
             "twice": recorded[0] - recorded[1], "missing": len(names) - recorded[1], "failed": recorded[2],
             "api_calls": load.calls, "api_errors": load.errors}
+
+
+def spawn_dispatcher(ctx: dict, log_path: Path) -> subprocess.Popen:
+    """A dispatch-only process (dispatch_only.py) on the fleet's database, state folder, store and clock."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("dispatch_only.py")), ctx["db"],
+                                 str(ctx["state_dir"]), ctx["store_url"],
+                                 pd.Timestamp(SIM_START, unit="s").isoformat(), str(SPEED)],
+                                stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = proc.stdout.readline().decode()  # bounded: the process prints it or exits (EOF)
+    if not line.startswith("dispatcher ready"):
+        proc.kill()
+        raise SystemExit(f"dispatch-only process did not start; see {log_path}")
+    return proc
+
+
+def dispatch_run(k: int, names: list[str], args, ctx: dict) -> dict:
+    """k dispatch-only processes, each confined like a worker, turn len(names) due schedulers into executions
+    and queued tasks; returns schedulers dispatched per second and CPU per scheduler. The executions and their
+    tasks are deleted afterwards (nobody runs them)."""
+    db, groups = ctx["db"], ctx["groups"]
+    grid = int(ctx["clock"].now() // F) * F
+    procs = [spawn_dispatcher(ctx, ctx["state_dir"].parent / f"dispatch-{k}-{i}.log") for i in range(k)]
+    cgs = []
+    for i, proc in enumerate(procs):
+        cgs.append(groups.group(f"dispatch{k}-{i}", args.cpus))
+        cgs[-1].add(proc.pid)
+    time.sleep(1.0)
+    cpu0, pg0 = [cpu_secs(p.pid) for p in procs], pg_cpu(ctx["pg"])
+    t0 = time.time()
+    release(db, "x%", grid - F)
+    deadline = time.monotonic() + args.timeout
+    count = "SELECT count(*) FROM lookout_executions WHERE scheduler LIKE 'x%%'"
+    while db_rows(db, count)[0][0] < len(names):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"dispatch of {len(names)} schedulers not done within {args.timeout:.0f}s")
+        time.sleep(0.05)
+    wall = time.time() - t0
+    cpu1, pg1 = [cpu_secs(p.pid) for p in procs], pg_cpu(ctx["pg"])
+    for proc in procs:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+    for group in cgs:
+        groups.release(group)
+    jobs = db_rows(db, "SELECT count(*), count(DISTINCT args->>'scheduler') FROM procrastinate_jobs "
+                       "WHERE args->>'scheduler' LIKE 'x%%'")[0]
+    db_rows(db, "DELETE FROM procrastinate_jobs WHERE args->>'scheduler' LIKE 'x%%'")
+    db_rows(db, "DELETE FROM lookout_executions WHERE scheduler LIKE 'x%%'")
+    db_rows(db, "UPDATE lookout_resources SET due_at = NULL WHERE kind = 'inference-scheduler' AND name LIKE 'x%%'")
+    n = len(names)
+    return {"k": k, "rate": n / wall, "cpu_ms": 1000 * (sum(cpu1) - sum(cpu0)) / n,
+            "pg_ms": 1000 * (pg1 - pg0) / n, "quota_use": [(c1 - c0) / wall / args.cpus
+                                                           for c0, c1 in zip(cpu0, cpu1, strict=True)],
+            "tasks": jobs[0], "distinct": jobs[1]}
+
+
+def dispatch_report(results: list[dict], n: int) -> None:
+    base = results[0]["rate"] / results[0]["k"]
+    print(f"\ndispatch only ({n} schedulers due at once, each dispatcher confined like a worker):")
+    print(f"{'dispatchers':>11} {'sched/s':>8} {'ratio':>6} {'quota used':>19} {'CPU ms/sched':>12} "
+          f"{'PG ms/sched':>11} {'tasks':>6}")
+    for r in results:
+        use = "/".join(f"{u:.2f}" for u in r["quota_use"])
+        print(f"{r['k']:>11} {r['rate']:>8.1f} {r['rate'] / base:>6.2f} {use:>19} {r['cpu_ms']:>12.2f} "
+              f"{r['pg_ms']:>11.2f} {r['tasks']:>4}/{r['distinct']}", flush=True)
 
 
 def report(mode: str, results: list[dict]) -> bool:
@@ -228,7 +323,37 @@ def report(mode: str, results: list[dict]) -> bool:
         print(f"{w:>7} {r['throughput']:>7.2f} {ratio:>6.2f} {target or '':>6} {r['n']:>5} {use:>19} {thr:>15} "
               f"{r['worker_ms']:>9.0f} {r['pg_ms']:>8.1f} {r['xacts']:>7.1f} {r['extra_runs'] + r['twice']:>3} "
               f"{r['missing']:>4} {r['failed']:>6} {r['api_calls']:>7}/{r['api_errors']}", flush=True)
+    print("database per execution (net of the idle workers' own transactions), rows inserted/updated/deleted:")
+    for r in results:
+        rows = "  ".join(f"{t.removeprefix('procrastinate_').removeprefix('lookout_')} "
+                         + "/".join(f"{x:.1f}" for x in v) for t, v in r["rows"].items())
+        print(f"{r['workers']:>7} workers: {r['run_xacts']:.1f} xact/exec, idle {r['idle_xacts']:.1f} xact/s per "
+              f"worker, dispatched {r['dispatch']:.0f} schedulers/s; {rows}", flush=True)
     return ok
+
+
+def sizes(db: str, sample: int) -> None:
+    """Bytes per row of the tables that grow with executions, on ``sample`` copies of a real finished
+    execution row inserted window after window (the order a fleet writes them), after VACUUM ANALYZE."""
+    per = 1000
+    windows = max(1, sample // per)
+    db_rows(db, "CREATE TABLE size_probe (LIKE lookout_executions INCLUDING ALL)")
+    db_rows(db, "INSERT INTO size_probe SELECT 'plant-' || lpad(s::text, 5, '0') || '-scheduler', "
+                "e.data_start + 300 * k, e.status, e.doc FROM (SELECT * FROM lookout_executions WHERE "
+                "status = 'SUCCESS' LIMIT 1) e, generate_series(1, %s) k, generate_series(1, %s) s ORDER BY k, s",
+            (windows, per))
+    db_rows(db, "VACUUM ANALYZE size_probe")
+    db_rows(db, "VACUUM ANALYZE procrastinate_jobs")
+    db_rows(db, "VACUUM ANALYZE procrastinate_events")
+    for table in ("size_probe", "procrastinate_jobs", "procrastinate_events"):
+        n, heap, index, doc = db_rows(db, f"SELECT (SELECT count(*) FROM {table}), pg_table_size('{table}'), "
+                                          f"pg_indexes_size('{table}'), "
+                                          + ("(SELECT avg(pg_column_size(doc)) FROM size_probe)"
+                                             if table == "size_probe" else "0"))[0]
+        label = "lookout_executions (copies)" if table == "size_probe" else table
+        print(f"{label}: {n} rows, table {heap / n:.0f} B/row, indexes {index / n:.0f} B/row"
+              + (f", doc {float(doc):.0f} B stored" if doc else ""), flush=True)
+    db_rows(db, "DROP TABLE size_probe")
 
 
 def main() -> int:
@@ -237,9 +362,14 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--per-worker", type=int, default=30, help="measured schedulers (one window each) per worker")
     parser.add_argument("--sensors", type=int, default=300)
-    parser.add_argument("--modes", default="direct,replicas")
+    parser.add_argument("--modes", default="direct,replicas,dispatch")
     parser.add_argument("--api-rate", type=float, default=10.0, help="client calls/s on the replicas during a run")
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on each wait, wall seconds")
+    parser.add_argument("--dispatch-schedulers", type=int, default=1000,
+                        help="schedulers due at once in the dispatch mode")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle workers measured before each run")
+    parser.add_argument("--size-sample", type=int, default=50_000,
+                        help="execution rows copied from the run's to measure table and index bytes per row")
     args = parser.parse_args()
     workers = [int(x) for x in args.workers.split(",")]
     modes = args.modes.split(",")
@@ -287,7 +417,13 @@ def main() -> int:
               f"{pg.bin.parent.name}", flush=True)
         plant = Plant(store, comps, values)
         ctx = {"db": db, "fleet": fleet, "plant": plant, "groups": groups, "clock": clock, "pg": pg}
+        ctx.update(state_dir=state_dir, store_url=store_url)
         for mode in modes:
+            if mode == "dispatch":
+                names = [f"x{i:05d}" for i in range(args.dispatch_schedulers)]
+                create([client], names)
+                dispatch_report([dispatch_run(k, names, args, ctx) for k in workers], len(names))
+                continue
             if mode == "replicas":
                 api = groups.group("api", None)
                 replicas = [fleet.replica() for _ in range(2)]
@@ -303,6 +439,9 @@ def main() -> int:
                     fleet.stop(proc)
                 groups.release(api)
         svc.stop()
+        if args.size_sample:
+            print()
+            sizes(db, args.size_sample)
         print("\nall targets met, every execution finished exactly once" if ok else "\nSHORT of a target or a check "
               "failed (see above)", flush=True)
         return 0 if ok else 1
