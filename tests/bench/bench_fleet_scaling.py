@@ -334,7 +334,8 @@ def report(mode: str, results: list[dict]) -> bool:
 
 def sizes(db: str, sample: int) -> None:
     """Bytes per row of the tables that grow with executions, on ``sample`` copies of a real finished
-    execution row inserted window after window (the order a fleet writes them), after VACUUM ANALYZE."""
+    execution row inserted window after window (the order a fleet writes them) and ``sample`` / 2 copies of
+    a finished task with its events, after VACUUM ANALYZE."""
     per = 1000
     windows = max(1, sample // per)
     db_rows(db, "CREATE TABLE size_probe (LIKE lookout_executions INCLUDING ALL)")
@@ -342,6 +343,14 @@ def sizes(db: str, sample: int) -> None:
                 "e.data_start + 300 * k, e.status, e.doc FROM (SELECT * FROM lookout_executions WHERE "
                 "status = 'SUCCESS' LIMIT 1) e, generate_series(1, %s) k, generate_series(1, %s) s ORDER BY k, s",
             (windows, per))
+    # procrastinate keeps a finished task (and its events) KEEP_JOBS_HOURS: copies of a real one and its events
+    db_rows(db, "WITH t AS (SELECT * FROM procrastinate_jobs WHERE status = 'succeeded' AND task_name = "
+                "'l4e.run_execution' ORDER BY id LIMIT 1), copies AS (INSERT INTO procrastinate_jobs (queue_name, "
+                "task_name, priority, lock, queueing_lock, args, status, scheduled_at, attempts) SELECT t.queue_name, "
+                "t.task_name, t.priority, t.lock, t.queueing_lock, jsonb_set(t.args, '{start}', to_jsonb(k)), "
+                "t.status, t.scheduled_at, t.attempts FROM t, generate_series(1, %s) k RETURNING id) "
+                "INSERT INTO procrastinate_events (job_id, type, at) SELECT c.id, e.type, e.at FROM copies c, "
+                "procrastinate_events e WHERE e.job_id = (SELECT id FROM t)", (windows * per // 2,))
     db_rows(db, "VACUUM ANALYZE size_probe")
     db_rows(db, "VACUUM ANALYZE procrastinate_jobs")
     db_rows(db, "VACUUM ANALYZE procrastinate_events")
