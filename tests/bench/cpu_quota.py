@@ -75,7 +75,7 @@ class CpuGroups:
     def open(cls, label: str) -> tuple[CpuGroups | None, str]:
         """Groups of the first hierarchy that accepts a quota, with a sentence saying which (or why none)."""
         reasons = []
-        for mount, fstype, options in _mounts():
+        for mount, fstype, options in sorted(_mounts(), key=lambda m: m[1] != "cgroup2"):  # v2 first
             root = Path(mount)
             if fstype == "cgroup2":
                 try:
