@@ -2,7 +2,7 @@
 a fixed CPU quota by a cgroup, against one PostgreSQL; then the same with 2 API replicas serving clients.
 
     .venv/bin/python tests/bench/bench_fleet_scaling.py [--cpus 0.2] [--workers 1,2,4] [--per-worker 30]
-        [--sensors 300] [--modes direct,replicas]
+        [--sensors 300] [--modes direct,replicas,dispatch] [--dispatch-schedulers 1000] [--size-sample 50000]
 
 Why confined: on a machine with few cores shared with other jobs, unconfined workers fight the database and
 each other for the same cores, and a second worker shows no throughput whatever the code does. Each worker
@@ -29,7 +29,11 @@ lock), the throttled periods, PostgreSQL's CPU per execution, transactions per e
 correctness checks (every execution finished exactly once: procrastinate attempts beyond one, executions
 recorded twice, executions missing). In ``replicas`` mode the schedulers are created through 2 ``lookout
 serve --workers 0`` processes, and a client thread calls DescribeInferenceScheduler and
-ListInferenceExecutions on them alternately (``--api-rate`` calls/s) during the run.
+ListInferenceExecutions on them alternately (``--api-rate`` calls/s) during the run. In ``dispatch`` mode,
+1, 2 and 4 dispatch-only processes (dispatch_only.py, confined like the workers) turn ``--dispatch-schedulers``
+schedulers due at once into executions and queued tasks: schedulers per second and its ratio, CPU per
+scheduler. Last, the bytes per row of the tables that grow with executions (``--size-sample`` copies of real
+rows), for sizing.
 """
 
 from __future__ import annotations
