@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import random
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -244,7 +245,9 @@ def spawn_dispatcher(ctx: dict, log_path: Path) -> subprocess.Popen:
                                  str(ctx["state_dir"]), ctx["store_url"],
                                  pd.Timestamp(SIM_START, unit="s").isoformat(), str(SPEED)],
                                 stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    line = proc.stdout.readline().decode()  # bounded: the process prints it or exits (EOF)
+    with selectors.DefaultSelector() as sel:  # bounded: 60 s for the ready line
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        line = proc.stdout.readline().decode() if sel.select(timeout=60.0) else ""
     if not line.startswith("dispatcher ready"):
         proc.kill()
         raise SystemExit(f"dispatch-only process did not start; see {log_path}")
