@@ -257,10 +257,24 @@ def spawn_dispatcher(ctx: dict, log_path: Path) -> subprocess.Popen:
 def dispatch_run(k: int, names: list[str], args, ctx: dict) -> dict:
     """k dispatch-only processes, each confined like a worker, turn len(names) due schedulers into executions
     and queued tasks; returns schedulers dispatched per second and CPU per scheduler. The executions and their
-    tasks are deleted afterwards (nobody runs them)."""
-    db, groups = ctx["db"], ctx["groups"]
+    tasks are deleted afterwards (nobody runs them). The processes are stopped whatever happens."""
     grid = int(ctx["clock"].now() // F) * F
-    procs = [spawn_dispatcher(ctx, ctx["state_dir"].parent / f"dispatch-{k}-{i}.log") for i in range(k)]
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(k):
+            procs.append(spawn_dispatcher(ctx, ctx["state_dir"].parent / f"dispatch-{k}-{i}.log"))
+        return dispatched(k, names, procs, args, ctx, grid)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+            proc.stdout.close()
+
+
+def dispatched(k: int, names: list[str], procs: list, args, ctx: dict, grid: int) -> dict:
+    """The measurement of dispatch_run over its running processes."""
+    db, groups = ctx["db"], ctx["groups"]
     cgs = []
     for i, proc in enumerate(procs):
         cgs.append(groups.group(f"dispatch{k}-{i}", args.cpus))
@@ -280,7 +294,6 @@ def dispatch_run(k: int, names: list[str], args, ctx: dict) -> dict:
     for proc in procs:
         proc.terminate()
         proc.wait(30)
-        proc.stdout.close()
     for group in cgs:
         groups.release(group)
     jobs = db_rows(db, "SELECT count(*), count(DISTINCT args->>'scheduler') FROM procrastinate_jobs "
