@@ -10,7 +10,8 @@ Shared by any number of API replicas and workers on any number of hosts, so noth
 - ``create_execution`` is an INSERT that the (scheduler, data_start) primary key makes idempotent: exactly
   one caller, whichever process it runs in, gets True;
 - ``finish_execution`` only moves an IN_PROGRESS execution, so a late duplicate never rewrites a result;
-- ``due_at`` (schedulers) lets the dispatcher find work with an index instead of reading every scheduler.
+- ``due_at`` (schedulers) lets the dispatcher find work with an index instead of reading every scheduler;
+  ``claim_due_scheduler`` hands each due scheduler to one dispatcher at a time (row lock, SKIP LOCKED).
 
 The pool checks a connection before handing it out, so after a database restart the next call reconnects;
 calls made while the database is down fail (the API answers 500, boto3 retries).
@@ -132,11 +133,15 @@ class PgState:
         rows = self._query("SELECT doc FROM lookout_resources WHERE kind=%s ORDER BY name COLLATE \"C\"", (kind,))
         return [json.loads(r[0]) for r in rows]
 
-    def due_schedulers(self, now: float, limit: int) -> list[str]:
-        """Names of schedulers with something to do at ``now``, the most overdue first."""
+    def claim_due_scheduler(self, now: float, passed: list[str]) -> str | None:
+        """Inside a transaction: the most overdue scheduler due at ``now`` that no other transaction holds,
+        row-locked until this transaction ends (``FOR UPDATE SKIP LOCKED``), leaving out ``passed``; None when
+        there is none. Dispatchers claiming this way never look at the same scheduler at once, and one that
+        was just dispatched is out of reach (its ``due_at`` moved on in the transaction that held it)."""
         rows = self._query("SELECT name FROM lookout_resources WHERE kind=%s AND due_at <= %s "
-                           "ORDER BY due_at LIMIT %s", (SCHEDULER, now, limit))
-        return [r[0] for r in rows]
+                           "AND NOT (name = ANY(%s)) ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                           (SCHEDULER, now, passed))
+        return rows[0][0] if rows else None
 
     # ingestion jobs ------------------------------------------------------------------------------------
     def put_job(self, job_id: str, dataset: str, created: float, doc: dict) -> None:
