@@ -77,10 +77,13 @@ def engine_saw_missing(state: Path) -> bool:
         return False
 
 
-def kill_9(proc: subprocess.Popen) -> None:
+def kill_9(proc: subprocess.Popen) -> str:
+    """SIGKILL ``proc``; returns what it wrote to stderr (the pipe is read to its end and closed)."""
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
+    with proc.stderr:
+        return proc.stderr.read()
 
 
 def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
@@ -100,8 +103,8 @@ def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
     try:
         closed = wait_for(lambda: last_written(state) >= (MISSING + pd.Timedelta(minutes=5)).timestamp(), 60)
     finally:
-        kill_9(first)
-    assert closed, first.stderr.read()[-3000:]
+        err = kill_9(first)
+    assert closed, err[-3000:]
     assert not engine_saw_missing(state), "the kill missed the gap: the engine had run"
     assert journal_states(journal) == []
 
@@ -112,8 +115,8 @@ def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
         raised = wait_for(lambda: [s for s, _ in journal_states(journal)] == ["raised"], 30)
         written = wait_for(lambda: last_written(state) >= (MISSING + pd.Timedelta(minutes=10)).timestamp(), 60)
     finally:
-        kill_9(second)
-    assert raised and written, second.stderr.read()[-3000:]
+        err = kill_9(second)
+    assert raised and written, err[-3000:]
     assert [s for s, _ in journal_states(journal)] == ["raised"]  # the clearing event was not taken yet
 
     # 3. restart: the window_written event from before the kill clears the alarm
@@ -193,8 +196,8 @@ async def test_a_source_that_came_back_while_the_agent_was_killed_clears_its_ala
         await peer.stop()
         raised = await eventually(lambda: [s for s, _ in journal_states(journal)] == ["raised"], 30)
     finally:
-        kill_9(first)
-    assert raised, first.stderr.read()[-3000:]
+        err = kill_9(first)
+    assert raised, err[-3000:]
     peer = await start_tcp(device, port=peer.port)  # the PLC is back while the agent is down
     second = start()
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from agent.pipeline.store import FileStore
-from tests.helpers import T0, asset_file, parse_csv, reference_windows, write_history
+from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, reference_windows, write_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 300.0  # clock seconds per wall second: a PT5M window every second
@@ -41,9 +41,10 @@ class StderrLines:
         self._thread.start()
 
     def _read(self, stream) -> None:
-        for line in stream:
-            with self._lock:
-                self.lines.append(line.rstrip("\n"))
+        with stream:  # closed at its end (the agent exited): no pipe left for the garbage collector
+            for line in stream:
+                with self._lock:
+                    self.lines.append(line.rstrip("\n"))
 
     def count(self, text: str) -> int:
         with self._lock:
@@ -128,4 +129,4 @@ def test_twenty_reloads_during_a_live_run_write_every_window_once_and_right(tmp_
             assert row[0] == stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")
             for cell, sensor in zip(row[1:], header[1:], strict=True):
                 assert cell != "", (key, row)
-                assert math.isclose(float(cell), values[sensor], rel_tol=1e-12), (key, row, sensor)
+                assert math.isclose(float(cell), values[sensor], rel_tol=CSV_REL_TOL), (key, row, sensor)
