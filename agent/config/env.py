@@ -25,7 +25,8 @@ the status page cannot print it) and a rotated secret is picked up without a res
 
 Resident memory (README, decision 8): importing pydantic_settings on top of what the agent already imports adds
 about 1.1 MB of RSS; a process loading an asset file with overrides goes from 37.1 to 38.5 MB, an agent run of
-the replay example peaks at 63.8 MB instead of 62.9 MB. Paid once per process, not per tag.
+the replay example peaks at 63.8 MB instead of 62.9 MB; at 2,200 tags the agent holds 93 MB instead of 92 MB.
+Paid once per process, not per tag.
 """
 
 from __future__ import annotations
