@@ -13,7 +13,8 @@ files (certificates, password and secret files, an exec hook's program) must be 
 Environment overrides: ``L4E_AGENT_<KEY>``, nested keys joined by ``__``, e.g.
 ``L4E_AGENT_LOOKOUT__INPUT=s3://bucket/prefix/`` or ``L4E_AGENT_WINDOW__GRACE_SECS=30``. They win over the file;
 an error in one names the variable (``L4E_AGENT_LOOKOUT__UPLOAD_FREQUENCY=PT7M: lookout.upload_frequency: ...``)
-and a variable that names no key is refused (agent.config.env).
+and a variable that names no key is refused. The file and the environment are pydantic-settings sources
+(agent.config.env); the asset models validate what they give, strictly, with the messages above.
 
 The models are the documentation: every field has a description, and ``config/example.toml`` is generated from
 them (``l4e-agent config-example``); a test fails when it drifts.
@@ -297,11 +298,10 @@ def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str
     problems = toml_problems(data)
     if problems:
         raise ConfigError("; ".join(problems), file=str(path))
-    overrides = config_env.collect(os.environ if environ is None else environ, AssetConfig, data)
-    merged = config_env.apply(data, overrides)
+    merged, overrides = config_env.overlay(os.environ if environ is None else environ, AssetConfig, data)
     numeric_choices = literal_problems(AssetConfig, merged)
     if numeric_choices:
-        error = ConfigError(format_problems(numeric_choices, file=str(path), overrides=[o for o, _ in overrides]))
+        error = ConfigError(format_problems(numeric_choices, file=str(path), overrides=overrides))
         error.file = str(path)
         raise error
     try:
@@ -309,7 +309,7 @@ def load(path: str | Path, *, check_sources: bool = True, environ: dict[str, str
         config = AssetConfig.model_validate_json(json.dumps(merged), strict=True)
     except ValidationError as exc:
         error = ConfigError(format_validation(exc, file=str(path), root=AssetConfig, data=merged,
-                                              overrides=[o for o, _ in overrides]))
+                                              overrides=overrides))
         error.file = str(path)
         raise error from None
     if check_sources:
