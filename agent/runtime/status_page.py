@@ -130,7 +130,7 @@ def sparklines(histories: list[list], end: float | None, span: float = 3600.0) -
         if not ok:
             out.append(empty)
             continue
-        out.append(f'<span class="scale" title="last hour: max over min"><span class="scale-max">{high:.4g}</span>'
+        out.append(f'<span class="scale"><span class="scale-max">{high:.4g}</span>'
                    f'<br><span class="scale-min">{low:.4g}</span></span>'
                    f'<svg width="{SPARK_W}" height="{SPARK_H}" role="img" aria-label="last hour {low:.4g} to '
                    f'{high:.4g}"><path d="{" ".join(map(get, row))}" fill="none" stroke="#36c" '
@@ -215,7 +215,8 @@ _QUALITY_CLASS = {"good": "ok", "ended": "warn", "bad": "bad", "none": "muted"}
 
 def _sensors(sensors: list[dict], end: float | None) -> str:
     rows = ['<table><tr><th>sensor</th><th>component</th><th>source</th><th>last value</th><th>age</th>'
-            '<th>holds</th><th>quality</th><th>readings</th><th>errors</th><th>bad</th><th>last hour</th></tr>']
+            '<th>holds</th><th>quality</th><th>readings</th><th>errors</th><th>bad</th>'
+            '<th>last hour (scale: max over min)</th></tr>']
     append = rows.append
     for s, spark in zip(sensors, sparklines([s["history"] for s in sensors], end), strict=True):
         name = escape(s["name"])
@@ -361,8 +362,8 @@ def health_summary(doc: dict) -> str:
         elif not silent:
             answer = (f'<span class="health-sources ok">all {len(sources)} source(s) answer</span>')
         else:
-            which = ", ".join(f'{escape(s["name"])} ({escape(s["state"])} {_ago(s["since"], now)})'
-                              for s in silent)
+            which = ", ".join(f'{escape(s["name"])} ({escape(s["state"])} for '
+                              f'{_dur(None if s["since"] is None else now - s["since"])})' for s in silent)
             answer = (f'<span class="health-sources bad">{len(silent)} of {len(sources)} source(s) do not '
                       f'answer: {which}</span>')
         alarms = a["alarms"]["open"]

@@ -280,7 +280,7 @@ def test_the_health_summary_comes_first_with_the_open_alarms_and_their_age():
               "pending_deliveries": 0, "hooks": [], "transitions": []}
     page = render_page(status_doc(sources=sources, alarms=alarms))
     top = page[:page.index('<section class="asset"')]
-    assert "1 of 2 source(s) do not answer: plc (down 5.0 min ago)" in top
+    assert "1 of 2 source(s) do not answer: plc (down for 5.0 min)" in top
     assert "2 open alarms" in top
     assert "<b>silent</b> plc, open for <span class=\"alarm-age\">90 s</span>" in top
     assert "<b>anomaly</b> score 0.97, open for <span class=\"alarm-age\">2.0 h</span>" in top
