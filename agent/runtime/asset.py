@@ -137,8 +137,11 @@ class AssetRunner:
         self.alarms_raised: Counter = Counter()  # rule → alarms raised (for metrics)
         self.results_poller = None  # set by the service when results are read back (agent.lookout.results)
         # for the status page (agent.runtime.status_data): the latest reading per sensor (one dict store per reading,
-        # ~20 ns: tests/bench/bench_status_page.py) and a bounded history filled per window/execution
+        # ~20 ns: tests/bench/bench_status_page.py), the clock time its value stopped holding (a validity-end
+        # marker, rule 2a: kept apart so the page still shows the last reading, not a grid aggregate) and a
+        # bounded history filled per window/execution
         self.last_readings: dict = {}
+        self.validity_ends: dict[str, float] = {}
         self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
         self.event_listeners.append(self.history.on_event)
         self._tasks: list[asyncio.Task] = []
@@ -243,6 +246,7 @@ class AssetRunner:
         """Values of ``sensors`` stop holding at ``at`` (clock time): a stopped source vouches for nothing."""
         if sensors:
             self.spool.append([validity_end(s, at) for s in sensors])
+            self.validity_ends.update(dict.fromkeys(sensors, at))
 
     async def _pump(self, connector: Connector) -> None:
         """Feed one connector into the spool; restart it with backoff if it crashes. When it stops, crashes
@@ -258,9 +262,12 @@ class AssetRunner:
                         continue
                     self.spool.append(batch)
                     self.stats.readings += len(batch)
-                    last = self.last_readings
+                    last, ends = self.last_readings, self.validity_ends
                     for reading in batch:
-                        last[reading.sensor] = reading
+                        if reading.value == reading.value:
+                            last[reading.sensor] = reading
+                        else:  # a validity-end marker (NaN): the value stopped holding, the reading stays the last
+                            ends[reading.sensor] = reading.ts
                     backoff.reset()
                 log.info("source %s finished", connector.name)
                 self._finished.add(connector.name)

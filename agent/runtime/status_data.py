@@ -22,7 +22,8 @@ The document (``version`` 1)::
                    from the server's history), "gaps_filled", "pending_gaps", "pending_secs" (gap time still to
                    read), "out_of_reach_gaps", "out_of_reach_secs" (cut by max_age or without history),
                    "no_history": [sensor, ...], "last_error"}}],
-      "sensors": [{"name", "component", "source", "value", "ts", "age_secs",
+      "sensors": [{"name", "component", "source", "value", "ts", "age_secs" (value and clock ts of the last
+                   reading the agent received for the sensor, never a grid aggregate; age = now - ts),
                    "holds": the value is still carried on the grid (the next file has it: while its source
                    vouches for it, rule 2a, else within fill_limit steps),
                    "quality": "good|bad|ended|none" (bad: the latest sample was Bad/Uncertain, or none was
@@ -145,22 +146,26 @@ def _backfill(backfill) -> dict | None:
             "last_error": st.last_error}
 
 
-def _holds(plan, sensor: str, reading, ended: bool, vouched: bool, now: float) -> bool:
+def _holds(plan, sensor: str, reading, ended_at: float | None, vouched: bool, now: float) -> bool:
     """Whether the sensor's last value is still carried on the grid (the next file will have it).
 
     With rule 2a (``plan.holds``, sensors of sources that hold values) a value holds while its source vouches
-    for it (``vouched``: not silent, the sensor not Bad now, no validity-end marker since) and within the
-    sensor's max age; otherwise, and for sampled sensors, the fill rule carries it ``fill_limit`` grid steps
-    from its grid point (or from where the hold ended)."""
+    for it (``vouched``: not silent, the sensor not Bad now, no validity-end marker since: ``ended_at`` is the
+    clock time of that marker, else None) and within the sensor's max age; otherwise, and for sampled sensors,
+    the fill rule carries it ``fill_limit`` grid steps from its grid point (or from where the hold ended)."""
     hold_secs = (getattr(plan, "holds", None) or {}).get(sensor)
-    if hold_secs is not None and not ended and vouched and now - reading.ts <= hold_secs:
+    if hold_secs is not None and ended_at is None and vouched and now - reading.ts <= hold_secs:
         return True
     # the last grid point that had the value: its reading's grid point, or the last one before a marker
-    last = (math.floor(reading.ts / plan.rate) * plan.rate) if ended else grid_point(reading.ts, plan.rate)
+    last = (math.floor(ended_at / plan.rate) * plan.rate) if ended_at is not None else grid_point(reading.ts,
+                                                                                                 plan.rate)
     return now <= last + plan.fill_limit * plan.rate
 
 
 def _sensors(runner, now: float) -> list[dict]:
+    """Per schema sensor: its last value and age are those of the last reading the agent received for it
+    (``runner.last_readings``, never a grid aggregate), "ended" when a validity-end marker (rule 2a,
+    ``runner.validity_ends``) is at or after that reading."""
     plan = runner.plan
     counts: dict[str, tuple] = {}
     bad_now: set[str] = set()
@@ -177,27 +182,29 @@ def _sensors(runner, now: float) -> list[dict]:
         for s in sensors:
             component_of.setdefault(s, comp)
     last = runner.last_readings
+    ends = getattr(runner, "validity_ends", {})
     out = []
     for sensor in plan.sensors:
         reading = last.get(sensor)
+        if reading is not None and reading.value != reading.value:
+            reading = None  # a marker is never a value (the runner keeps markers apart)
         n, errors, bad = counts.get(sensor, (0, 0, 0))
         history = runner.history.sensor_points(sensor)
-        # a NaN reading is a validity-end marker (rule 2a): the value shown is then the last one on the grid
-        ended = reading is not None and math.isnan(reading.value)
         value = ts = age = None
-        holds = False
+        holds = ended = False
         if reading is not None:
-            holds = _holds(plan, sensor, reading, ended, sensor not in bad_now and sources.get(sensor) not in silent,
-                           now)
-            if ended:
-                value, ts = next(((v, t) for t, v in reversed(history) if v is not None), (None, None))
-            else:
-                value, ts = reading.value, reading.ts
-            value = value if value is None or math.isfinite(value) else None  # JSON has no Infinity
-            age = None if ts is None else now - ts
+            ended_at = ends.get(sensor)
+            if ended_at is not None and ended_at < reading.ts:
+                ended_at = None  # a reading after the marker: the value holds again
+            ended = ended_at is not None
+            holds = _holds(plan, sensor, reading, ended_at, sensor not in bad_now and
+                           sources.get(sensor) not in silent, now)
+            value, ts = reading.value, reading.ts
+            value = value if math.isfinite(value) else None  # JSON has no Infinity
+            age = now - ts
         if sensor in bad_now or (reading is None and bad):
             quality = "bad"  # the latest sample was Bad/Uncertain, or no sample was ever good
-        elif reading is None or (ended and value is None):
+        elif reading is None:
             quality = "none"
         else:
             quality = "ended" if ended else "good"

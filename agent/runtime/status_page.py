@@ -1,7 +1,8 @@
 """``GET /``: the status page, one self-contained HTML document rendered from agent.runtime.status_data's dict.
 
 Self-contained because gateways are offline: inline CSS, inline SVG sparklines and trends, no script at all
-(a ``<meta http-equiv="refresh">`` reloads it every ``REFRESH_SECS``). One section per asset, in this order:
+(a ``<meta http-equiv="refresh">`` reloads it every ``REFRESH_SECS``). At the top a health summary (per asset:
+whether every source answers, the open alarms with their age), then one section per asset, in this order:
 sources, sensors, windows, Lookout, alarms (the README says what each shows). Every text from the agent is
 HTML-escaped. Rendering is plain string building, measured by tests/bench/bench_status_page.py (2,200
 sensors ≤ 50 ms).
@@ -29,6 +30,10 @@ th{background:#eef}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{padding:1px 6px;border-radius:3px;color:#fff}.b-ok{background:#2a7}.b-warn{background:#d80}
 .b-bad{background:#c22}.b-off{background:#888}dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}
 dt{font-weight:bold}dd{margin:0}svg{vertical-align:middle}
+.scale{display:inline-block;vertical-align:middle;text-align:right;font-size:10px;line-height:11px;color:#555;
+min-width:3.5em;margin-right:3px;font-variant-numeric:tabular-nums}
+.health{border:1px solid #ccd;background:#fff;padding:.3em .8em;margin:.5em 0}.health p{margin:.2em 0}
+.health ul{margin:.1em 0 .3em;padding-left:1.4em}
 """
 
 _STATE_BADGE = {"connected": "b-ok", "bad quality": "b-warn", "reconnecting": "b-warn", "down": "b-bad",
@@ -91,7 +96,8 @@ _GAP = len(_TOKENS) - 1
 
 def sparklines(histories: list[list], end: float | None, span: float = 3600.0) -> list[str]:
     """Inline SVGs of sensors' last hour on the grid; each history is [[ts, value | None], ...] and a None
-    value (an empty grid cell) breaks the line."""
+    value (an empty grid cell) breaks the line. Each drawn line is preceded by its scale: the hour's max
+    (top of the line's box) over its min (bottom), the two values the line is stretched between."""
     empty = f'<svg width="{SPARK_W}" height="{SPARK_H}" role="img" aria-label="no data"></svg>'
     if end is None or not histories:
         return [empty] * len(histories)
@@ -124,7 +130,9 @@ def sparklines(histories: list[list], end: float | None, span: float = 3600.0) -
         if not ok:
             out.append(empty)
             continue
-        out.append(f'<svg width="{SPARK_W}" height="{SPARK_H}" role="img" aria-label="last hour {low:.4g} to '
+        out.append(f'<span class="scale"><span class="scale-max">{high:.4g}</span>'
+                   f'<br><span class="scale-min">{low:.4g}</span></span>'
+                   f'<svg width="{SPARK_W}" height="{SPARK_H}" role="img" aria-label="last hour {low:.4g} to '
                    f'{high:.4g}"><path d="{" ".join(map(get, row))}" fill="none" stroke="#36c" '
                    'stroke-width="1.2"/></svg>')
     return out
@@ -202,20 +210,25 @@ def _backfill(source: dict) -> str:
             f'{none}</p>')
 
 
+_QUALITY_CLASS = {"good": "ok", "ended": "warn", "bad": "bad", "none": "muted"}
+
+
 def _sensors(sensors: list[dict], end: float | None) -> str:
     rows = ['<table><tr><th>sensor</th><th>component</th><th>source</th><th>last value</th><th>age</th>'
-            '<th>holds</th><th>quality</th><th>readings</th><th>errors</th><th>bad</th><th>last hour</th></tr>']
+            '<th>holds</th><th>quality</th><th>readings</th><th>errors</th><th>bad</th>'
+            '<th>last hour (scale: max over min)</th></tr>']
     append = rows.append
     for s, spark in zip(sensors, sparklines([s["history"] for s in sensors], end), strict=True):
         name = escape(s["name"])
         quality = s["quality"]
-        qclass = "ok" if quality == "good" else ("bad" if quality == "bad" else "muted")
+        # only a value the source still vouches for is green; "ended" (it stopped holding) is amber
+        qclass = _QUALITY_CLASS.get(quality, "muted")
         holds = '<td class="ok">yes</td>' if s["holds"] else '<td class="warn">no</td>'
         age = s["age_secs"]
         append(f'<tr class="sensor" data-sensor="{name}"><td class="name">{name}</td>'
                f'<td>{escape(s["component"])}</td><td>{escape(s["source"])}</td>'
                f'<td class="num value">{_num(s["value"])}</td><td class="num">{_dur(age)}</td>{holds}'
-               f'<td class="{qclass}">{quality}</td><td class="num">{s["readings_total"]}</td>'
+               f'<td class="quality {qclass}">{quality}</td><td class="num">{s["readings_total"]}</td>'
                f'<td class="num">{s["read_errors_total"]}</td><td class="num">{s["bad_quality_total"]}</td>'
                f'<td>{spark}</td></tr>')
     append("</table>")
@@ -332,6 +345,45 @@ def render_asset(a: dict, now: float) -> str:
         '<section class="alarms"><h3>alarms</h3>', _alarms(a["alarms"]), "</section></section>"])
 
 
+_ANSWERING = ("connected", "bad quality")  # the source's transport answers (bad quality: with Bad items)
+
+
+def health_summary(doc: dict) -> str:
+    """The top of the page: per asset one line saying whether every source answers (else which do not, in
+    which state and since when), then its open alarms (the alarm engine's state) with their age."""
+    now = doc["now"]
+    out = ['<section class="health"><h2 style="margin-top:0">health</h2>']
+    for a in doc["assets"]:
+        name = escape(a["asset"])
+        sources = a["sources"]
+        silent = [s for s in sources if s["state"] not in _ANSWERING]
+        if not sources:
+            answer = '<span class="health-sources muted">no source configured</span>'
+        elif not silent:
+            answer = (f'<span class="health-sources ok">all {len(sources)} source(s) answer</span>')
+        else:
+            which = ", ".join(f'{escape(s["name"])} ({escape(s["state"])} for '
+                              f'{_dur(None if s["since"] is None else now - s["since"])})' for s in silent)
+            answer = (f'<span class="health-sources bad">{len(silent)} of {len(sources)} source(s) do not '
+                      f'answer: {which}</span>')
+        alarms = a["alarms"]["open"]
+        count = (f'<span class="health-alarms {"bad" if alarms else "ok"}">'
+                 f'{len(alarms) or "no"} open alarm{"" if len(alarms) == 1 else "s"}</span>')
+        out.append(f'<p class="health-summary" data-asset="{name}"><b>{name}</b>: {answer}; {count}</p>')
+        if alarms:
+            out.append("<ul>")
+            for al in alarms:
+                what = (f"score {_num(al['score'])}" if "score" in al
+                        else escape(str(al.get("subject", ""))))
+                out.append(f'<li class="health-alarm" data-rule="{escape(al["rule"])}"><b>{escape(al["rule"])}</b>'
+                           f'{" " + what if what else ""}, open for <span class="alarm-age">'
+                           f'{_dur(None if al["since"] is None else now - al["since"])}</span> '
+                           f'(since {_iso(al["since"])})</li>')
+            out.append("</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
 def render_page(doc: dict) -> str:
     """The whole page for a status document (agent.runtime.status_data.collect_status)."""
     now = doc["now"]
@@ -345,4 +397,4 @@ def render_page(doc: dict) -> str:
         f"<title>l4e-agent: {names}</title><style>{_CSS}</style></head><body>",
         f'<h1>l4e-agent status</h1><p class="muted">agent clock {_iso(now)}; this page reloads every '
         f'{REFRESH_SECS} s; the same data as JSON: <a href="/api/status">/api/status</a>, numbers for '
-        'Prometheus: <a href="/metrics">/metrics</a></p>', *assets, "</body></html>"])
+        'Prometheus: <a href="/metrics">/metrics</a></p>', health_summary(doc), *assets, "</body></html>"])

@@ -62,7 +62,7 @@ path = "history.csv"
         batch = [Reading(s, float(i % 17) + minute / 60, T0 + 60 * minute + 30) for i, s in enumerate(sensors)]
         runner.spool.append(batch)
         for r in batch:
-            runner.last_readings[r.sensor] = r
+            runner.last_readings[r.sensor] = r  # the bench's readings are never markers
         runner.spool.flush()
         if minute % 5 == 4:
             events = runner.closer.close_due(T0 + 60 * (minute + 1) + 6)
@@ -133,10 +133,14 @@ def main() -> None:
 
     batch = [Reading(s, 1.0, 1000.0) for s in sensors]
     last: dict = {}
+    ends: dict = {}
 
-    def store_last() -> None:
+    def store_last() -> None:  # as in AssetRunner._pump: markers (NaN) are kept apart from the last reading
         for reading in batch:
-            last[reading.sensor] = reading
+            if reading.value == reading.value:
+                last[reading.sensor] = reading
+            else:
+                ends[reading.sensor] = reading.ts
 
     def construct() -> None:
         [Reading(s, 1.0, 1000.0) for s in sensors]

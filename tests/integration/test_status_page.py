@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
+
 from agent.commands.run import make_runner
 from agent.config import load
 from agent.core.clock import ScaledClock, iso_utc, parse_instant
@@ -374,3 +376,133 @@ def test_the_browser_harness_reports_console_errors(tmp_path):
     assert page.text.strip() == "hi"
     kinds = sorted(p.split(":", 1)[0] for p in page.problems)
     assert kinds == ["console.error", "exception", "log.error (network)", "log.error (rendering)"], page.problems
+
+
+def write_stopping_asset(tmp: Path, opcua_endpoint: str, metrics_port: int) -> Path:
+    path = tmp / "asset.toml"
+    path.write_text(textwrap.dedent(f"""\
+        asset = "line-4"
+        [lookout]
+        upload_frequency = "PT5M"
+        delay_offset_minutes = 1
+        sampling_rate = "PT1M"
+        input = "file://{tmp}/store/"
+        [components]
+        pump = ["flow", "count", "setpt"]
+        [window]
+        fill_limit = 1
+        grace_secs = 5
+        [health]
+        source_silent_secs = 30
+        [metrics]
+        enabled = true
+        port = {metrics_port}
+        [[sources]]
+        name = "opc"
+        kind = "opcua"
+        endpoint = "{opcua_endpoint}"
+        mode = "poll"
+        poll_interval_ms = 100
+        nodes = [
+            {{ sensor = "flow", node_id = "ns=2;s=Pump07.Flow" }},
+            {{ sensor = "count", node_id = "ns=2;s=Pump07.Count" }},
+            {{ sensor = "setpt", node_id = "ns=2;s=Pump07.Setpt" }},
+        ]
+        [alarms.hooks.journal]
+        kind = "file"
+        path = "{tmp}/alarms.jsonl"
+        [[alarms.rules]]
+        name = "source-silent"
+        kind = "source_silent"
+        hooks = ["journal"]
+        """))
+    return path
+
+
+async def test_a_stopped_server_leaves_the_last_reading_ended_with_health_on_top(tmp_path):
+    """The OPC-UA server's flow swings between 1 and 3 (the grid's cells hold their mean), then reads 5 and the
+    server goes away. The page keeps flow's last reading (5, with that reading's time and age, not a grid
+    cell), marks it "ended" in amber (not green), says at the top that the source does not answer and that
+    source-silent is open (with its age), and each drawn sparkline shows its min/max scale."""
+    opc = await OpcUaPeer().start()
+    port = free_port()
+    path = write_stopping_asset(tmp_path, opc.endpoint, port)
+
+    async def swing() -> None:
+        for k in range(10_000):  # bounded: cancelled long before
+            await opc.set("flow", 1.0 if k % 2 else 3.0, source_ts=datetime.now(UTC))
+            await asyncio.sleep(0.15)
+
+    config = load(path)
+    clock = ScaledClock(T0 - 30, SPEED)
+    agent = Agent([make_runner(config, path, tmp_path / "state", clock)], clock, metrics_config=config.metrics)
+    writer = asyncio.create_task(swing())
+    run = asyncio.create_task(agent.run())
+    base = f"http://127.0.0.1:{port}"
+
+    def asset() -> dict | None:
+        code, body = get(base + "/api/status")
+        return json.loads(body)["assets"][0] if code == 200 else None
+
+    def flow(a: dict) -> dict:
+        return next(s for s in a["sensors"] if s["name"] == "flow")
+
+    try:
+        def swung() -> bool:
+            a = asset()
+            return bool(a and a["windows"]["written_total"] >= 1 and len({v for _, v in flow(a)["history"]
+                                                                          if v is not None}) >= 2)
+
+        await wait_for(swung, 60, "a written window with flow's swings on the grid")
+        writer.cancel()
+        await opc.set("flow", 5.0, source_ts=datetime.now(UTC))
+        last: list[dict] = []
+
+        def five() -> bool:
+            a = asset()
+            if a and flow(a)["value"] == 5.0:
+                last.append(flow(a))
+            return bool(last)
+
+        await wait_for(five, 30, "flow reading 5 while connected")
+        await opc.stop()
+
+        def gone() -> bool:
+            a = asset()
+            return bool(a and flow(a)["quality"] != "good" and {o["rule"] for o in a["alarms"]["open"]}
+                        == {"source-silent"})
+
+        await wait_for(gone, 60, "flow no longer vouched for and source-silent open")
+        doc = json.loads((await asyncio.to_thread(get, base + "/api/status"))[1])
+        shown = flow(doc["assets"][0])
+        # the last reading received, not a grid cell: its value, its own (off-grid) time, its age from that time
+        assert (shown["value"], shown["ts"], shown["quality"]) == (5.0, last[0]["ts"], "ended"), shown
+        assert shown["age_secs"] == doc["now"] - shown["ts"]
+        assert shown["ts"] % 60 != 0
+
+        page = await asyncio.to_thread(browser.load, base + "/")
+        assert page.problems == []
+        dom = Rows()
+        dom.feed(page.dom)
+        header = next(cells for a_, cells in dom.rows if cells and cells[0] == "sensor")
+        cells = dom.table("sensor", "data-sensor")["flow"]
+        assert float(cells[header.index("last value")]) == 5.0 and cells[header.index("quality")] == "ended"
+        row = re.search(r'<tr class="sensor" data-sensor="flow">.*?</tr>', page.dom).group(0)
+        assert '<td class="quality warn">ended</td>' in row  # amber, not the green of "good"
+        # the health summary comes before the first asset section
+        assert page.dom.index('class="health-summary"') < page.dom.index('class="asset"')
+        assert dom.by_class["health-sources"][0].startswith("1 of 1 source(s) do not answer: opc (")
+        assert dom.by_class["health-alarms"] == ["1 open alarm"]
+        assert re.search(r'<li class="health-alarm" data-rule="source-silent"><b>source-silent</b> opc, open for '
+                         r'<span class="alarm-age">\d+ s</span>', page.dom)
+        values = [v for _, v in shown["history"] if v is not None]
+        spark = re.search(r'<span class="scale-max">([^<]*)</span><br><span class="scale-min">([^<]*)</span>',
+                          row)
+        assert spark and (float(spark.group(1)), float(spark.group(2))) == pytest.approx(
+            (max(values), min(values)), rel=1e-3)
+    finally:
+        writer.cancel()
+        agent.request_stop()
+        await asyncio.wait_for(run, 60)
+        await opc.stop()
+    assert run.result() == 0

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agent.core.model import Alarm, Diagnostic, Event, Reading, Result
+from agent.core.model import Alarm, Diagnostic, Event, Reading, Result, validity_end
 from agent.pipeline.closer import WindowCloser, WindowPlan
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.spool import Spool
@@ -198,7 +198,7 @@ def test_collect_reads_the_new_stats_fields_when_present(tmp_path):
 
 
 def test_a_validity_end_marker_ends_the_hold(tmp_path):
-    """A NaN reading (rule 2a's marker) is not a value: the page shows the last grid value as ended."""
+    """A marker (rule 2a) is not a value: the page keeps the last reading's value and time, quality "ended"."""
     from agent.runtime.status_data import collect_status
 
     runner = runner_with(tmp_path, SourceStats(connected=True, readings=Counter(flow=2)))
@@ -208,12 +208,93 @@ def test_a_validity_end_marker_ends_the_hold(tmp_path):
     flow.append(T0 - 60, 4.0)
     flow.append(T0, 5.0)
     runner.history.latest_grid_ts = T0
-    runner.last_readings["flow"] = Reading("flow", float("nan"), T0 + 1)
+    runner.last_readings["flow"] = Reading("flow", 5.5, T0 - 0.5)
+    runner.validity_ends["flow"] = T0 + 1
     runner.last_readings["temp"] = Reading("temp", 3.0, T0 - 30)
+    runner.validity_ends["temp"] = T0 - 40  # a marker before the last reading: the value holds again
     sensors = {s["name"]: s for s in collect_status([runner], T0 + 10)["assets"][0]["sensors"]}
-    assert (sensors["flow"]["value"], sensors["flow"]["ts"], sensors["flow"]["quality"]) == (5.0, T0, "ended")
+    assert (sensors["flow"]["value"], sensors["flow"]["ts"], sensors["flow"]["quality"]) == (5.5, T0 - 0.5, "ended")
+    assert sensors["flow"]["age_secs"] == 10.5
     assert sensors["flow"]["holds"] is False  # fill_limit 0: not carried past the marker's grid step
     assert (sensors["temp"]["value"], sensors["temp"]["quality"], sensors["temp"]["holds"]) == (3.0, "good", False)
+
+
+async def test_the_page_shows_the_last_reading_received_not_a_grid_aggregate(tmp_path):
+    """Readings then a marker through the runner's pump: the value and age are the last reading's (the grid
+    cell holding the mean of the three readings, 2.0, is not what the page says), quality "ended"."""
+    from agent.runtime.status_data import collect_status
+
+    class Source:
+        name = "history"
+
+        def __init__(self) -> None:
+            self.stats = SourceStats(connected=True)
+
+        async def readings(self):
+            yield [Reading("flow", 1.0, T0 - 40), Reading("flow", 2.0, T0 - 30), Reading("flow", 3.0, T0 - 20)]
+            yield [validity_end("flow", T0 - 15)]
+            yield [Reading("temp", 4.0, T0 - 19)]
+
+    runner = runner_with(tmp_path, SourceStats())
+    runner.connectors = [Source()]
+    await runner._pump(runner.connectors[0])  # the source finishes: every value of it stops holding
+    sensors = {s["name"]: s for s in collect_status([runner], T0 + 50)["assets"][0]["sensors"]}
+    assert (sensors["flow"]["value"], sensors["flow"]["ts"], sensors["flow"]["age_secs"]) == (3.0, T0 - 20, 70)
+    assert sensors["flow"]["quality"] == "ended"
+    # temp's last reading is good, but its source finished after it: ended too, never shown green
+    assert (sensors["temp"]["value"], sensors["temp"]["quality"]) == (4.0, "ended")
+    page = render_page(collect_status([runner], T0 + 50))
+    assert '<td class="quality warn">ended</td>' in page and '<td class="quality ok">ended' not in page
+
+
+def status_doc(**asset) -> dict:
+    """A minimal status document for rendering, with ``asset``'s parts replaced."""
+    a = {"asset": "a", "sources": [], "sensors": [],
+         "windows": {"frequency_secs": 300, "rate_secs": 60, "grace_secs": 5, "delay_offset_secs": 60,
+                     "written_total": 0, "last_written": None, "last_uploaded": None,
+                     "open": {"start": T0, "end": T0 + 300, "due_at": T0 + 305},
+                     "next_deadline": {"window_start": T0, "window_end": T0 + 300, "deadline": T0 + 360,
+                                       "left_secs": 100, "pending": False},
+                     "outbox": {"files": 0, "windows": 0, "oldest_end": None, "bytes": 0}, "late_total": 0,
+                     "missing": {}, "spool": {"bytes": 0, "buffered_readings": 0, "late_readings": 0},
+                     "budget": {"bytes": 1, "used_bytes": 0, "fraction": 0.0, "when_full": "drop_oldest",
+                                "refusing": False}},
+         "lookout": {"scheduler": None, "mode": "none", "status": "off", "polls": 0, "poll_errors": 0,
+                     "cursor": None, "results_processed": 0, "score_trend": [], "thresholds": [], "abnormal": [],
+                     "executions": []},
+         "alarms": {"open": [], "pending_deliveries": 0, "hooks": [], "transitions": []}}
+    a.update(asset)
+    return {"now": T0, "assets": [a]}
+
+
+def source_row(name: str, state: str, since: float) -> dict:
+    return {"name": name, "kind": "modbus", "endpoint": "", "state": state, "since": since,
+            "readings_total": 0, "readings_per_sec": None, "read_errors_total": 0, "bad_quality_total": 0,
+            "reconnects": 0, "last_reading_ts": None, "last_alive_ts": None, "bad_now": [], "backfill": None}
+
+
+def test_the_health_summary_comes_first_with_the_open_alarms_and_their_age():
+    sources = [source_row("opc", "connected", T0 - 600), source_row("plc", "down", T0 - 300)]
+    alarms = {"open": [{"rule": "silent", "id": "x1", "since": T0 - 90, "subject": "plc"},
+                       {"rule": "anomaly", "id": "x2", "since": T0 - 7200, "score": 0.97}],
+              "pending_deliveries": 0, "hooks": [], "transitions": []}
+    page = render_page(status_doc(sources=sources, alarms=alarms))
+    top = page[:page.index('<section class="asset"')]
+    assert "1 of 2 source(s) do not answer: plc (down for 5.0 min)" in top
+    assert "2 open alarms" in top
+    assert "<b>silent</b> plc, open for <span class=\"alarm-age\">90 s</span>" in top
+    assert "<b>anomaly</b> score 0.97, open for <span class=\"alarm-age\">2.0 h</span>" in top
+    calm = render_page(status_doc(sources=sources[:1]))
+    top = calm[:calm.index('<section class="asset"')]
+    assert "all 1 source(s) answer" in top and "no open alarms" in top
+
+
+def test_a_sparkline_has_its_scale():
+    end = T0 + 3600
+    pts = [[T0 + 60 * i, 10.0 + i / 10] for i in range(1, 61)]
+    out = sparklines([pts, [[T0 + 60, None]]], end)
+    assert '<span class="scale-max">16</span><br><span class="scale-min">10.1</span>' in out[0]
+    assert "scale" not in out[1]  # nothing drawn, no scale
 
 
 def test_a_sensor_series_is_a_ring_allocated_once():
