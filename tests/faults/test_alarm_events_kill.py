@@ -65,8 +65,14 @@ def last_written(state: Path) -> float:
 
 
 def journal_states(journal: Path) -> list[tuple[str, str]]:
+    """(state, alarm id) per delivery, a repeated delivery counted once: hooks are at-least-once, and a kill -9
+    between a delivery and its record delivers it again after the restart (same alarm, same state)."""
     lines = journal.read_text().splitlines() if journal.exists() else []
-    return [(a["state"], a["id"]) for a in map(json.loads, lines)]
+    out: list[tuple[str, str]] = []
+    for entry in ((a["state"], a["id"]) for a in map(json.loads, lines)):
+        if not out or out[-1] != entry:
+            out.append(entry)
+    return out
 
 
 def engine_saw_missing(state: Path) -> bool:
