@@ -90,6 +90,12 @@ def find_files(store, cfg: InputConfig, component: str, window: Window, frequenc
     """Keys of ``component``'s files whose name timestamp lies in [start − F − history, end + F], oldest first,
     except that the window's own file (named with its start) comes last: where files overlap (the agent writes
     [start, end], so a window's end row is also the next file's start row) its rows win."""
+    return [key for _start, key in find_named_files(store, cfg, component, window, frequency, history)]
+
+
+def find_named_files(store, cfg: InputConfig, component: str, window: Window, frequency: int,
+                     history: int = 0) -> list[tuple[int, str]]:
+    """``find_files`` with each key's name timestamp: (start, key), in the same order."""
     head = f"{cfg.prefix}{component}{cfg.delimiter}"
     low, high = window.start - frequency - history, window.end + frequency
     # Names sort by time within a component (fixed-width calendar formats; EPOCH while it has 10 digits), so
@@ -108,7 +114,7 @@ def find_files(store, cfg: InputConfig, component: str, window: Window, frequenc
         elif start is not None and start > high and ordered:
             break
     found.sort(key=lambda item: (item[0] == window.start, item[0], item[1]))
-    return [key for _start, key in found]
+    return found
 
 
 def missing_file_reason(cfg: InputConfig, component: str, window: Window, frequency: int, store=None) -> str:
@@ -149,8 +155,10 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
     history = _history_secs(context_rows, rate, frequency)
     parts, past_parts, columns = [], [], []
     for comp in components:
-        keys = find_files(store, cfg, comp.name, window, frequency, history)
-        in_range = [k for k in keys if _named_near(k, cfg, comp.name, window, frequency)]
+        named = find_named_files(store, cfg, comp.name, window, frequency, history)
+        keys = [key for _start, key in named]
+        # the files the window itself needs (named in [start − F, end + F]); the others are history only
+        in_range = {key for start, key in named if start >= window.start - frequency}
         if not in_range:
             raise InferenceFailed(missing_file_reason(cfg, comp.name, window, frequency, store))
         frames, read, problems = [], [], []
@@ -190,13 +198,6 @@ def window_frame(store, cfg: InputConfig, components: list[Component], window: W
         values = np.vstack([np.hstack(past_parts), values])
     grid = pd.DatetimeIndex(pd.to_datetime(np.concatenate([history_s, grid_s]), unit="s"))
     return pd.DataFrame(values, index=grid, columns=columns), context_rows
-
-
-def _named_near(key: str, cfg: InputConfig, component: str, window: Window, frequency: int) -> bool:
-    """Whether ``key``'s name timestamp is in [start − F, end + F] (the files the window itself needs)."""
-    start = parse_object_name(key[len(cfg.prefix):], component, cfg.delimiter, cfg.timestamp_format,
-                              cfg.offset_secs)
-    return start is not None and window.start - frequency <= start <= window.end + frequency
 
 
 def run_window(store, out_store, cfg: InputConfig, out_prefix: str, components: list[Component],
