@@ -53,6 +53,7 @@ class SourceStats:
     # Liveness is the transport's, not the data's: clock time the source last answered (a publish response
     # or keep-alive, a successful poll). A steady plant with a healthy session stays alive.
     last_alive_ts: float | None = None
+    session_up_ts: float | None = None  # clock time the current (or last) session came up (sessions only)
     # Sensors whose latest sample was Bad/Uncertain (their value does not hold); all of them: "bad quality"
     bad_now: set = field(default_factory=set)
     # True for connectors whose ``connected`` already means "answering right now" (a session with its own

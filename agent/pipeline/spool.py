@@ -194,16 +194,11 @@ class Spool:
                 parts.setdefault(int(end), []).append(cols.filter(ends == end))
         if not parts:
             return 0
+        self._take_late(parts)
         written = 0
         error: OSError | None = None
         for end in sorted(parts):
             part = Columns.concat(parts[end])
-            if self.closed_upto is not None and end <= self.closed_upto:
-                n_late = part.num_rows - int(np.isnan(part.value).sum())  # markers are not readings
-                self.late += n_late
-                self.dropped_readings["late"] += n_late
-                log.debug("dropped %d late readings (their window is already written)", n_late)
-                continue
             try:
                 seg = self._open.get(end)
                 if seg is None:
@@ -220,6 +215,29 @@ class Spool:
         else:
             self.disk.success("spool")
         return written
+
+    def _take_late(self, parts: dict[int, list[Columns]]) -> None:
+        """Readings of windows already written are dropped and counted (``late``). A validity-end marker among
+        them is not dropped: the value it ends must stop holding in the windows not yet written (rule 2a), or a
+        source lost just before a window closed (its marker is stamped with the last instant the source answered,
+        which can be a keep-alive period or more in the past) would have its last value held for ever. Such a
+        marker takes effect just after the end of the last written window (the rows already written stay as they
+        are, and the fill rule counts from the last of them)."""
+        if self.closed_upto is None:
+            return
+        for end in [e for e in parts if e <= self.closed_upto]:
+            part = Columns.concat(parts.pop(end))
+            markers = np.isnan(part.value)
+            n_late = part.num_rows - int(markers.sum())  # markers are not readings
+            if n_late:
+                self.late += n_late
+                self.dropped_readings["late"] += n_late
+                log.debug("dropped %d late readings (their window is already written)", n_late)
+            if markers.any():
+                moved = part.filter(markers)
+                at = np.full(moved.num_rows, np.nextafter(float(self.closed_upto), np.inf))
+                parts.setdefault(self.closed_upto + self.frequency, []).append(
+                    Columns(moved.names, moved.code, at, moved.value))
 
     def mark_alive(self, ts: float) -> None:
         """Record ``ts`` (clock time) as the last sign of life of this run (see the module docstring)."""

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing, suppress
@@ -149,6 +150,8 @@ class OpcUaConnector(_Feeds, _Values):
             client: Client | None = None
             vouched = False
             filler: asyncio.Task | None = None
+            feed = None
+            newest = -math.inf  # the latest reading time emitted in this session
             try:
                 raise_if_cancelling()  # a cancel asyncua swallowed in the last attempt ends the loop here
                 self.connect_attempts += 1
@@ -163,6 +166,7 @@ class OpcUaConnector(_Feeds, _Values):
                         batch = await feed.next()
                         raise_if_cancelling()
                         if batch:
+                            newest = max(newest, max(r.ts for r in batch))
                             if backfill is not None:
                                 backfill.observe(batch)
                             yield batch
@@ -173,6 +177,7 @@ class OpcUaConnector(_Feeds, _Values):
                     vouched = True
                     async with aclosing(self._poll(client, handles, read_batch)) as batches:
                         async for batch in batches:
+                            newest = max(newest, max(r.ts for r in batch))
                             if backfill is not None:
                                 backfill.observe(batch)
                             yield batch
@@ -181,12 +186,17 @@ class OpcUaConnector(_Feeds, _Values):
                 self._session_failed(exc)
             finally:
                 self.stats.connected = False
+                if feed is not None:
+                    await feed.stop()
                 if filler is not None:
                     await _stop_backfill(filler, cfg.timeout_secs)
                 if client is not None:
                     await _close(client, cfg.timeout_secs)
             if vouched:  # the session that vouched for the values is gone: they stop holding (rule 2a)
                 end = self.stats.last_alive_ts if self.stats.last_alive_ts is not None else self._clock.now()
+                # never before a reading already emitted (a source timestamp ahead of our clock, within the
+                # allowed skew): a marker before its reading would not end it, and the value would hold for ever
+                end = max(end, newest)
                 yield [validity_end(sensor, end) for sensor in self._sensors]
             raise_if_cancelling()
             await asyncio.sleep(backoff.next())
@@ -290,7 +300,7 @@ class OpcUaConnector(_Feeds, _Values):
 
     def _session_up(self, backoff: Backoff) -> None:
         self.stats.connected = True
-        self._session_start = self.stats.last_alive_ts = self._clock.now()
+        self._session_start = self.stats.last_alive_ts = self.stats.session_up_ts = self._clock.now()
         self._unvouched = set(self._sensors)
         backoff.reset()
         first = not self._ever_connected

@@ -1,5 +1,6 @@
-"""The OPC-UA data feed: a subscription on asyncua's raw service layer (one PublishResponse → one batch of
-Readings, no per-value task or queue hop) or polled reads. See connectors.opcua.connector for the semantics.
+"""The OPC-UA data feed: a subscription served by our own publish loop (connectors.opcua.publish: one
+PublishResponse, decoded by connectors.opcua.publish_codec → one batch of Readings, no per-value object, task or
+queue hop) or polled reads. See connectors.opcua.connector for the semantics.
 
 :class:`_Feeds` is a mixin of :class:`connectors.opcua.connector.OpcUaConnector`; it uses the connector's
 ``_config``, ``_clock``, ``stats``, ``_node_ids`` (client handle → NodeId of the current session),
@@ -20,17 +21,26 @@ from asyncua import Client, ua
 from agent.core.errors import ConnectionLost
 from agent.core.model import Reading
 from connectors.base import raise_if_cancelling
-from connectors.opcua.session import _describe, _operation_limits, _read_values, _status_name
+from connectors.opcua.publish import PublishLoop, create_subscription
+from connectors.opcua.publish_codec import Publish
+from connectors.opcua.session import _describe, _logger, _operation_limits, _read_values, _status_name
 
 
-@dataclass
 @dataclass
 class _Feed:
-    """What a live subscription hands to readings(): batches, keep-alive wake-ups and the loss signal."""
+    """What a live subscription hands to readings(): batches, keep-alive wake-ups and the loss signal.
+    ``task`` runs the publish loop; ``stop()`` ends it (the connector calls it before closing the session)."""
 
     queue: asyncio.Queue
     stale_secs: float | None
     lost: str | None = None
+    task: asyncio.Task | None = None
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self.task
 
     def signal_lost(self, reason: str) -> None:
         if self.lost is None:
@@ -70,7 +80,7 @@ class _Feeds:
         )
         feed = _Feed(asyncio.Queue(maxsize=64), None)
         client.connection_lost_callback = self._on_connection_lost(feed)
-        result = await client.uaclient.create_subscription(params, self._on_publish(feed, handles))
+        result = await create_subscription(client, params, cfg.timeout_secs)
         if cfg.stale_after_intervals:
             # Never shorter than two keep-alive periods, whatever the server revised the counts to, nor than
             # one request timeout: a fast publishing interval must not turn a busy second into a reconnect.
@@ -92,7 +102,18 @@ class _Feeds:
                 sensor = handles[request.RequestedParameters.ClientHandle]
                 if not res.StatusCode.is_good():
                     self._point_failed(sensor, f"cannot monitor node ({_status_name(res.StatusCode)})")
+        feed.task = asyncio.create_task(self._publish(client, feed, handles), name=f"publish:{self.name}")
         return feed
+
+    async def _publish(self, client: Client, feed: _Feed, handles: dict[int, str]) -> None:
+        """The session's publish loop; its end (whatever the reason) is the feed's loss."""
+        try:
+            await PublishLoop(client, self._on_publish(feed, handles)).run()
+        except ConnectionLost as exc:
+            feed.signal_lost(str(exc))
+        except Exception as exc:  # a bug must not leave the feed waiting: the stale timer would be the only way out
+            _logger.error("OPC-UA source %s: publish loop failed", self.name, exc_info=True)
+            feed.signal_lost(f"publish loop failed ({type(exc).__name__}: {exc})")
 
     async def _deadband_handles(self, client: Client, handles: dict[int, str], batch: int) -> set[int]:
         """Handles that get the deadband filter: every node whose DataType is not Boolean.
@@ -133,30 +154,30 @@ class _Feeds:
         )
 
     def _on_publish(self, feed: _Feed, handles: dict[int, str]):
-        """The publish callback: one PublishResult → one batch on the feed.
+        """The publish handler: one decoded PublishResponse (connectors.opcua.publish_codec) → one batch.
 
-        Awaiting a full queue holds asyncua's publish loop, so a slow consumer slows the publish requests and
-        the server (not this process) buffers, as OPC-UA intends.
+        Awaiting a full queue holds the publish loop, so a slow consumer slows the publish requests and the
+        server (not this process) buffers, as OPC-UA intends.
         """
 
-        async def on_publish(result: ua.PublishResult) -> None:
-            self.stats.last_alive_ts = self._clock.now()
-            data = result.NotificationMessage.NotificationData
-            if not data:
+        async def on_publish(publish: Publish) -> None:
+            # one instant for both: the validity-end marker of a lost session (at last_alive_ts) must not fall
+            # before the readings of the last response, or they would hold for ever (rule 2a)
+            received = self.stats.last_alive_ts = self._clock.now()
+            if not publish.has_notifications:
                 if feed.queue.empty():  # keep-alive: only needs to reset the stale timer
                     feed.queue.put_nowait(())
                 return
-            received = self._clock.now()
             batch: list[Reading] = []
-            for notification in data:
-                if isinstance(notification, ua.DataChangeNotification):
-                    for item in notification.MonitoredItems:
-                        sensor = handles.get(item.ClientHandle)
-                        if sensor is not None:
-                            self._convert(sensor, item.Value, received, batch)
-                elif isinstance(notification, ua.StatusChangeNotification):
-                    # BadTimeout (expired) or GoodSubscriptionTransferred (moved away): either way not ours now.
-                    feed.signal_lost(f"subscription status {_status_name(notification.Status)}")
+            convert = self._convert_raw
+            sensor_of = handles.get
+            for handle, status, value, source_us, server_us in publish.items:
+                sensor = sensor_of(handle)
+                if sensor is not None:
+                    convert(sensor, status, value, source_us, server_us, received, batch)
+            for status in publish.status_changes:
+                # BadTimeout (expired) or GoodSubscriptionTransferred (moved away): either way not ours now.
+                feed.signal_lost(f"subscription status {ua.StatusCode(status).name}")
             if batch:
                 self.stats.last_reading_ts = received
                 await feed.queue.put(batch)

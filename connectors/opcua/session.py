@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ _RETRIABLE = (OSError, TimeoutError, ua.UaError, ConnectionLost)
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _EPOCH_AWARE = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 # --------------------------------------------------------------------------------------------- sessions
@@ -259,6 +260,13 @@ async def _read_values(client: Client, node_ids: Sequence[ua.NodeId], batch: int
 def _unix(dt: datetime) -> float:
     # asyncua decodes UTC DateTimes; naive ones are UTC by the spec.
     return (dt - (_EPOCH_NAIVE if dt.tzinfo is None else _EPOCH_AWARE)).total_seconds()
+
+
+def _micros(dt: datetime | None) -> int | None:
+    """A decoded DateTime as integer µs since the Unix epoch (``/ 1e6`` gives exactly ``_unix(dt)``), or None."""
+    if dt is None:
+        return None
+    return (dt - (_EPOCH_NAIVE if dt.tzinfo is None else _EPOCH_AWARE)) // _MICROSECOND
 
 
 def _as_float(value: Any) -> float | None:

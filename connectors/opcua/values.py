@@ -13,7 +13,7 @@ from asyncua import ua
 from agent.core.model import Reading, validity_end
 from connectors.base import ProbeLine
 from connectors.opcua.config import NodeConfig
-from connectors.opcua.session import _ADDRESS_ERRORS, _CODE_MASK, _SEVERITY_MASK, _as_float, _status_name, _unix
+from connectors.opcua.session import _ADDRESS_ERRORS, _CODE_MASK, _SEVERITY_MASK, _as_float, _micros, _status_name
 
 
 class _Values:
@@ -22,25 +22,38 @@ class _Values:
     # ---- values
 
     def _convert(self, sensor: str, dv: ua.DataValue, received: float, out: list[Reading]) -> None:
-        """Append the Reading for one DataValue to ``out``, or count why there is none."""
-        status = dv.StatusCode
+        """Append the Reading for one asyncua DataValue (polled reads) to ``out``, or count why there is none."""
+        variant = dv.Value
+        value = None
+        if variant is not None:
+            value = variant.Value if _as_float(variant.Value) is not None else variant
+        status = dv.StatusCode.value if dv.StatusCode is not None else 0
+        self._convert_raw(sensor, status, value, _micros(dv.SourceTimestamp), _micros(dv.ServerTimestamp), received,
+                          out)
+
+    def _convert_raw(self, sensor: str, status: int, value, source_us: int | None, server_us: int | None,
+                     received: float, out: list[Reading]) -> None:
+        """Append the Reading for one value to ``out``, or count why there is none.
+
+        The fields as connectors.opcua.publish_codec hands them over: ``status`` the StatusCode as an int,
+        ``value`` a numeric scalar, a ``ua.Variant`` of anything else, or None; timestamps in integer µs since
+        the Unix epoch or None."""
         # Severity bits only: Good with info bits (e.g. a server queue overflow) is still a good value.
-        if status is not None and status.value & _SEVERITY_MASK:
-            if status.value & _CODE_MASK in _ADDRESS_ERRORS:
-                self._point_failed(sensor, f"read failed ({status.name})")
+        if status & _SEVERITY_MASK:
+            if status & _CODE_MASK in _ADDRESS_ERRORS:
+                self._point_failed(sensor, f"read failed ({ua.StatusCode(status).name})")
             else:
                 self.stats.bad_quality[sensor] += 1
             self._invalid(sensor, received, out)
             return
-        variant = dv.Value
-        number = _as_float(variant.Value if variant is not None else None)
+        number = _as_float(value)
         if number is None:
-            kind = variant.VariantType.name if variant is not None else "no value"
+            kind = value.VariantType.name if isinstance(value, ua.Variant) else "no value"
             self._point_failed(sensor, f"value is not numeric ({kind})")
             self._invalid(sensor, received, out)
             return
-        stamp = dv.SourceTimestamp or dv.ServerTimestamp
-        src = _unix(stamp) if stamp is not None else None
+        stamp_us = source_us if source_us is not None else server_us
+        src = stamp_us / 1e6 if stamp_us is not None else None
         revouch = sensor in self._unvouched
         if src is not None:
             # Same stamp and same value: the very sample already emitted (an unchanged point polled again).
@@ -59,7 +72,7 @@ class _Values:
         if self._point_log.is_failing(sensor):
             self._point_log.success(sensor, "OPC-UA source %s: sensor %s delivers again", self.name, sensor)
         self.stats.readings[sensor] += 1
-        ts = self._timestamp(sensor, dv, src, received)
+        ts = self._timestamp(sensor, server_us, src, received)
         if revouch and ts < self._session_start:
             ts = self._session_start  # the value holds again from the moment this session vouched for it
         out.append(Reading(sensor, number, ts))
@@ -75,15 +88,13 @@ class _Values:
         if self.stats.readings[sensor]:
             out.append(validity_end(sensor, ts))
 
-    def _timestamp(self, sensor: str, dv: ua.DataValue, src: float | None, received: float) -> float:
+    def _timestamp(self, sensor: str, server_us: int | None, src: float | None, received: float) -> float:
         """The reading's time per the timestamp policy; ``src`` is the source-or-server stamp already decoded."""
         if self._use_received:
             return received
         cfg = self._config
-        if cfg.timestamp == "server":
-            ts = _unix(dv.ServerTimestamp) if dv.ServerTimestamp is not None else None
-        else:
-            ts = src
+        stamp = server_us / 1e6 if server_us is not None else None
+        ts = stamp if cfg.timestamp == "server" else src
         if ts is None:
             return received
         if abs(ts - received) > cfg.max_clock_skew_secs:

@@ -176,6 +176,29 @@ def test_closer_writes_windows_of_a_steady_plant_that_reported_nothing_new(tmp_p
     assert [e.kind for e in events] == ["window_missing"]
 
 
+def test_a_validity_end_that_arrives_after_its_window_was_written_still_ends_the_value(tmp_path):
+    """A lost session's markers are stamped with the last instant the source answered, which can lie in a window
+    already written (the loss is noticed a keep-alive period later). They must still end the value for the
+    windows not yet written: before, the spool dropped them as late and the last value held for ever."""
+    plan = WindowPlan("a", 300, 60, {"pump": ["setpoint"]}, {}, 1, 0, "_", "yyyyMMddHHmmss", 0,
+                      holds={"setpoint": INF})
+    spool = Spool(tmp_path / "spool", 300)
+    outbox = Outbox(tmp_path / "outbox")
+    closer = WindowCloser(plan, spool, outbox, tmp_path / "progress.json")
+    spool.append([Reading("setpoint", 42.0, 10.0)])
+    spool.flush()
+    closer.close_due(305.0)  # (0, 300] written: the value holds through it
+    spool.append([Reading("setpoint", 43.0, 250.0), Reading("setpoint", NAN, 280.0)])  # both late
+    spool.flush()
+    assert spool.late == 1  # the reading is dropped and counted; the marker is not a reading
+    events = closer.close_due(605.0)
+    last = {name: data for _, name, data in outbox_files(outbox)}["pump_19700101000500.csv"].decode()
+    # the value stopped holding at the end of the written window: one fill step (fill_limit 1), then empty
+    assert [line.split(",")[1] for line in last.splitlines()[1:]] == ["42.0", "", "", "", ""]
+    assert [e.kind for e in events] == ["window_written"]
+    assert [e.kind for e in closer.close_due(905.0)] == ["window_missing"]  # nothing holds any more
+
+
 def outbox_files(outbox: Outbox):
     for entry in outbox.entries():
         yield entry.window_end, entry.name, entry.path.read_bytes()
