@@ -22,7 +22,8 @@ import pytest
 from agent.config import load
 from agent.core.clock import ScaledClock, parse_instant
 from agent.runtime.agent import Agent
-from agent.runtime.asset import CONNECT_GRACE_SECS, AssetRunner
+from agent.runtime.asset import AssetRunner
+from agent.runtime.source_health import CONNECT_GRACE_SECS
 from agent.runtime.status_data import collect_status
 from tests.connectors.opcua_peer import OpcUaPeer
 from tests.ports import free_port
