@@ -1,16 +1,27 @@
-"""Helpers shared by integration and fault tests: history generation and an independent reference resampler."""
+"""Helpers shared by integration and fault tests: history generation, an independent reference resampler, the
+TOML fragments many assets repeat, a real ``l4e-agent run`` process and bounded waits on it."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import os
 import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: ``python -m agent`` runs this checkout
 T0 = pd.Timestamp("2026-01-01T00:00:00Z")
 # CSV cells carry 12 significant digits (agent.pipeline.csvfile): a cell is within half a unit of the 12th
 # digit of the float64 it stands for
@@ -32,19 +43,26 @@ def write_history(path: Path, minutes: int, step_secs: int = 10, seed: int = 3,
     return frame
 
 
+def asset_header(asset: str, input_url: str, components: str, *, frequency: str = "PT5M", rate: str = "PT1M",
+                 delay_offset_minutes: int = 2) -> str:
+    """The top of an asset file: its name, the [lookout] table (PT5M windows of a PT1M grid by default) and the
+    [components] table, ``components`` being its TOML lines (e.g. ``pump = ["flow"]``)."""
+    return textwrap.dedent(f"""\
+        asset = "{asset}"
+        [lookout]
+        upload_frequency = "{frequency}"
+        delay_offset_minutes = {delay_offset_minutes}
+        sampling_rate = "{rate}"
+        input = "{input_url}"
+        [components]
+        """) + textwrap.dedent(components).strip() + "\n"
+
+
 def asset_file(folder: Path, input_url: str, *, sensors=("flow", "pressure", "temp"), extra: str = "",
                frequency: str = "PT5M", rate: str = "PT1M", grace: float = 5, fill_limit: int = 0,
                components: str | None = None) -> Path:
     comps = components or f'pump = {list(sensors)!r}'.replace("'", '"')
-    text = textwrap.dedent(f"""\
-        asset = "pump-07"
-        [lookout]
-        upload_frequency = "{frequency}"
-        delay_offset_minutes = 2
-        sampling_rate = "{rate}"
-        input = "{input_url}"
-        [components]
-        {comps}
+    text = asset_header("pump-07", input_url, comps, frequency=frequency, rate=rate) + textwrap.dedent(f"""\
         [window]
         fill_limit = {fill_limit}
         grace_secs = {grace}
@@ -91,3 +109,82 @@ def assert_once(events: list[str], *texts: str) -> None:
     for text in texts:
         hits = [e for e in events if text in e]
         assert len(hits) == 1, (text, events)
+
+
+# --- TOML fragments ----------------------------------------------------------------------------------------
+def journal_alarms(journal: Path, *rules: tuple[str, str], hook: str = "journal") -> str:
+    """A file hook ``hook`` appending each alarm transition to ``journal`` (one JSON line each), and one
+    ``[[alarms.rules]]`` per (name, kind) delivering to it."""
+    text = f'[alarms.hooks.{hook}]\nkind = "file"\npath = "{journal}"\n'
+    for name, kind in rules:
+        text += f'[[alarms.rules]]\nname = "{name}"\nkind = "{kind}"\nhooks = ["{hook}"]\n'
+    return text
+
+
+def modbus_tcp_source(name: str, port: int, points: Iterable[str], *, poll_interval_ms: int = 200,
+                      timeout_secs: float | None = None) -> str:
+    """A ``[[sources]]`` entry polling device 1 of a Modbus TCP server on 127.0.0.1:``port``; ``points``: the
+    inline tables of its points, e.g. ``{ sensor = "flow", table = "holding", address = 0, type = "float32" }``."""
+    timeout = "" if timeout_secs is None else f"timeout_secs = {timeout_secs:g}\n"
+    return (f'[[sources]]\nname = "{name}"\nkind = "modbus"\ntransport = "tcp"\nhost = "127.0.0.1"\n'
+            f"port = {port}\npoll_interval_ms = {poll_interval_ms}\n[[sources.devices]]\ndevice_id = 1\n{timeout}"
+            f"points = [ {', '.join(points)} ]\n")
+
+
+# --- a real agent process and bounded waits ---------------------------------------------------------------
+def start_agent(path: Path, state: Path, *, clock_start: str, speed: float, until: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m agent run path --state-dir state`` on a clock starting at ``clock_start`` (ISO 8601) running
+    ``speed`` times faster than the wall, until ``until`` (ISO 8601; None: until stopped). Its stderr (the
+    logfmt log) is a text pipe: read it to its end (``communicate``, ``kill_9``) so the pipe is closed."""
+    argv = [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(state),
+            "--clock-start", clock_start, "--speed", str(speed)]
+    if until is not None:
+        argv += ["--until", until]
+    return subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ) if env is None else env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_9(proc: subprocess.Popen) -> str:
+    """SIGKILL ``proc``; returns what it wrote to stderr (the pipe is read to its end and closed)."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    with proc.stderr:
+        return proc.stderr.read()
+
+
+def wait_for(predicate, timeout: float, *, every: float = 0.05) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` wall seconds (polled every ``every`` s)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+def assert_soon(predicate, timeout: float, what: str, *, every: float = 0.05) -> None:
+    """``wait_for`` that fails the test, naming ``what`` it waited for."""
+    assert wait_for(predicate, timeout, every=every), f"timed out waiting for {what}"
+
+
+async def eventually(predicate, timeout: float, *, every: float = 0.05) -> bool:
+    """``wait_for`` on the event loop: the loop keeps running while it waits."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(every)
+    return True
+
+
+def http_get(url: str, timeout: float = 10) -> tuple[int, str]:
+    """(status, body) of a GET; an error status with its body; (0, "") while nothing listens yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""

@@ -52,17 +52,28 @@ same model behaves alike at PT1S and at PT1M (a span shorter than one row is one
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from agent.core.atomic import replace_with
-from agent.detection.features import lagged_mean, rows_for, trailing_mean, trailing_median
-from agent.detection.latch import latched_distances
+from agent.detection.features import (
+    extend_sums,
+    lagged_mean_at,
+    rows_for,
+    trailing_mean_at,
+    trailing_median,
+)
+from agent.detection.latch import Latch
 
 FORMAT = 2  # detector file format; 1 (no "format" field) was the single-reference detector
 POWER = 2.0
+# Rows × sensors a long run is scored by at a time (``score_chunks``): a part holds ~15 float64 arrays of that
+# size (standardised, whitened, running sums, smoothed, reference, deviations, contributions, shares), so
+# ~120 MiB whatever the run's length (30 days × 300 sensors at PT1M at once held ~1.5 GiB)
+CHUNK_CELLS = 1_000_000
 
 
 class ModelFormatError(ValueError):
@@ -135,22 +146,23 @@ class Detector:
         mean = np.nanmean(values, axis=0)
         scale = np.nanstd(values, axis=0)
         scale = np.maximum(scale, np.maximum(1e-6 * np.abs(mean), 1e-12))  # a constant sensor stays finite
-        z = _standardise(values, mean, scale)
-        smooth = trailing_mean(z, rows_for(params.smooth_secs, rate), present)[present]
+        smooth = _smoothed_present_rows(values, mean, scale, present, rows_for(params.smooth_secs, rate))
         cov = np.atleast_2d(np.cov(smooth, rowvar=False))
         eigval, eigvec = np.linalg.eigh(cov)
         eigval = np.maximum(eigval, 0.0)
         eigval = eigval + params.shrink * max(float(np.mean(eigval)), 1e-12)
         whiten = (eigvec / np.sqrt(eigval)) @ eigvec.T
         detector = cls(list(names), float(rate), mean, scale, whiten, 1.0, params)
-        d2 = trailing_median(np.sum((smooth @ whiten) ** 2, axis=1), detector.score_rows)
+        step = _part_rows(p)  # ‖W z‖² part by part: the whitened rows are never all held at once
+        d2 = np.concatenate([np.sum((smooth[i:i + step] @ whiten) ** 2, axis=1) for i in range(0, len(smooth), step)])
+        d2 = trailing_median(d2, detector.score_rows)
         # the first rows' smoothing windows are still filling (noisier): they would set the threshold
         warm_up = detector.smooth_rows + detector.score_rows
         if len(d2) >= 2 * warm_up:
             d2 = d2[warm_up:]
         threshold = params.margin * float(np.nanquantile(d2, params.quantile))
         if calibration is not None and len(calibration):
-            held_out = detector.distance(np.asarray(calibration, dtype=np.float64))[0]
+            held_out = np.concatenate([d2 for _, d2, _ in detector.distance_parts(calibration)])
             held_out = held_out[np.isfinite(held_out)]
             if len(held_out):
                 threshold = max(threshold, float(np.quantile(held_out, params.quantile)))
@@ -162,24 +174,68 @@ class Detector:
         consecutive grid rows (n × p, NaN allowed; an all-NaN row is a grid point without data); the first
         ``context`` rows are history. d² is NaN where no row with data is in reach yet."""
         values = np.asarray(values, dtype=np.float64)
+        parts = list(self.distance_parts(values, chunk_rows=max(len(values), 1)))
+        if not parts:
+            return np.zeros(0), np.zeros((0, len(self.names)))
+        smoothed = np.concatenate([d2 for _, d2, _ in parts])[context:]
+        deviation = np.concatenate([dev for _, _, dev in parts])[context:]
+        return smoothed, self._contributions(deviation)
+
+    def distance_parts(self, values: np.ndarray, chunk_rows: int | None = None
+                       ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The run's (smoothed d², whitened deviation) part by part: yields (first row, d², deviation) for
+        consecutive parts covering the rows in order. Each part standardises and whitens about ``chunk_rows``
+        more rows (default: ``CHUNK_CELLS`` cells), extends the running sums the means are taken from and feeds
+        the latch (agent.detection.latch): only the rows the next part's means still need are kept, so the
+        memory is that of a part, and every value is the one scoring the run at once gives (the same sums
+        added in the same order, the same latch blocks)."""
+        values = np.asarray(values, dtype=np.float64)
+        n, p = values.shape
+        chunk_rows = chunk_rows or _part_rows(p)
         present = ~np.all(np.isnan(values), axis=1)
-        # whitened once: the means below are linear, so they can be taken in whitened space (one matrix
-        # product per row is the cost of scoring)
-        zw = _standardise(values, self.mean, self.scale) @ self.whiten
-        static = trailing_mean(zw, self.smooth_rows, present)
-        lagged = lagged_mean(zw, self.lag_rows, self.reference_rows, present)
-        smoothed, deviation = latched_distances(
-            static, lagged, self.threshold, self.lag_rows, self.reference_rows, self.score_rows, self.latch_rows,
-            self.params.release_fraction)
-        dev = deviation[context:] @ self.unwhiten  # the deviation in sensor units, for the diagnostics
-        contrib = (dev @ self.precision) ** 2 / np.diag(self.precision)
-        return smoothed[context:], contrib
+        latch = Latch(n, p, self.threshold, self.lag_rows, self.reference_rows, self.score_rows, self.latch_rows,
+                      self.params.release_fraction)
+        back = max(self.smooth_rows, self.lag_rows + self.reference_rows)  # rows before a row its means read
+        sums, counts = np.zeros((1, p)), np.zeros(1)  # running sums of rows [0, k) for k in [base, done]
+        base = done = 0
+        while latch.next_row < n:
+            end = min(done + chunk_rows, n)
+            if end > done:  # whitened once: the means are linear, so they can be taken in whitened space
+                zw = _standardise(values[done:end], self.mean, self.scale) @ self.whiten
+                sums = extend_sums(sums, np.where(present[done:end, None], zw, 0.0))
+                counts = extend_sums(counts, present[done:end].astype(np.float64))
+                done = end
+            first = latch.next_row
+            static = trailing_mean_at(sums, counts, base, first, done, self.smooth_rows)
+            lagged = lagged_mean_at(sums, counts, base, first, done, self.lag_rows, self.reference_rows)
+            stop, smoothed, deviation = latch.advance(first, static, lagged)
+            if stop > first:
+                yield first, smoothed, deviation
+            keep = max(stop - back, 0)  # the sums of rows before this are read by no row still to come
+            sums, counts, base = sums[keep - base:], counts[keep - base:], keep
+
+    def _contributions(self, deviation: np.ndarray) -> np.ndarray:
+        """Reconstruction-based contribution per row × sensor of whitened deviations (module docstring)."""
+        dev = deviation @ self.unwhiten  # the deviation in sensor units
+        return (dev @ self.precision) ** 2 / np.diag(self.precision)
 
     def score(self, values: np.ndarray, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(anomaly score in [0, 1) per row, per-sensor shares per row summing to 1) for rows[context:]; the
         first ``context`` rows are history that the scores may use (see ``context_rows``). A row without any
         value in reach scores 0."""
         d2, contrib = self.distance(values, context)
+        return self._scores(d2, contrib)
+
+    def score_chunks(self, values: np.ndarray, chunk_rows: int | None = None
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``score(values)`` of a long run, part by part (``distance_parts``): yields (first row, scores,
+        shares) for consecutive parts covering the rows in order, the very values ``score`` gives, with the
+        memory of one part (CreateModel's ModelMetrics scores a month of training rows so)."""
+        for first, d2, deviation in self.distance_parts(values, chunk_rows):
+            scores, shares = self._scores(d2, self._contributions(deviation))
+            yield first, scores, shares
+
+    def _scores(self, d2: np.ndarray, contrib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ratio = np.where(np.isfinite(d2), d2, 0.0) / self.threshold
         scores = ratio**POWER / (ratio**POWER + 1.0)
         total = contrib.sum(axis=1, keepdims=True)
@@ -210,6 +266,33 @@ class Detector:
             params = DetectorParams(*(float(v) for v in data["params"]))
             return cls([str(n) for n in data["names"]], float(data["rate"]), data["mean"], data["scale"],
                        data["whiten"], float(data["threshold"]), params)
+
+
+def _part_rows(p: int) -> int:
+    """Rows of ``p`` sensors in a part of ``CHUNK_CELLS`` cells."""
+    return max(CHUNK_CELLS // max(p, 1), 1)
+
+
+def _smoothed_present_rows(values: np.ndarray, mean: np.ndarray, scale: np.ndarray, present: np.ndarray,
+                           width: int) -> np.ndarray:
+    """``trailing_mean`` of the standardised rows over ``width`` rows, of the present rows only, computed part
+    by part from the run's running sums (agent.detection.features): the same values, without holding the
+    standardised run and the sums of it whole."""
+    n, p = values.shape
+    out = np.empty((int(present.sum()), p))
+    sums, counts = np.zeros((1, p)), np.zeros(1)
+    base = filled = 0
+    step = _part_rows(p)
+    for start in range(0, n, step):
+        end = min(start + step, n)
+        sums = extend_sums(sums, np.where(present[start:end, None], _standardise(values[start:end], mean, scale), 0.0))
+        counts = extend_sums(counts, present[start:end].astype(np.float64))
+        part = trailing_mean_at(sums, counts, base, start, end, width)[present[start:end]]
+        out[filled:filled + len(part)] = part
+        filled += len(part)
+        keep = max(end - width, 0)  # the sums the next part's first rows read
+        sums, counts, base = sums[keep - base:], counts[keep - base:], keep
+    return out
 
 
 def _standardise(values: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -67,3 +67,38 @@ def trailing_median(x: np.ndarray, width: int) -> np.ndarray:
     if finite.any():
         out[finite] = np.nanmedian(windows[finite], axis=1)
     return out
+
+
+# --- the same means over a long run fed in parts -------------------------------------------------------------
+# A run's running sums (``_cumsum0`` of the present rows, and of the present flags) can be extended part by part
+# (``extend_sums``): each new sum is the previous one plus the row, in the order a single cumsum adds them, so
+# the means below equal ``trailing_mean`` and ``lagged_mean`` of the whole run. ``sums[k - base]`` is the sum
+# of rows [0, k): only the sums the rows still to come need are kept.
+def extend_sums(sums: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``sums`` followed by the running sums of ``rows`` continuing its last one."""
+    return np.concatenate([sums, np.cumsum(np.concatenate([sums[-1:], rows]), axis=0)[1:]])
+
+
+def trailing_mean_at(sums: np.ndarray, counts: np.ndarray, base: int, first: int, last: int,
+                     width: int) -> np.ndarray:
+    """``trailing_mean`` of rows [first, last) from the run's running sums (see above)."""
+    hi = np.arange(first + 1, last + 1)
+    lo = np.maximum(hi - width, 0)
+    count = counts[hi - base] - counts[lo - base]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums[hi - base] - sums[lo - base]) / count[:, None]
+
+
+def lagged_mean_at(sums: np.ndarray, counts: np.ndarray, base: int, first: int, last: int, lag: int,
+                   width: int) -> np.ndarray:
+    """``lagged_mean`` of rows [first, last) from the run's running sums (see above)."""
+    out = np.full((last - first, sums.shape[1]), np.nan)
+    hi = np.arange(first, last) - lag + 1  # exclusive end
+    lo = hi - width
+    ok = lo >= 0
+    if not ok.any():
+        return out
+    count = counts[hi[ok] - base] - counts[lo[ok] - base]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[ok] = (sums[hi[ok] - base] - sums[lo[ok] - base]) / count[:, None]
+    return out

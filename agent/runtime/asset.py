@@ -9,6 +9,10 @@ written, one bounded upload round runs; what is not due stays in the spool for t
 The event loop never waits on the disk: the spool's flush, the window closer, the budget checks and the
 uploader's outbox reads and removals run in the runner's one disk worker thread (agent.core.offloop), in the
 order the jobs submit them; the loop only appends readings and hands events on.
+
+Its parts with a job of their own: the sources' health verdicts and their events (agent.runtime.source_health),
+where events go, the alarm inbox and the listeners (agent.runtime.asset_events), and what the connectors are
+wired to besides the spool, hook writers and history backfill (agent.runtime.connector_wiring).
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,13 +33,16 @@ from agent.core.clock import Backoff, Clock
 from agent.core.model import Event, Window, validity_end
 from agent.core.offloop import DiskWorker
 from agent.pipeline.closer import WindowCloser
-from agent.pipeline.diskhealth import DiskHealth, disk_error
+from agent.pipeline.diskhealth import DiskHealth
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.plan import plan_from_config
 from agent.pipeline.spool import Spool
 from agent.pipeline.store import ObjectStore, open_location
 from agent.pipeline.upload import Uploader
+from agent.runtime.asset_events import AssetEvents
+from agent.runtime.connector_wiring import attach_backfill, connector_writer_factory, use_state_dir
 from agent.runtime.scheduler import JobScheduler
+from agent.runtime.source_health import SourceHealth
 from agent.runtime.status_data import bad_quality_sources as status_bad_quality
 from agent.runtime.status_history import StatusHistory
 from connectors.base import Connector
@@ -48,35 +53,6 @@ log = logging.getLogger("l4e.service")
 # this backoff; a minute at most keeps a crash loop from flooding the log and the CPU.
 CONNECTOR_RESTART_BACKOFF_INITIAL_SECS = 1.0
 CONNECTOR_RESTART_BACKOFF_MAX_SECS = 60.0
-# A source not connected this long (wall seconds) after the start is reported unhealthy even when its first
-# attempt has not failed yet (a connect hanging until its timeout); one that failed is reported at once.
-CONNECT_GRACE_SECS = 10.0
-
-
-def connector_writer_factory(config: AssetConfig, base_dir: Path, state_dir: Path | None = None):
-    """The write_back hooks' writers, through the connectors of the named [[sources]] entry (and its trust).
-    Each protocol's write-back is imported when a hook needs it (an asset without one never loads its library)."""
-    sources = {s.name: s for s in config.sources}
-
-    def factory(hook):
-        source = sources[hook.source]
-        if hook.protocol == "modbus":
-            from connectors.modbus.write_back import write_modbus
-
-            device_id = 1 if hook.device_id is None else hook.device_id
-
-            async def write(value) -> None:
-                await write_modbus(source, device_id, hook.table, hook.address, value, type=hook.type,
-                                   order=hook.order)
-        else:
-            from connectors.opcua.write_back import write_opcua
-
-            async def write(value) -> None:
-                await write_opcua(source, hook.node_id, value, base_dir, state_dir)
-
-        return write
-
-    return factory
 
 
 @dataclass
@@ -99,16 +75,19 @@ class AssetRunner:
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.plan = plan_from_config(config, base_dir_of(config_path))
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the jobs run on (set at their first run)
-        self._loop_thread: int | None = None
         self.disk = DiskHealth(self.state_dir, clock.now, self.emit)  # one WARNING/INFO per disk episode
         self.disk_worker = DiskWorker(config.asset)  # all blocking work on state_dir, off the loop, in order
         self.spool = Spool(self.state_dir / "spool", self.plan.frequency, self.disk)
         self.outbox = Outbox(self.state_dir / "outbox")
         # events wait here, on disk, for the alarm engine's next run (a kill -9 in between loses none)
         self.inbox = EventInbox(self.state_dir / INBOX_FILE)
+        self.stats = AssetStats()
+        self.events = AssetEvents(self.inbox, self.disk, self.disk_worker, lambda: self.health.conditions(),
+                                  self.stats.events)
+        self.event_listeners = self.events.listeners  # the same list: add listeners here
+        self.listener_failures = self.events.listener_failures
         self.closer = WindowCloser(self.plan, self.spool, self.outbox, self.state_dir / "progress.json",
-                                   journal=self._journal_window_events)
+                                   journal=self.events.journal)
         if store is None:
             store, loc_prefix = open_location(config.lookout.input, s3_client_factory,
                                               connect_timeout_secs=config.upload.connect_timeout_secs,
@@ -123,13 +102,9 @@ class AssetRunner:
             connector_class(src.kind)(src, clock, base) for src in config.sources]
         # source name → its sensors: their values stop holding when the source stops (rule 2a)
         self._source_sensors = {src.name: src.sensors(base) for src in config.sources}
-        for conn in self.connectors:  # state a connector keeps itself (OPC-UA: the pinned server certificate)
-            if hasattr(conn, "use_state_dir"):
-                conn.use_state_dir(self.state_dir)
-        self.keeper = self._attach_backfill()
-        self.stats = AssetStats()
-        self.event_listeners: list[Callable[[Event], None]] = []
-        self.listener_failures: Counter[str] = Counter()  # listener → exceptions it raised
+        self.health = SourceHealth(self._source_sensors, config.health.source_silent_secs)
+        use_state_dir(self.connectors, self.state_dir)
+        self.keeper = attach_backfill(self.connectors, self.state_dir, self.spool, self.closer, clock.now)
         writers = connector_writer_factory(config, base, self.state_dir)
         self.alarms = AlarmEngine(config.asset, config.alarms, self.state_dir / "alarms",
                                   build_hooks(config.alarms, base, writers), clock, window_secs=self.plan.frequency)
@@ -151,95 +126,12 @@ class AssetRunner:
         self._refusing = False
         self._refusal_logged = False
         self._dropping = False
-        self._started_at: float | None = None
-        self._started_wall: float | None = None  # time.monotonic() at start (the connect grace)
-        # sources that ended on their own (a replay at its end of file) or were stopped (drain): not "down"
-        self._finished: set[str] = set()
-        self._silent: set[str] = set()
-        self._bad_quality: set[str] = set()
-        self._untrusted: set[str] = set()
-        # sources whose condition carried over from the last run (start()) this run has not confirmed or ended
-        # yet: they count for the alarms (no spurious clear) but not for liveness and health, which judge this
-        # run's own evidence
-        self._unsettled: set[str] = set()
-
-    def _attach_backfill(self):
-        """History backfill (OPC-UA ``backfill``): the connectors write through the spool and re-close windows
-        already written (agent.pipeline.reclose); None when no source backfills."""
-        fillers = [c for c in self.connectors if getattr(c, "backfill", None) is not None]
-        if not fillers:
-            return None
-        from agent.pipeline.reclose import Keeper, SpoolBackfillPort
-
-        def reaches(_window) -> bool:  # could a backfill still bring readings of a window written now?
-            return any(c.backfill.may_reach(c.stats.connected) for c in fillers)
-
-        keeper = Keeper(self.state_dir / "kept", self.closer, reaches,
-                        max(c.backfill.settings.max_age_secs for c in fillers), self.clock.now)
-        port = SpoolBackfillPort(self.spool, self.closer, keeper)
-        for conn in fillers:
-            conn.use_backfill(port, self.state_dir)
-        return keeper
 
     # --- events ---------------------------------------------------------------------------------------
     def emit(self, events: list[Event]) -> None:
-        """Record events: into the alarm engine's durable inbox (taken at its next job run), and to the
-        listeners now. A failed inbox write keeps them in memory, saved by the next write that succeeds. Called
-        from the disk worker (a disk episode starts or ends there), the events are handed to the loop instead."""
-        if self._loop is not None and threading.get_ident() != self._loop_thread:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
-                self._loop.call_soon_threadsafe(self.emit, list(events))
-            return
-        if events:
-            # in memory now (the alarm job sees them), on disk through the disk worker: queued behind what it is
-            # writing, so within milliseconds, and the loop never waits on the disk
-            self.inbox.add(events, self._conditions(), save=False)
-            self.disk_worker.submit(self._save_inbox)
-        self._announce(events)
-
-    def _save_inbox(self) -> None:
-        """(In the disk worker.) Save the inbox; a failure keeps the events in memory for the next save."""
-        try:
-            self.inbox.save()
-        except OSError as exc:
-            self._inbox_write_failed(exc)
-
-    def _conditions(self) -> dict[str, list[str]]:
-        return {"source_silent": sorted(self._silent), "source_bad_quality": sorted(self._bad_quality),
-                "source_untrusted": sorted(self._untrusted)}
-
-    def _journal_window_events(self, events: list[Event]) -> None:
-        """The closer's journal (in the disk worker): a window's events are in the inbox on disk before its
-        progress is saved. Raises OSError (the closer retries the window; the events stay queued in memory)."""
-        self.inbox.add(events)
-
-    def _inbox_write_failed(self, exc: OSError) -> None:
-        if disk_error(exc) is not None:
-            # one WARNING per disk episode, and the disk alarm; the alarm job saves the inbox at its next run
-            # (agent.alarms.inbox), and its success ends the episode
-            self.disk.failure("alarms", exc)
-        else:
-            log.error("alarm event inbox %s cannot be written: %s; the events are kept in memory",
-                      self.inbox.path, exc)
-
-    def _announce(self, events: list[Event]) -> None:
-        """Hand events to the listeners (status page, history); they are already in the inbox."""
-        for ev in events:
-            self.stats.events.append(ev)
-            self._tell_listeners(ev)
-
-    def _tell_listeners(self, event: Event) -> None:
-        """Hand ``event`` to every listener. A listener that raises is logged with its traceback the first
-        time, then only counted (``listener_failures``): a listener must never break the data path."""
-        for listener in self.event_listeners:
-            try:
-                listener(event)
-            except Exception:  # supervision boundary: a bug in a listener (status history, tests' probes)
-                name = getattr(listener, "__qualname__", repr(listener))
-                self.listener_failures[name] += 1
-                log.log(logging.DEBUG if self.listener_failures[name] > 1 else logging.ERROR,
-                        "event listener %s failed for %s (%d time(s))", name, event.kind,
-                        self.listener_failures[name], exc_info=self.listener_failures[name] == 1)
+        """Record events: into the alarm engine's durable inbox and to the listeners (AssetEvents.emit); safe
+        from any thread."""
+        self.events.emit(events)
 
     # --- tasks ----------------------------------------------------------------------------------------
     def _end_validity(self, sensors, at: float) -> None:
@@ -270,7 +162,7 @@ class AssetRunner:
                             ends[reading.sensor] = reading.ts
                     backoff.reset()
                 log.info("source %s finished", connector.name)
-                self._finished.add(connector.name)
+                self.health.finished.add(connector.name)
                 self._end_validity(sensors, self.clock.now())
                 return
             except asyncio.CancelledError:
@@ -289,8 +181,7 @@ class AssetRunner:
 
     async def _offload(self, fn, *args):
         """Run blocking file work in the disk worker; remember the loop so events from there come back to it."""
-        if self._loop is None:
-            self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        self.events.bind_loop()
         return await self.disk_worker.run(fn, *args)
 
     async def flush_job(self) -> None:
@@ -340,7 +231,7 @@ class AssetRunner:
         events, prepared = await self._offload(self._write_windows, self.close_time())
         self.history.prepared.update(prepared)
         for event in events:  # one at a time: the sources' batches go in between (a window has many files)
-            self._announce([event])  # already in the inbox: the closer journaled them before its progress
+            self.events.announce([event])  # already in the inbox: the closer journaled them before its progress
             await asyncio.sleep(0)
 
     def _write_windows(self, close_time: float) -> tuple[list[Event], dict]:
@@ -367,79 +258,24 @@ class AssetRunner:
             await self.uploader.run_once()
 
     def check_sources(self) -> list[Event]:
-        """Transitions of each source's liveness (source_silent / source_recovered), of its quality
-        (source_bad_quality / source_quality_recovered) and of its server's identity (source_untrusted /
-        source_trusted, OPC-UA trust).
-
-        Liveness is the transport's (rule 2a): a source is silent when it has not answered (publish response,
-        keep-alive, successful poll) for ``[health] source_silent_secs`` of clock time, never because its
-        values stay constant. A source that answers but whose every item is Bad/Uncertain is "bad quality".
-
-        A condition ends (its clearing event) only once the source has shown how it is: it answered within
-        the bound, or it is silent. So a condition carried over a restart (agent.alarms.inbox) is neither
-        cleared by a source that has not answered yet nor left open when the source answers again.
-        """
-        now = self.clock.now()
-        bound = self.config.health.source_silent_secs
-        events = []
-        for conn in self.connectors:
-            st = conn.stats
-            reference = st.last_alive_ts if st.last_alive_ts is not None else self._started_at
-            alive = st.alive(now, bound)
-            silent = not alive and reference is not None and now - reference > bound
-            settled = alive or silent  # this run knows how the source is (not just started, not answered yet)
-            if settled:
-                self._unsettled.discard(conn.name)
-            if silent and conn.name not in self._silent:
-                self._silent.add(conn.name)
-                events.append(Event("source_silent", conn.name, f"source {conn.name}: no answer for more than "
-                                    f"{bound:g}s", now, {"last_alive_ts": st.last_alive_ts}))
-                log.warning("source %s has not answered for more than %gs", conn.name, bound)
-            elif alive and conn.name in self._silent:
-                self._silent.discard(conn.name)
-                events.append(Event("source_recovered", conn.name, f"source {conn.name}: answers again", now))
-                log.info("source %s answers again", conn.name)
-            n_sensors = len(self._source_sensors.get(conn.name, ())) or None
-            bad = not silent and n_sensors is not None and len(st.bad_now) >= n_sensors
-            if bad and conn.name not in self._bad_quality:
-                self._bad_quality.add(conn.name)
-                events.append(Event("source_bad_quality", conn.name, f"source {conn.name}: answers, but every "
-                                    "item is Bad/Uncertain", now))
-                log.warning("source %s answers, but every item is Bad/Uncertain", conn.name)
-            elif not bad and settled and conn.name in self._bad_quality:
-                self._bad_quality.discard(conn.name)
-                events.append(Event("source_quality_recovered", conn.name, f"source {conn.name}: good values "
-                                    "again", now))
-                log.info("source %s delivers good values again", conn.name)
-            untrusted = getattr(conn.stats, "untrusted", None)  # the connector logged the refusal itself
-            if untrusted and conn.name not in self._untrusted:
-                self._untrusted.add(conn.name)
-                events.append(Event("source_untrusted", conn.name, untrusted, now))
-            elif not untrusted and settled and conn.name in self._untrusted:
-                self._untrusted.discard(conn.name)
-                events.append(Event("source_trusted", conn.name, f"source {conn.name}: server identity trusted", now))
-        return events
+        """The sources' health transitions since the last check (agent.runtime.source_health)."""
+        return self.health.check(self.connectors, self.clock.now())
 
     async def alarm_job(self) -> None:
         """Health checks, then pending events and quiet-time clears into the alarm engine."""
-        self.history.observe_sources(self.connectors, self._silent, status_bad_quality(self), self.clock.now())
+        self.history.observe_sources(self.connectors, self.health.silent, status_bad_quality(self),
+                                     self.clock.now())
         self.emit(self.check_sources())
         with self.disk.guard("alarms"):
             await self._feed_inbox()
             self._count(await self.alarms.tick())
 
     async def _feed_inbox(self) -> None:
-        """Feed the inbox's events to the engine, oldest first; drop from the inbox those it took. One at a
-        time: if the engine's state cannot be saved (full disk), it changed nothing and the events not yet
-        taken stay in the inbox for the next run. Events emitted meanwhile are appended behind them."""
-        taken = 0
-        try:
-            for event in self.inbox.pending():
-                self._count(await self.alarms.on_event(event))
-                taken += 1
-        finally:
-            self.inbox.taken(taken, save=False)
-            await self._offload(self.inbox.save)  # raises OSError on a failed save (the alarm job's disk guard)
+        """The inbox's events into the alarm engine, oldest first (AssetEvents.feed)."""
+        await self.events.feed(self._take_event, self._offload)
+
+    async def _take_event(self, event: Event) -> None:
+        self._count(await self.alarms.on_event(event))
 
     def _count(self, transitions) -> None:
         self.history.on_alarms(transitions)
@@ -457,42 +293,17 @@ class AssetRunner:
         self.history.on_results(rows)  # after the engine accepted them: a refused batch comes again
 
     async def _on_result_event(self, event: Event) -> None:
-        self.stats.events.append(event)
-        self._tell_listeners(event)
+        self.events.announce([event])
         self._count(await self.alarms.on_event(event))
 
-    def _carry_conditions(self) -> None:
-        """The conditions open when the last run ended (read at start, so after a reload's drain): their
-        clearing event is sent once they end."""
-        saved = self.inbox.conditions
-        names = {conn.name for conn in self.connectors}  # a source no longer configured has nothing to carry
-        self._silent |= names & set(saved.get("source_silent", ()))
-        self._bad_quality |= names & set(saved.get("source_bad_quality", ()))
-        self._untrusted |= names & set(saved.get("source_untrusted", ()))
-        self._unsettled = self._silent | self._bad_quality | self._untrusted
-
     def disconnected_sources(self) -> dict[str, str]:
-        """Sources not connected right now → why: the last connection attempt's error as soon as one failed,
-        else "not connected yet" once CONNECT_GRACE_SECS (wall) have passed since the start. A source that
-        finished on its own (a replay at its end) or was stopped by a drain is not listed."""
-        if self._started_wall is None:
-            return {}
-        past_grace = time.monotonic() - self._started_wall > CONNECT_GRACE_SECS
-        out = {}
-        for conn in self.connectors:
-            st = conn.stats
-            if st.connected or conn.name in self._finished:
-                continue
-            error = getattr(st, "connect_error", None)
-            if error is not None or past_grace:
-                out[conn.name] = error or f"not connected {CONNECT_GRACE_SECS:g} s after the start"
-        return out
+        return self.health.disconnected(self.connectors)
 
     def silent_sources(self) -> set[str]:
-        return self._silent - self._unsettled
+        return self.health.silent_now()
 
     def bad_quality_sources(self) -> set[str]:
-        return self._bad_quality - self._unsettled
+        return self.health.bad_quality_now()
 
     def untrusted_sources(self) -> set[str]:
         return {conn.name for conn in self.connectors if getattr(conn.stats, "untrusted", None)}
@@ -511,9 +322,8 @@ class AssetRunner:
                  self.alarm_job, 0.0),
                 (f"{plan.asset}.results", min(max(clock.real_seconds(30.0), 0.2), 30.0), self.results_job, 0.0))
         self._scheduler, self._job_names = scheduler, [name for name, *_ in jobs]
-        self._started_at = clock.now()
-        self._started_wall = time.monotonic()
-        self.closer.anchor = self._started_at  # windows after the start are reported even with no reading at all
+        self.health.start(clock.now())
+        self.closer.anchor = self.health.started_at  # windows after the start are reported even with no reading at all
         self._starting = asyncio.create_task(self._start(scheduler, jobs), name=f"start:{plan.asset}")
 
     async def _start(self, scheduler: JobScheduler, jobs) -> None:
@@ -523,7 +333,8 @@ class AssetRunner:
         except Exception:  # a bug: start anyway (the closer and spool keep what they read at construction)
             log.exception("asset %s: cannot read the state left by the previous run", self.plan.asset)
             resume_after = {}
-        self._carry_conditions()
+        # the conditions open when the last run ended (read by _read_start_state, so after a reload's drain)
+        self.health.carry_over(self.inbox.conditions, self.connectors)
         for name, every, job, first_in in jobs:
             scheduler.every(name, every, job, first_in)
         previous = self.spool.previous_alive
@@ -566,7 +377,7 @@ class AssetRunner:
         if self._scheduler is not None:
             await self._scheduler.remove(self._job_names)
             self._scheduler = None
-        self._finished.update(conn.name for conn in self.connectors)  # stopped on purpose, not unreachable
+        self.health.finished.update(conn.name for conn in self.connectors)  # stopped on purpose, not unreachable
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -576,7 +387,7 @@ class AssetRunner:
         try:
             events, prepared = await self._offload(self._write_windows, self.close_time())
             self.history.prepared.update(prepared)
-            self._announce(events)  # already in the inbox (the closer's journal)
+            self.events.announce(events)  # already in the inbox (the closer's journal)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.uploader.run_once(force=True), upload_timeout_secs)
             with self.disk.guard("alarms"):

@@ -6,7 +6,7 @@ source's transport answered within its silence bound (values may stay constant: 
 and no upload has been failing for long"; it drives the systemd watchdog (pings stop when a source stops
 answering, so systemd restarts a stuck agent). Health (/healthz) is liveness plus "every source is connected"
 (a source whose connection attempt failed is unhealthy at once; one that has not connected 10 s after the
-start, its connect still pending, too: agent.runtime.asset.CONNECT_GRACE_SECS) plus "no source whose every
+start, its connect still pending, too: agent.runtime.source_health.CONNECT_GRACE_SECS) plus "no source whose every
 item is Bad": a restart would not mend a refused connection or bad values, so they do not starve the watchdog.
 """
 

@@ -13,7 +13,6 @@ import csv
 import io
 import os
 import subprocess
-import sys
 import textwrap
 import time
 import urllib.error
@@ -26,9 +25,9 @@ from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
 from tests.conftest import free_port
 from tests.connectors.node_opcua_peer import NodeOpcUaPeer
+from tests.helpers import journal_alarms, start_agent
 from tests.integration.test_service_ops import NotifySocket, get, metric
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = parse_instant("2026-01-01T00:00:00Z")
 SPEED = 60.0
 SENSORS = ["setpoint", "valve", "drift", "absdb", "pctdb"]
@@ -194,21 +193,12 @@ def test_a_steady_plant_with_a_healthy_session_is_healthy(tmp_path):
         port = {port}
         [health]
         source_silent_secs = 150
-        [alarms.hooks.file]
-        kind = "file"
-        path = "{alarms}"
-        [[alarms.rules]]
-        name = "silent"
-        kind = "source_silent"
-        hooks = ["file"]
-        """)
+        """) + journal_alarms(alarms, ("silent", "source_silent"), hook="file")
     path = asset(tmp_path / "asset.toml", peer.endpoint, store_dir, extra, sensors=["setpoint", "valve", "absdb"])
     notify = NotifySocket(tmp_path / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="400000")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(tmp_path / "state"),
-         "--clock-start", iso_utc(T0 - 150), "--speed", str(SPEED), "--until", iso_utc(T0 + 15 * 60 + 10)],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = start_agent(path, tmp_path / "state", clock_start=iso_utc(T0 - 150), speed=SPEED,
+                       until=iso_utc(T0 + 15 * 60 + 10), env=env)
     codes = []
     try:
         deadline = time.monotonic() + 60

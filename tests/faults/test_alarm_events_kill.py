@@ -12,49 +12,33 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from tests.connectors.modbus_peer import sim_device, start_tcp
-from tests.helpers import T0, asset_file, write_history
+from tests.helpers import (
+    T0,
+    asset_file,
+    asset_header,
+    eventually,
+    journal_alarms,
+    kill_9,
+    modbus_tcp_source,
+    start_agent,
+    wait_for,
+    write_history,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEED = 120.0  # a PT5M window every 2.5 s of wall time; the alarm job every 30 s
 MISSING = T0 + pd.Timedelta(minutes=5)  # the window (5 min, 10 min] has no reading at all
 
-ALARMS = """
-[alarms]
-check_interval_secs = 3600
-[alarms.hooks.journal]
-kind = "file"
-path = "{journal}"
-[[alarms.rules]]
-name = "data-health"
-kind = "window_missing"
-hooks = ["journal"]
-"""
+ALARMS = "\n[alarms]\ncheck_interval_secs = 3600\n"
 
 
-def start_agent(path: Path, state: Path, until: pd.Timestamp) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(state),
-         "--clock-start", (T0 - pd.Timedelta(minutes=1)).isoformat(), "--speed", str(SPEED),
-         "--until", until.isoformat()],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+def start_replay(path: Path, state: Path, until: pd.Timestamp):
+    return start_agent(path, state, clock_start=(T0 - pd.Timedelta(minutes=1)).isoformat(), speed=SPEED,
+                       until=until.isoformat())
 
 
 def last_written(state: Path) -> float:
@@ -83,15 +67,6 @@ def engine_saw_missing(state: Path) -> bool:
         return False
 
 
-def kill_9(proc: subprocess.Popen) -> str:
-    """SIGKILL ``proc``; returns what it wrote to stderr (the pipe is read to its end and closed)."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    assert proc.returncode == -signal.SIGKILL
-    with proc.stderr:
-        return proc.stderr.read()
-
-
 def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
     frame = write_history(tmp_path / "history.csv", minutes=25, step_secs=10)
     hole = (frame.index > MISSING) & (frame.index <= MISSING + pd.Timedelta(minutes=5))
@@ -99,15 +74,17 @@ def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
     kept.index = kept.index.strftime("%Y-%m-%dT%H:%M:%SZ")
     kept.to_csv(tmp_path / "history.csv")
     journal = tmp_path / "alarms.jsonl"
-    path = asset_file(tmp_path, f"file://{tmp_path}/store/", grace=5, extra=ALARMS.format(journal=journal))
+    path = asset_file(tmp_path, f"file://{tmp_path}/store/", grace=5,
+                      extra=ALARMS + journal_alarms(journal, ("data-health", "window_missing")))
     state = tmp_path / "state"
     until = T0 + pd.Timedelta(minutes=40)
 
     # 1. the missing window is closed (progress saved past it) and its event handed over; kill before the
     #    alarm engine's next run (an hour of clock time away)
-    first = start_agent(path, state, until)
+    first = start_replay(path, state, until)
     try:
-        closed = wait_for(lambda: last_written(state) >= (MISSING + pd.Timedelta(minutes=5)).timestamp(), 60)
+        closed = wait_for(lambda: last_written(state) >= (MISSING + pd.Timedelta(minutes=5)).timestamp(), 60,
+                          every=0.02)
     finally:
         err = kill_9(first)
     assert closed, err[-3000:]
@@ -116,19 +93,20 @@ def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
 
     # 2. restart: the alarm is raised from what was on disk; the next window is written (its event would clear
     #    the alarm) and the agent is killed again before the engine's next run
-    second = start_agent(path, state, until)
+    second = start_replay(path, state, until)
     try:
-        raised = wait_for(lambda: [s for s, _ in journal_states(journal)] == ["raised"], 30)
-        written = wait_for(lambda: last_written(state) >= (MISSING + pd.Timedelta(minutes=10)).timestamp(), 60)
+        raised = wait_for(lambda: [s for s, _ in journal_states(journal)] == ["raised"], 30, every=0.02)
+        written = wait_for(lambda: last_written(state) >= (MISSING + pd.Timedelta(minutes=10)).timestamp(), 60,
+                           every=0.02)
     finally:
         err = kill_9(second)
     assert raised and written, err[-3000:]
     assert [s for s, _ in journal_states(journal)] == ["raised"]  # the clearing event was not taken yet
 
     # 3. restart: the window_written event from before the kill clears the alarm
-    third = start_agent(path, state, until)
+    third = start_replay(path, state, until)
     try:
-        cleared = wait_for(lambda: len(journal_states(journal)) == 2, 30)
+        cleared = wait_for(lambda: len(journal_states(journal)) == 2, 30, every=0.02)
     finally:
         third.send_signal(signal.SIGTERM)
         _, err = third.communicate(timeout=60)
@@ -140,28 +118,8 @@ def test_kill_9_between_an_event_and_the_alarm_engine(tmp_path):
     assert alarm["rule"] == "data-health" and alarm["window_start"] == int(MISSING.timestamp())
 
 
-SILENT = """
-[health]
-source_silent_secs = 30
-[alarms.hooks.journal]
-kind = "file"
-path = "{journal}"
-[[alarms.rules]]
-name = "plc-silent"
-kind = "source_silent"
-hooks = ["journal"]
-[[sources]]
-name = "plc"
-kind = "modbus"
-transport = "tcp"
-host = "127.0.0.1"
-port = {port}
-poll_interval_ms = 200
-[[sources.devices]]
-device_id = 1
-timeout_secs = 0.5
-points = [ {{ sensor = "flow", table = "holding", address = 0, type = "float32" }} ]
-"""
+SILENT = "[health]\nsource_silent_secs = 30\n"
+FLOW = '{ sensor = "flow", table = "holding", address = 0, type = "float32" }'
 
 
 async def test_a_source_that_came_back_while_the_agent_was_killed_clears_its_alarm(tmp_path):
@@ -171,30 +129,13 @@ async def test_a_source_that_came_back_while_the_agent_was_killed_clears_its_ala
     peer = await start_tcp(device)
     journal = tmp_path / "alarms.jsonl"
     path = tmp_path / "asset.toml"
-    path.write_text(textwrap.dedent(f"""\
-        asset = "pump"
-        [lookout]
-        upload_frequency = "PT5M"
-        delay_offset_minutes = 2
-        sampling_rate = "PT1M"
-        input = "file://{tmp_path}/store/"
-        [components]
-        pump = ["flow"]
-        """) + SILENT.format(journal=journal, port=peer.port))
+    path.write_text(asset_header("pump", f"file://{tmp_path}/store/", 'pump = ["flow"]') + SILENT
+                    + journal_alarms(journal, ("plc-silent", "source_silent"))
+                    + modbus_tcp_source("plc", peer.port, [FLOW], timeout_secs=0.5))
     state = tmp_path / "state"
 
-    def start() -> subprocess.Popen:  # 10x: the silence bound is 3 s of wall time, a poll every 0.2 s
-        return subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(state), "--clock-start",
-             T0.isoformat(), "--speed", "10"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    async def eventually(predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
+    def start():  # 10x: the silence bound is 3 s of wall time, a poll every 0.2 s
+        return start_agent(path, state, clock_start=T0.isoformat(), speed=10)
 
     first = start()
     try:

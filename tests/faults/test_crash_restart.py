@@ -6,8 +6,6 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,27 +14,14 @@ import pandas as pd
 
 from agent.pipeline.spool import Spool
 from agent.pipeline.store import FileStore
-from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, write_history
+from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, start_agent, wait_for, write_history
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEED = 60.0
 
 
-def start_agent(path: Path, state: Path, until: pd.Timestamp) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(state),
-         "--clock-start", (T0 - pd.Timedelta(minutes=2)).isoformat(), "--speed", str(SPEED),
-         "--until", until.isoformat()],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def start_replay(path: Path, state: Path, until: pd.Timestamp):
+    return start_agent(path, state, clock_start=(T0 - pd.Timedelta(minutes=2)).isoformat(), speed=SPEED,
+                       until=until.isoformat())
 
 
 def test_kill_9_mid_window_then_restart(tmp_path):
@@ -47,7 +32,7 @@ def test_kill_9_mid_window_then_restart(tmp_path):
     store = FileStore(store_dir)
     until = T0 + pd.Timedelta(minutes=20, seconds=10)
 
-    first = start_agent(path, state, until)
+    first = start_replay(path, state, until)
     try:
         # wait until two windows are in the store, then a bit into the third window, and kill -9
         assert wait_for(lambda: len(list(store.list())) >= 2, 60), "agent wrote nothing"
@@ -72,7 +57,7 @@ def test_kill_9_mid_window_then_restart(tmp_path):
     # at most one fsync interval (1 s of wall time = 60 s of clock) may be unflushed
     assert flushed_df["ts"].max() >= killed_at - SPEED * 1.0 - 5
 
-    second = start_agent(path, state, until)
+    second = start_replay(path, state, until)
     _, err = second.communicate(timeout=120)
     assert second.returncode == 0, err[-3000:]
 

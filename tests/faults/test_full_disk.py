@@ -31,7 +31,7 @@ from agent.pipeline.store import FileStore
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
 from tests.ci_policy import require_or_skip
-from tests.helpers import T0, asset_file, parse_csv, write_history
+from tests.helpers import T0, asset_file, journal_alarms, parse_csv, write_history
 
 SPEED = 40.0  # a PT5M window takes 7.5 s of wall time
 
@@ -76,17 +76,7 @@ async def test_full_state_disk_loses_nothing_durable_and_is_one_warning(tmp_path
     frame = write_history(tmp_path / "history.csv", minutes=25, step_secs=1)
     store_dir = tmp_path / "store"
     journal = tmp_path / "alarms.jsonl"
-    extra = f"""
-[spool]
-fsync_interval_ms = 100
-[alarms.hooks.journal]
-kind = "file"
-path = "{journal}"
-[[alarms.rules]]
-name = "disk"
-kind = "disk"
-hooks = ["journal"]
-"""
+    extra = "\n[spool]\nfsync_interval_ms = 100\n" + journal_alarms(journal, ("disk", "disk"))
     path = asset_file(tmp_path, f"file://{store_dir}/", rate="PT1S", grace=5, extra=extra)
     config = load(path)
     state = small_tmpfs / "state"

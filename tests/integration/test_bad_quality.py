@@ -4,56 +4,29 @@ with that reason, and the watchdog (liveness) unaffected; good values again clea
 from __future__ import annotations
 
 import asyncio
-import textwrap
 
 from agent.config import load
 from agent.core.clock import ScaledClock, parse_instant
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
 from tests.connectors.modbus_peer import sim_device, tcp_peer
+from tests.helpers import asset_header, journal_alarms, modbus_tcp_source
 
 T0 = parse_instant("2026-01-01T00:00:00Z")
 NAN32 = [0x7FC0, 0x0000]  # a float32 NaN: the device saying "no value"
+POINTS = ('{ sensor = "a", table = "holding", address = 0, type = "float32" }',
+          '{ sensor = "b", table = "holding", address = 2, type = "float32" }')
 
 
 async def test_every_item_bad_is_bad_quality_not_silence(tmp_path):
     device = sim_device(1, holding={0: [0x4148, 0x0000, 0x4120, 0x0000]})  # 12.5 and 10.0
     async with tcp_peer(device) as peer:
         path = tmp_path / "asset.toml"
-        path.write_text(textwrap.dedent(f"""\
-            asset = "pump"
-            [lookout]
-            upload_frequency = "PT5M"
-            delay_offset_minutes = 2
-            sampling_rate = "PT1M"
-            input = "file://{tmp_path}/store/"
-            [components]
-            pump = ["a", "b"]
-            [health]
-            source_silent_secs = 30
-            [alarms.hooks.file]
-            kind = "file"
-            path = "{tmp_path}/alarms.jsonl"
-            [[alarms.rules]]
-            name = "quality"
-            kind = "source_bad_quality"
-            hooks = ["file"]
-            [[alarms.rules]]
-            name = "silent"
-            kind = "source_silent"
-            hooks = ["file"]
-            [[sources]]
-            name = "plc"
-            kind = "modbus"
-            transport = "tcp"
-            host = "127.0.0.1"
-            port = {peer.port}
-            poll_interval_ms = 1000
-            [[sources.devices]]
-            device_id = 1
-            points = [ {{ sensor = "a", table = "holding", address = 0, type = "float32" }},
-                       {{ sensor = "b", table = "holding", address = 2, type = "float32" }} ]
-            """))
+        alarms = journal_alarms(tmp_path / "alarms.jsonl", ("quality", "source_bad_quality"),
+                                ("silent", "source_silent"), hook="file")
+        path.write_text(asset_header("pump", f"file://{tmp_path}/store/", 'pump = ["a", "b"]')
+                        + "[health]\nsource_silent_secs = 30\n" + alarms
+                        + modbus_tcp_source("plc", peer.port, POINTS, poll_interval_ms=1000))
         clock = ScaledClock(T0, 20.0)
         runner = AssetRunner(load(path), path, tmp_path / "state", clock)
         events = []

@@ -15,6 +15,7 @@ from agent.pipeline.store import FileStore
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
 from tests.connectors.opcua_peer import OpcUaPeer
+from tests.helpers import asset_header
 
 T0 = parse_instant("2026-01-01T00:00:00Z")
 SPEED = 60.0
@@ -32,15 +33,8 @@ async def test_opcua_values_land_in_their_windows(tmp_path):
 
     path = tmp_path / "asset.toml"
     store_dir = tmp_path / "store"
-    path.write_text(textwrap.dedent(f"""\
-        asset = "line"
-        [lookout]
-        upload_frequency = "PT5M"
-        delay_offset_minutes = 1
-        sampling_rate = "PT1M"
-        input = "file://{store_dir}/"
-        [components]
-        pump = ["flow"]
+    path.write_text(asset_header("line", f"file://{store_dir}/", 'pump = ["flow"]', delay_offset_minutes=1)
+                    + textwrap.dedent(f"""\
         [window]
         fill_limit = 0
         grace_secs = 5

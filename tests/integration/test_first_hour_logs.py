@@ -15,6 +15,7 @@ from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
 from tests.connectors.modbus_peer import sim_device, tcp_peer
 from tests.connectors.opcua_peer import OpcUaPeer
+from tests.helpers import asset_header
 
 T0 = parse_instant("2026-01-01T00:00:00Z")
 
@@ -25,16 +26,9 @@ async def test_first_run_log(tmp_path, caplog):
     try:
         async with tcp_peer(sim_device(1, holding={0: [42]})) as modbus:
             path = tmp_path / "asset.toml"
-            path.write_text(textwrap.dedent(f"""\
-                asset = "line"
-                [lookout]
-                upload_frequency = "PT5M"
-                delay_offset_minutes = 1
-                sampling_rate = "PT1M"
-                input = "file://{tmp_path}/store/"
-                [components]
-                pump = ["flow", "setpt"]
-                motor = ["current"]
+            components = 'pump = ["flow", "setpt"]\nmotor = ["current"]'
+            path.write_text(asset_header("line", f"file://{tmp_path}/store/", components, delay_offset_minutes=1)
+                            + textwrap.dedent(f"""\
                 [window]
                 grace_secs = 5
                 [metrics]

@@ -13,8 +13,6 @@ import asyncio
 import json
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,11 @@ import pytest
 from agent.config import load
 from agent.core.clock import ScaledClock, parse_instant
 from agent.runtime.agent import Agent
-from agent.runtime.asset import CONNECT_GRACE_SECS, AssetRunner
+from agent.runtime.asset import AssetRunner
+from agent.runtime.source_health import CONNECT_GRACE_SECS
 from agent.runtime.status_data import collect_status
 from tests.connectors.opcua_peer import OpcUaPeer
+from tests.helpers import asset_header, http_get, journal_alarms, modbus_tcp_source
 from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,33 +33,13 @@ T0 = parse_instant("2026-01-01T00:00:00Z")
 SPEED = 120.0  # a PT5M window every 2.5 s of wall time
 
 
-MODBUS = """\
-[[sources]]
-name = "drive"
-kind = "modbus"
-transport = "tcp"
-host = "127.0.0.1"
-port = {port}
-poll_interval_ms = 200
-[[sources.devices]]
-device_id = 1
-timeout_secs = 0.5
-points = [ {{ sensor = "current", table = "holding", address = 0, type = "float32" }} ]
-"""
+CURRENT = '{ sensor = "current", table = "holding", address = 0, type = "float32" }'
 
 
 def asset(tmp_path: Path, endpoint: str, metrics_port: int, modbus_port: int | None = None) -> Path:
     path = tmp_path / "asset.toml"
-    path.write_text(textwrap.dedent(f"""\
-        asset = "pump"
-        [lookout]
-        upload_frequency = "PT5M"
-        delay_offset_minutes = 2
-        sampling_rate = "PT1M"
-        input = "file://{tmp_path}/store/"
-        [components]
-        plant = ["flow"]
-        {'motor = ["current"]' if modbus_port else ''}
+    components = 'plant = ["flow"]' + ('\nmotor = ["current"]' if modbus_port else '')
+    path.write_text(asset_header("pump", f"file://{tmp_path}/store/", components) + textwrap.dedent(f"""\
         [window]
         fill_limit = 0
         grace_secs = 5
@@ -68,13 +48,6 @@ def asset(tmp_path: Path, endpoint: str, metrics_port: int, modbus_port: int | N
         [metrics]
         enabled = true
         port = {metrics_port}
-        [alarms.hooks.journal]
-        kind = "file"
-        path = "{tmp_path}/alarms.jsonl"
-        [[alarms.rules]]
-        name = "missing"
-        kind = "window_missing"
-        hooks = ["journal"]
         [[sources]]
         name = "plc"
         kind = "opcua"
@@ -85,18 +58,13 @@ def asset(tmp_path: Path, endpoint: str, metrics_port: int, modbus_port: int | N
         backoff_max_secs = 0.5
         timeout_secs = 2
         nodes = [ {{ sensor = "flow", node_id = "ns=2;s=Pump07.Flow" }} ]
-        """) + (MODBUS.format(port=modbus_port) if modbus_port else ""))
+        """) + journal_alarms(tmp_path / "alarms.jsonl", ("missing", "window_missing"))
+        + (modbus_tcp_source("drive", modbus_port, [CURRENT], timeout_secs=0.5) if modbus_port else ""))
     return path
 
 
 def healthz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except urllib.error.URLError:
-        return 0, "not listening yet"
+    return http_get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
 async def wait_until(predicate, timeout_secs: float, what: str) -> float:

@@ -13,18 +13,24 @@ import math
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 
 from agent.pipeline.store import FileStore
-from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, reference_windows, write_history
+from tests.helpers import (
+    CSV_REL_TOL,
+    T0,
+    assert_soon,
+    asset_file,
+    parse_csv,
+    reference_windows,
+    start_agent,
+    write_history,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEED = 300.0  # clock seconds per wall second: a PT5M window every second
 GRACE = 5.0
 RELOADS = 20
@@ -55,24 +61,14 @@ class StderrLines:
         return self.lines
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_twenty_reloads_during_a_live_run_write_every_window_once_and_right(tmp_path):
     frame = write_history(tmp_path / "history.csv", minutes=90, step_secs=10)
     store_dir = tmp_path / "store"
     path = asset_file(tmp_path, f"file://{store_dir}/", grace=GRACE, extra='[log]\nlevel = "debug"\n')
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(tmp_path / "state"),
-         "--clock-start", T0.isoformat(), "--speed", str(SPEED)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    agent = start_agent(path, tmp_path / "state", clock_start=T0.isoformat(), speed=SPEED)
     err = StderrLines(agent)
     try:
-        wait_for(lambda: err.count("agent started") == 1, 30, "the agent to start")
+        assert_soon(lambda: err.count("agent started") == 1, 30, "the agent to start", every=0.02)
         anchor = json.loads((tmp_path / "state" / "clock.json").read_text())
 
         def wall_time_of(clock_ts: float) -> float:
@@ -92,7 +88,7 @@ def test_twenty_reloads_during_a_live_run_write_every_window_once_and_right(tmp_
                 due += 300
             agent.send_signal(signal.SIGHUP)
             n += 1
-            wait_for(lambda n=n: err.count("reloading: 1 asset(s)") == n, 20, f"reload {n}")
+            assert_soon(lambda n=n: err.count("reloading: 1 asset(s)") == n, 20, f"reload {n}", every=0.02)
             time.sleep(0.05)
         assert agent.poll() is None, "the agent ended before the reloads were done"
     finally:

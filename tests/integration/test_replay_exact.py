@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +16,8 @@ from agent.core.clock import ScaledClock
 from agent.pipeline.store import FileStore
 from agent.runtime.agent import Agent
 from agent.runtime.asset import AssetRunner
-from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, reference_windows, write_history
+from tests.helpers import CSV_REL_TOL, T0, asset_file, parse_csv, reference_windows, start_agent, write_history
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEED = 300.0
 
 
@@ -55,12 +51,9 @@ async def test_first_window_at_300x_equals_an_independent_resample(tmp_path):
     assert_windows_match_pandas(objects(store_dir), frame, windows=2)
 
 
-def run_cli(path: Path, state: Path, until: pd.Timestamp, **popen) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(state),
-         "--clock-start", (T0 - pd.Timedelta(seconds=30)).isoformat(), "--speed", str(SPEED),
-         "--until", until.isoformat()],
-        cwd=ROOT, env=dict(os.environ), stderr=subprocess.PIPE, text=True, **popen)
+def run_cli(path: Path, state: Path, until: pd.Timestamp):
+    return start_agent(path, state, clock_start=(T0 - pd.Timedelta(seconds=30)).isoformat(), speed=SPEED,
+                       until=until.isoformat())
 
 
 def test_kill_9_and_restart_lose_and_repeat_no_row_and_two_runs_are_byte_identical(tmp_path):

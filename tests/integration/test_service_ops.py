@@ -7,8 +7,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,9 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from tests.conftest import free_port
-from tests.helpers import T0, asset_file, write_history
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import T0, assert_soon, asset_file, start_agent, write_history
 
 
 class NotifySocket:
@@ -46,6 +42,7 @@ class NotifySocket:
 
 
 def get(url: str) -> tuple[int, str]:
+    """(status, body); raises URLError when nothing listens (test_steady_plant stops polling on it)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, resp.read().decode()
@@ -57,13 +54,6 @@ def metric(body: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name + "{"))
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
     write_history(tmp_path / "history.csv", minutes=12)
     store = tmp_path / "store"
@@ -72,15 +62,13 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
     path = asset_file(tmp_path, f"file://{store}/", grace=5, extra=extra)
     notify = NotifySocket(tmp_path / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="300000")
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(tmp_path / "state"),
-         "--clock-start", (T0 - pd.Timedelta(minutes=1)).isoformat(), "--speed", "60"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    agent = start_agent(path, tmp_path / "state", clock_start=(T0 - pd.Timedelta(minutes=1)).isoformat(), speed=60,
+                        env=env)
     try:
-        wait_for(lambda: notify.seen("READY=1"), 30, "READY=1")
+        assert_soon(lambda: notify.seen("READY=1"), 30, "READY=1")
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: notify.drain() or metric(get(base + "/metrics")[1], "l4e_windows_written_total") >= 2, 30,
-                 "two windows")
+        assert_soon(lambda: notify.drain() or metric(get(base + "/metrics")[1], "l4e_windows_written_total") >= 2,
+                    30, "two windows")
         status, body = get(base + "/metrics")
         assert status == 200
         assert metric(body, "l4e_readings_total") >= 2 * 5 * 6 * 3  # 2 windows × 5 min × 6/min × 3 sensors
@@ -91,7 +79,7 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
         assert pings_while_flowing >= 2
 
         # the history ends at T0 + 12 min: after 60 s of clock time without readings the source is silent
-        wait_for(lambda: notify.drain() or get(base + "/healthz")[0] == 503, 40, "healthz 503")
+        assert_soon(lambda: notify.drain() or get(base + "/healthz")[0] == 503, 40, "healthz 503")
         code, reason = get(base + "/healthz")
         assert code == 503
         assert "silent" in reason and "history" in reason
@@ -112,7 +100,7 @@ def test_notify_watchdog_metrics_health_reload_and_drain(tmp_path):
         good = path.read_text()
         path.write_text(good.replace('upload_frequency = "PT5M"', 'upload_frequency = "PT7M"'))
         agent.send_signal(signal.SIGHUP)
-        wait_for(lambda: notify.seen("RELOADING=1"), 10, "RELOADING=1")
+        assert_soon(lambda: notify.seen("RELOADING=1"), 10, "RELOADING=1")
         time.sleep(0.5)
         assert agent.poll() is None
         assert get(base + "/metrics")[0] == 200

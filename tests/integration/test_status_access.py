@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pandas as pd
 
 from tests.conftest import free_port
-from tests.helpers import T0, asset_file, write_history
+from tests.helpers import ROOT, T0, asset_file, start_agent, write_history
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cr3t-status-token-0123456789"
 
 
@@ -69,10 +66,7 @@ def test_a_running_agent_bound_elsewhere_wants_the_token(tmp_path):
     port = free_port()
     extra = f'\n[metrics]\nenabled = true\nhost = "0.0.0.0"\nport = {port}\ntoken_file = "token"\n'
     path = asset_file(tmp_path, f"file://{tmp_path}/store/", grace=5, extra=extra)
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(path), "--state-dir", str(tmp_path / "state"),
-         "--clock-start", (T0 - pd.Timedelta(minutes=1)).isoformat(), "--speed", "60"],
-        cwd=ROOT, env=dict(os.environ), stderr=subprocess.PIPE, text=True)
+    agent = start_agent(path, tmp_path / "state", clock_start=(T0 - pd.Timedelta(minutes=1)).isoformat(), speed=60)
     base = f"http://127.0.0.1:{port}"
     basic = "Basic " + base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
     try:

@@ -14,8 +14,6 @@ import asyncio
 import json
 import re
 import textwrap
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -29,6 +27,7 @@ from agent.runtime.agent import Agent
 from tests.conftest import free_port
 from tests.connectors.modbus_peer import sim_device, start_tcp
 from tests.connectors.opcua_peer import OpcUaPeer
+from tests.helpers import http_get, journal_alarms, modbus_tcp_source
 from tests.integration import browser
 
 T0 = parse_instant("2026-01-01T00:00:00Z")
@@ -83,6 +82,28 @@ class Rows(HTMLParser):
         return {a[key]: cells for a, cells in self.rows if a.get("class") == cls}
 
 
+PLC_POINTS = ('{ sensor = "pressure", table = "holding", address = 0, type = "uint16", scale = 0.01 }',
+              '{ sensor = "temp", table = "input", address = 0, type = "int16", scale = 0.1 }')
+VIB = '{ sensor = "vib", table = "holding", address = 0, type = "uint16" }'
+
+
+def opc_poll_source(endpoint: str, poll_interval_ms: int) -> str:
+    """The OPC-UA source "opc" polling the peer's flow, count and setpt."""
+    return textwrap.dedent(f"""\
+        [[sources]]
+        name = "opc"
+        kind = "opcua"
+        endpoint = "{endpoint}"
+        mode = "poll"
+        poll_interval_ms = {poll_interval_ms}
+        nodes = [
+            {{ sensor = "flow", node_id = "ns=2;s=Pump07.Flow" }},
+            {{ sensor = "count", node_id = "ns=2;s=Pump07.Count" }},
+            {{ sensor = "setpt", node_id = "ns=2;s=Pump07.Setpt" }},
+        ]
+        """)
+
+
 def write_asset(tmp: Path, opcua_endpoint: str, modbus_port: int, dead_port: int, metrics_port: int) -> Path:
     path = tmp / "asset.toml"
     path.write_text(textwrap.dedent(f"""\
@@ -104,41 +125,6 @@ def write_asset(tmp: Path, opcua_endpoint: str, modbus_port: int, dead_port: int
         [metrics]
         enabled = true
         port = {metrics_port}
-        [[sources]]
-        name = "opc"
-        kind = "opcua"
-        endpoint = "{opcua_endpoint}"
-        mode = "poll"
-        poll_interval_ms = 200
-        nodes = [
-            {{ sensor = "flow", node_id = "ns=2;s=Pump07.Flow" }},
-            {{ sensor = "count", node_id = "ns=2;s=Pump07.Count" }},
-            {{ sensor = "setpt", node_id = "ns=2;s=Pump07.Setpt" }},
-        ]
-        [[sources]]
-        name = "plc"
-        kind = "modbus"
-        transport = "tcp"
-        host = "127.0.0.1"
-        port = {modbus_port}
-        poll_interval_ms = 5000
-        [[sources.devices]]
-        device_id = 1
-        points = [
-            {{ sensor = "pressure", table = "holding", address = 0, type = "uint16", scale = 0.01 }},
-            {{ sensor = "temp", table = "input", address = 0, type = "int16", scale = 0.1 }},
-        ]
-        [[sources]]
-        name = "dead-plc"
-        kind = "modbus"
-        transport = "tcp"
-        host = "127.0.0.1"
-        port = {dead_port}
-        poll_interval_ms = 5000
-        [[sources.devices]]
-        device_id = 1
-        timeout_secs = 0.2
-        points = [ {{ sensor = "vib", table = "holding", address = 0, type = "uint16" }} ]
         [alarms.hooks.journal]
         kind = "file"
         path = "{tmp}/alarms.jsonl"
@@ -156,7 +142,9 @@ def write_asset(tmp: Path, opcua_endpoint: str, modbus_port: int, dead_port: int
         name = "source-silent"
         kind = "source_silent"
         hooks = ["journal"]
-        """))
+        """) + opc_poll_source(opcua_endpoint, 200)
+        + modbus_tcp_source("plc", modbus_port, PLC_POINTS, poll_interval_ms=5000)
+        + modbus_tcp_source("dead-plc", dead_port, [VIB], poll_interval_ms=5000, timeout_secs=0.2))
     return path
 
 
@@ -176,13 +164,7 @@ def write_results(tmp: Path) -> None:
 
 
 def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, ConnectionError):  # not listening yet
-        return 0, ""
+    return http_get(url, timeout=10)
 
 
 def metric(body: str, name: str, **labels: str) -> float:
@@ -397,25 +379,8 @@ def write_stopping_asset(tmp: Path, opcua_endpoint: str, metrics_port: int) -> P
         [metrics]
         enabled = true
         port = {metrics_port}
-        [[sources]]
-        name = "opc"
-        kind = "opcua"
-        endpoint = "{opcua_endpoint}"
-        mode = "poll"
-        poll_interval_ms = 100
-        nodes = [
-            {{ sensor = "flow", node_id = "ns=2;s=Pump07.Flow" }},
-            {{ sensor = "count", node_id = "ns=2;s=Pump07.Count" }},
-            {{ sensor = "setpt", node_id = "ns=2;s=Pump07.Setpt" }},
-        ]
-        [alarms.hooks.journal]
-        kind = "file"
-        path = "{tmp}/alarms.jsonl"
-        [[alarms.rules]]
-        name = "source-silent"
-        kind = "source_silent"
-        hooks = ["journal"]
-        """))
+        """) + opc_poll_source(opcua_endpoint, 100)
+        + journal_alarms(tmp / "alarms.jsonl", ("source-silent", "source_silent")))
     return path
 
 

@@ -133,25 +133,13 @@ def test_sparklines_break_at_gaps_and_are_valid_paths():
 
 
 def test_every_text_is_escaped():
-    doc = {"now": T0, "assets": [{
-        "asset": "a", "sources": [], "sensors": [],
-        "windows": {"frequency_secs": 300, "rate_secs": 60, "grace_secs": 5, "delay_offset_secs": 60,
-                    "written_total": 0, "last_written": None, "last_uploaded": None,
-                    "open": {"start": T0, "end": T0 + 300, "due_at": T0 + 305},
-                    "next_deadline": {"window_start": T0, "window_end": T0 + 300, "deadline": T0 + 360,
-                                      "left_secs": 100, "pending": False},
-                    "outbox": {"files": 0, "windows": 0, "oldest_end": None, "bytes": 0}, "late_total": 0,
-                    "missing": {}, "spool": {"bytes": 0, "buffered_readings": 0, "late_readings": 0},
-                    "budget": {"bytes": 1, "used_bytes": 0, "fraction": 0.0, "when_full": "drop_oldest",
-                               "refusing": False}},
-        "lookout": {"scheduler": None, "mode": "none", "status": "off", "polls": 0, "poll_errors": 0,
-                    "cursor": None, "results_processed": 0, "score_trend": [], "thresholds": [], "abnormal": [],
-                    "executions": [{"window_start": T0, "window_end": T0 + 300, "status": "FAILED", "ts": T0,
-                                    "rows": None, "anomalous": None, "max_score": None,
-                                    "reason": "<script>alert(1)</script>"}]},
-        "alarms": {"open": [], "pending_deliveries": 0, "hooks": [],
-                   "transitions": [{"id": "i", "rule": "r", "state": "raised", "ts": T0, "severity": "warning",
-                                    "message": "<img src=x onerror=alert(2)>", "score": None}]}}]}
+    doc = status_doc()
+    asset = doc["assets"][0]
+    asset["lookout"]["executions"] = [{"window_start": T0, "window_end": T0 + 300, "status": "FAILED", "ts": T0,
+                                       "rows": None, "anomalous": None, "max_score": None,
+                                       "reason": "<script>alert(1)</script>"}]
+    asset["alarms"]["transitions"] = [{"id": "i", "rule": "r", "state": "raised", "ts": T0, "severity": "warning",
+                                       "message": "<img src=x onerror=alert(2)>", "score": None}]
     page = render_page(doc)
     assert "<script>" not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
