@@ -216,7 +216,9 @@ def _next_marker(markers: tuple[np.ndarray, np.ndarray], cols: np.ndarray, ts: n
 
 
 def _carried(carry: Carry, sensors: list[str], markers, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The carry as arrays per column: grid point, value, and until (cut by the window's first marker)."""
+    """The carry as arrays per column: grid point, value, and until (cut by the window's first marker of that
+    column, whatever its time: a validity end that arrived after its own window was written is filed with the
+    next window, keeping its time, see agent.pipeline.spool)."""
     n = len(sensors)
     g = np.full(n, -np.inf)
     v = np.full(n, np.nan)
@@ -226,8 +228,9 @@ def _carried(carry: Carry, sensors: list[str], markers, start: int) -> tuple[np.
             g[i], v[i] = carry.last[s]
             until[i] = carry.until.get(s, -np.inf)
     held = np.nonzero(until > start)[0]
-    if len(held):
-        until[held] = np.minimum(until[held], _next_marker(markers, held, np.full(len(held), float(start))))
+    if len(held) and len(markers[0]):
+        earliest = min(float(start), float(markers[1].min()))
+        until[held] = np.minimum(until[held], _next_marker(markers, held, np.full(len(held), earliest)))
     return g, v, until
 
 

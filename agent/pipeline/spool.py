@@ -221,8 +221,9 @@ class Spool:
         them is not dropped: the value it ends must stop holding in the windows not yet written (rule 2a), or a
         source lost just before a window closed (its marker is stamped with the last instant the source answered,
         which can be a keep-alive period or more in the past) would have its last value held for ever. Such a
-        marker takes effect just after the end of the last written window (the rows already written stay as they
-        are, and the fill rule counts from the last of them)."""
+        marker keeps its time and is filed with the next window (agent.pipeline.resample ends a carried value at
+        any marker among a window's records): the rows already written stay as they are, and the rows after
+        them are what they would have been had the marker come in time (the fill rule counts from its time)."""
         if self.closed_upto is None:
             return
         for end in [e for e in parts if e <= self.closed_upto]:
@@ -234,10 +235,7 @@ class Spool:
                 self.dropped_readings["late"] += n_late
                 log.debug("dropped %d late readings (their window is already written)", n_late)
             if markers.any():
-                moved = part.filter(markers)
-                at = np.full(moved.num_rows, np.nextafter(float(self.closed_upto), np.inf))
-                parts.setdefault(self.closed_upto + self.frequency, []).append(
-                    Columns(moved.names, moved.code, at, moved.value))
+                parts.setdefault(self.closed_upto + self.frequency, []).append(part.filter(markers))
 
     def mark_alive(self, ts: float) -> None:
         """Record ``ts`` (clock time) as the last sign of life of this run (see the module docstring)."""

@@ -192,11 +192,24 @@ def test_a_validity_end_that_arrives_after_its_window_was_written_still_ends_the
     spool.flush()
     assert spool.late == 1  # the reading is dropped and counted; the marker is not a reading
     events = closer.close_due(605.0)
-    last = {name: data for _, name, data in outbox_files(outbox)}["pump_19700101000500.csv"].decode()
-    # the value stopped holding at the end of the written window: one fill step (fill_limit 1), then empty
-    assert [line.split(",")[1] for line in last.splitlines()[1:]] == ["42.0", "", "", "", ""]
-    assert [e.kind for e in events] == ["window_written"]
+    # the rows after the written window are what a timely marker would have given: held at 240 (the last grid
+    # point before 280), then one fill step (fill_limit 1) reaching 300, which is already written: all empty
+    assert [e.kind for e in events] == ["window_missing"]
     assert [e.kind for e in closer.close_due(905.0)] == ["window_missing"]  # nothing holds any more
+    # with two fill steps the second reaches into the next window
+    plan2 = WindowPlan("b", 300, 60, {"pump": ["setpoint"]}, {}, 2, 0, "_", "yyyyMMddHHmmss", 0,
+                       holds={"setpoint": INF})
+    spool2 = Spool(tmp_path / "spool2", 300)
+    outbox2 = Outbox(tmp_path / "outbox2")
+    closer2 = WindowCloser(plan2, spool2, outbox2, tmp_path / "progress2.json")
+    spool2.append([Reading("setpoint", 42.0, 10.0)])
+    spool2.flush()
+    closer2.close_due(305.0)
+    spool2.append([Reading("setpoint", NAN, 280.0)])
+    spool2.flush()
+    closer2.close_due(605.0)
+    last = {name: data for _, name, data in outbox_files(outbox2)}["pump_19700101000500.csv"].decode()
+    assert [line.split(",")[1] for line in last.splitlines()[1:]] == ["42.0", "", "", "", ""]
 
 
 def outbox_files(outbox: Outbox):
