@@ -100,48 +100,77 @@ class WindowReadings:
         return {n: t for n, t in zip(self.names, self._latest.tolist(), strict=True) if t != -np.inf}
 
     def _gather(self, wanted: np.ndarray) -> Columns:
+        """The readings of the names ``wanted`` (global codes), in append order, read into arrays of their final
+        size when the records say how many there are (every record read holds wanted names only: the common
+        case), else gathered in parts and joined once."""
         names = tuple(self.names[i] for i in wanted.tolist())
-        if not len(wanted):
-            return Columns(names, np.empty(0, np.int32), np.empty(0), np.empty(0))
         position = np.full(len(self.names), -1, dtype=np.int32)  # global code → position in ``names``
         position[wanted] = np.arange(len(wanted), dtype=np.int32)
-        codes, ts, values = [], [], []
-
-        def take(local_to_pos: np.ndarray, code: np.ndarray, t: np.ndarray, v: np.ndarray, whole: bool) -> None:
-            pos = local_to_pos[code]
-            if not whole:
-                keep = pos >= 0
-                pos, t, v = pos[keep], t[keep], v[keep]
-            if len(pos):
-                codes.append(pos)
-                ts.append(t)
-                values.append(v)
-
+        plan = []  # (segment, [(position lut, whole)] per table or part)
+        exact = True
+        count = 0
         for seg, to_global in zip(self._segments, self._globals, strict=True):
+            # per names table (or part): its names' positions in the selection, all wanted?, any wanted?
+            luts = [(lut, bool((lut >= 0).all()), bool((lut >= 0).any())) for lut in (position[g] for g in to_global)]
+            plan.append((seg, luts))
             if isinstance(seg, MemorySegment):
-                for part, g in zip(seg.parts, to_global, strict=True):
-                    lut = position[g]
-                    if part.num_rows and (lut >= 0).any():
-                        take(lut, part.code, part.ts, part.value, bool((lut >= 0).all()))
+                for part, (_, whole, touches) in zip(seg.parts, luts, strict=True):
+                    if touches:
+                        exact = exact and whole
+                        count += part.num_rows
                 continue
-            luts = [position[g] for g in to_global]
-            touches = [bool((lut >= 0).any()) for lut in luts]
-            whole = [bool((lut >= 0).all()) for lut in luts]
-            for offset, n, table in seg.scan.records:
-                if not n or not touches[table]:
-                    continue
-                try:
-                    code, t, v = read_codes(seg.fh, offset, n)
-                except OSError as exc:
-                    if self._on_error is not None:
-                        self._on_error(seg.path, exc)
-                    raise
-                take(luts[table], code, t, v, whole[table])
-        if not codes:
-            return Columns(names, np.empty(0, np.int32), np.empty(0), np.empty(0))
-        out = Columns(names, np.concatenate(codes).astype(np.int32, copy=False), np.concatenate(ts),
-                      np.concatenate(values))
-        if self.track_latest:
+            for _, n, table in seg.scan.records:
+                _, whole, touches = luts[table]
+                if n and touches:
+                    exact = exact and whole
+                    count += n
+        if exact:
+            code = np.empty(count, dtype=np.int32)
+            ts = np.empty(count)
+            value = np.empty(count)
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        at = 0
+        for seg, luts in plan:
+            for pos, t, v in self._records(seg, luts):
+                if exact:
+                    code[at:at + len(pos)] = pos
+                    ts[at:at + len(pos)] = t
+                    value[at:at + len(pos)] = v
+                    at += len(pos)
+                else:
+                    parts.append((pos, t, v))
+        if not exact:
+            code = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int32)
+            ts = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
+            value = np.concatenate([p[2] for p in parts]) if parts else np.empty(0)
+        out = Columns(names, code, ts, value)
+        if self.track_latest and out.num_rows:
             good = ~np.isnan(out.value)
             np.maximum.at(self._latest, wanted[out.code[good]], out.ts[good])
         return out
+
+    def _records(self, seg: FileSegment | MemorySegment, luts: list[tuple[np.ndarray, bool, bool]]):
+        """(position in the selection, ts, value) of the wanted readings of each record (or part) of ``seg``."""
+        if isinstance(seg, MemorySegment):
+            sources = ((part.code, part.ts, part.value, lut, whole)
+                       for part, (lut, whole, touches) in zip(seg.parts, luts, strict=True)
+                       if part.num_rows and touches)
+        else:
+            sources = (self._read(seg, offset, n) + luts[table][:2] for offset, n, table in seg.scan.records
+                       if n and luts[table][2])
+        for code, t, v, lut, whole in sources:
+            pos = lut[code]
+            if not whole:
+                keep = pos >= 0
+                if not keep.any():
+                    continue
+                pos, t, v = pos[keep], t[keep], v[keep]
+            yield pos, t, v
+
+    def _read(self, seg: FileSegment, offset: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        try:
+            return read_codes(seg.fh, offset, n)
+        except OSError as exc:
+            if self._on_error is not None:
+                self._on_error(seg.path, exc)
+            raise
