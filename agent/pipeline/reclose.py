@@ -47,6 +47,7 @@ from agent.core.model import Reading, Window
 from agent.pipeline.columns import Columns, encode, read_file
 from agent.pipeline.resample import Carry
 from agent.pipeline.spool import SUFFIX
+from agent.pipeline.windowread import WindowReadings
 from agent.pipeline.windows import iso_window
 
 log = logging.getLogger("l4e.pipeline")
@@ -169,7 +170,6 @@ class Keeper:
                 previous, carry = None, None
                 continue
             window = Window(end - freq, end)
-            parts = [read_file(path)[0] for path in sorted(folder.glob(f"*{SUFFIX}"))]
             digests = meta.get("digests", {})
             rendered: dict[str, str | None] = {}
             changed = []
@@ -181,7 +181,9 @@ class Keeper:
                     closer.outbox.put(end, closer.plan.name(comp, window), data)
                     changed.append(comp)
 
-            carry, _ = closer.render(window, Columns.concat(parts), start_carry, put)
+            # read group by group as the closer does: a re-render needs no more memory than the close did
+            with WindowReadings.from_files(sorted(folder.glob(f"*{SUFFIX}"))) as readings:
+                carry, _ = closer.render(window, readings, start_carry, put)
             write_json_atomic(folder / META, {"carry": start_carry.to_json(), "digests": rendered})
             if changed:
                 self.rewritten += 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.pipeline.columns import Columns, SegmentScan, read_codes
+from agent.pipeline.columns import Columns, SegmentScan, open_segment, read_codes, scan_records
 
 
 @dataclass
@@ -64,8 +64,23 @@ class WindowReadings:
 
     @classmethod
     def of(cls, readings: Columns) -> WindowReadings:
-        """Readings already in memory (a re-render of a kept window, tests)."""
+        """Readings already in memory (tests, a caller that has them anyway)."""
         return cls([MemorySegment([readings])])
+
+    @classmethod
+    def from_files(cls, paths: list[Path]) -> WindowReadings:
+        """The records of segment files (in the order given), validated as the spool does (a torn tail is
+        skipped). Raises OSError when one cannot be read."""
+        segments: list[FileSegment | MemorySegment] = []
+        try:
+            for path in paths:
+                fh = open_segment(path)
+                segments.append(FileSegment(path, fh, SegmentScan()))
+                segments[-1].scan = scan_records(fh)
+        except BaseException:
+            cls(segments).close()
+            raise
+        return cls(segments)
 
     def __enter__(self) -> WindowReadings:
         return self
