@@ -107,8 +107,7 @@ class Columns:
             used = np.flatnonzero(present & (key == k))
             remap[used] = np.arange(len(used), dtype=np.int32)
             rows = order[a:b]
-            names = self.names
-            out.append((int(k), Columns(tuple(names[i] for i in used.tolist()), remap[self.code[rows]],
+            out.append((int(k), Columns(tuple(map(self.names.__getitem__, used.tolist())), remap[self.code[rows]],
                                         self.ts[rows], self.value[rows])))
         return out
 
@@ -154,10 +153,54 @@ class Columns:
 
 def encode(cols: Columns) -> bytes:
     """One spool record (see the module docstring)."""
-    names = json.dumps(list(cols.names), ensure_ascii=False, separators=(",", ":")).encode()
-    body = b"".join((names, cols.code.astype("<i4").tobytes(), cols.ts.astype("<f8").tobytes(),
-                     cols.value.astype("<f8").tobytes()))
-    return _HEADER.pack(MAGIC, VERSION, 0, cols.num_rows, len(names), zlib.crc32(body)) + body
+    return encode_record(names_blob(cols.names), cols.code, cols.ts, cols.value)
+
+
+def names_blob(names) -> bytes:
+    """A names table as a record stores it (UTF-8 JSON list)."""
+    return json.dumps(list(names), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_record(names: bytes, code: np.ndarray, ts: np.ndarray, value: np.ndarray) -> bytes:
+    """One spool record from its encoded names table (``names_blob``) and its columns (codes index the table)."""
+    body = b"".join((names, code.astype("<i4").tobytes(), ts.astype("<f8").tobytes(), value.astype("<f8").tobytes()))
+    return _HEADER.pack(MAGIC, VERSION, 0, len(code), len(names), zlib.crc32(body)) + body
+
+
+class GroupCut:
+    """How flushes of one names table are cut into records per group (``key``: the group of each name), made
+    once and used while the table repeats (the same sensors report every flush): each group's names table is
+    encoded once, and a flush costs one stable sort of its readings by group plus one slice per group.
+    ``records(cols)`` gives the same records as ``[encode(p) for _, p in cols.split(key)]``."""
+
+    def __init__(self, names: tuple[str, ...], key: np.ndarray) -> None:
+        self.names = names
+        self.key = key
+        self.groups = np.unique(key)  # sorted, as split orders its parts
+        self.local = np.empty(len(names), dtype=np.int32)  # each name's position in its group's table
+        self.blobs = []
+        for k in self.groups.tolist():
+            members = np.flatnonzero(key == k)
+            self.local[members] = np.arange(len(members), dtype=np.int32)
+            self.blobs.append(names_blob(map(names.__getitem__, members.tolist())))
+
+    def records(self, cols: Columns) -> list[bytes]:
+        """``cols`` (whose names table is ``self.names``) as records per group; a flush in which some name has
+        no reading (a window's part of a flush) is cut by ``split`` (its tables list present names only)."""
+        present = np.zeros(len(self.names), dtype=bool)
+        present[cols.code] = True
+        if not present.all():
+            return [encode(part) for _, part in cols.split(self.key)]
+        per_reading = self.key[cols.code]
+        order = np.argsort(per_reading, kind="stable")  # stable: each group keeps append order
+        ends = np.searchsorted(per_reading[order], self.groups, side="right").tolist()
+        code, ts, value = self.local[cols.code[order]], cols.ts[order], cols.value[order]
+        out = []
+        start = 0
+        for blob, end in zip(self.blobs, ends, strict=True):
+            out.append(encode_record(blob, code[start:end], ts[start:end], value[start:end]))
+            start = end
+        return out
 
 
 def read_file(path) -> tuple[Columns, int, bool]:

@@ -56,7 +56,7 @@ import numpy as np
 
 from agent.core.errors import StateError, TransitionLog
 from agent.core.model import Reading
-from agent.pipeline.columns import Columns, encode, open_segment, read_file, scan_records
+from agent.pipeline.columns import Columns, GroupCut, encode, open_segment, read_file, scan_records
 from agent.pipeline.diskhealth import DiskHealth
 from agent.pipeline.windowread import FileSegment, MemorySegment, WindowReadings
 
@@ -163,7 +163,7 @@ class Spool:
         self._alive_fd: int | None = None
         self.previous_alive: float | None = None
         self._owner: dict[str, int] = {}  # sensor → its group (set_groups); no groups: one record per flush
-        self._keys: tuple[tuple[str, ...], np.ndarray] | None = None  # last names table → group per name
+        self._cut: GroupCut | None = None  # how the last names table is cut into group records
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             probe = self.dir / f".probe-{self.run_id}"
@@ -187,20 +187,16 @@ class Spool:
         index, agent.pipeline.groups.owners; sensors not in it go to one more record). Takes effect at the next
         flush; records written before are read as they are."""
         self._owner = dict(owner)
-        self._keys = None
-
-    def _group_keys(self, names: tuple[str, ...]) -> np.ndarray:
-        """The group of each name (-1: in no group); cached for the last names table (flushes repeat it)."""
-        if self._keys is None or self._keys[0] != names:
-            owner = self._owner
-            self._keys = (names, np.array([owner.get(n, -1) for n in names], dtype=np.int64))
-        return self._keys[1]
+        self._cut = None
 
     def _encode(self, part: Columns) -> bytes:
         """The records of one flush of one window: one per group of sensors (see the module docstring)."""
         if not self._owner:
             return encode(part)
-        return b"".join(encode(cols) for _, cols in part.split(self._group_keys(part.names)))
+        if self._cut is None or self._cut.names != part.names:  # flushes of the same sensors repeat their table
+            owner = self._owner
+            self._cut = GroupCut(part.names, np.array([owner.get(n, -1) for n in part.names], dtype=np.int64))
+        return b"".join(self._cut.records(part))
 
     # --- hot path -------------------------------------------------------------------------------------
     def append(self, batch: list[Reading]) -> None:

@@ -175,6 +175,26 @@ def test_a_flush_writes_one_record_per_group(tmp_path):
                                                                       "value": [2.0]}
 
 
+def test_the_cached_cut_writes_the_records_split_writes():
+    """GroupCut (a names table cut once, used while flushes repeat it) gives byte for byte the records of
+    Columns.split + encode: for a flush of every sensor (sorted, as the spool makes it) and for a window's part
+    of a flush in which some sensors have no reading."""
+    from agent.pipeline.columns import GroupCut, encode
+
+    rng = np.random.default_rng(3)
+    names = sorted(f"s{i:03d}" for i in range(40))
+    readings = [Reading(str(s), float(v), float(t)) for s, v, t in
+                zip([*names, *rng.choice(names, 200)], rng.normal(size=240), rng.uniform(0, 600, 240), strict=True)]
+    cols = Columns.from_readings(readings)
+    key = np.array([-1 if i % 9 == 0 else i % 4 for i in range(len(cols.names))], dtype=np.int64)
+    cut = GroupCut(cols.names, key)
+    assert cut.records(cols) == [encode(p) for _, p in cols.split(key)]
+    assert len(cut.records(cols)) == 5
+    part = cols.filter(cols.ts <= 300)
+    assert 0 < len(set(part.code.tolist())) < len(names)
+    assert cut.records(part) == [encode(p) for _, p in part.split(key)]
+
+
 def test_a_segment_failing_after_the_first_pass_stops_the_window(tmp_path, monkeypatch):
     """The first pass read the segment; a read of a group's records then fails (EIO): nothing is acknowledged,
     the progress does not move, and the window is written whole when the disk answers again."""
