@@ -45,18 +45,27 @@ class WindowReadings:
         self._segments = segments
         self._on_error = on_error
         index: dict[str, int] = {}
-        # per segment: global code of each names table (file) or of each part's names (memory)
-        self._globals: list[list[np.ndarray]] = []
+        # per segment: its names tables (file) or parts (memory) as one flat array of global codes and where each
+        # table starts in it, so which tables a selection touches is a few numpy calls, however many there are;
+        # and (file) its records as arrays: offset of the code array, readings, names table
+        self._tables: list[tuple[np.ndarray, np.ndarray]] = []
+        self._records_of: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
         for seg in segments:
             if isinstance(seg, FileSegment):
                 if not seg.scan.rows:  # an empty segment adds no names (Spool.read drops it)
-                    self._globals.append([])
-                    continue
-                to_global = np.array([index.setdefault(n, len(index)) for n in seg.scan.names], dtype=np.int64)
-                self._globals.append([to_global[t] for t in seg.scan.tables])
+                    tables: list[np.ndarray] = []
+                else:
+                    to_global = np.array([index.setdefault(n, len(index)) for n in seg.scan.names], dtype=np.int64)
+                    tables = [to_global[t] for t in seg.scan.tables]
+                records = np.array(seg.scan.records, dtype=np.int64).reshape(-1, 3)
+                self._records_of.append((records[:, 0], records[:, 1], records[:, 2]))
             else:
-                self._globals.append([np.array([index.setdefault(n, len(index)) for n in p.names], dtype=np.int64)
-                                      if p.num_rows else np.empty(0, np.int64) for p in seg.parts])
+                tables = [np.array([index.setdefault(n, len(index)) for n in p.names], dtype=np.int64)
+                          if p.num_rows else np.empty(0, np.int64) for p in seg.parts]
+                self._records_of.append(None)
+            sizes = np.array([len(t) for t in tables], dtype=np.int64)
+            self._tables.append((np.concatenate(tables) if tables else np.empty(0, np.int64),
+                                 np.r_[0, np.cumsum(sizes)].astype(np.int64)))
         self.names: list[str] = list(index)
         self._index = index
         self.track_latest = False  # keep the latest good timestamp of every name selected (``latest``)
@@ -121,32 +130,40 @@ class WindowReadings:
         names = tuple(self.names[i] for i in wanted.tolist())
         position = np.full(len(self.names), -1, dtype=np.int32)  # global code → position in ``names``
         position[wanted] = np.arange(len(wanted), dtype=np.int32)
-        plan = []  # (segment, [(position lut, whole)] per table or part)
+        plan = []  # per segment: (segment, {table: (position lut, whole)} of the tables touched, records to read)
         exact = True
         count = 0
-        for seg, to_global in zip(self._segments, self._globals, strict=True):
-            # per names table (or part): its names' positions in the selection, all wanted?, any wanted?
-            luts = [(lut, bool((lut >= 0).all()), bool((lut >= 0).any())) for lut in (position[g] for g in to_global)]
-            plan.append((seg, luts))
-            if isinstance(seg, MemorySegment):
-                for part, (_, whole, touches) in zip(seg.parts, luts, strict=True):
-                    if touches:
-                        exact = exact and whole
-                        count += part.num_rows
-                continue
-            for _, n, table in seg.scan.records:
-                _, whole, touches = luts[table]
-                if n and touches:
-                    exact = exact and whole
-                    count += n
+        for seg, (flat, starts), records in zip(self._segments, self._tables, self._records_of, strict=True):
+            hit = (position[flat] >= 0).astype(np.int64)
+            sizes = np.diff(starts)
+            # per table: how many of its names are wanted (reduceat gives an empty table its next name: none)
+            wanted_in = np.zeros(len(sizes), dtype=np.int64)
+            if len(flat):
+                wanted_in = np.add.reduceat(hit, np.minimum(starts[:-1], len(flat) - 1))
+                wanted_in[sizes == 0] = 0
+            touched = np.flatnonzero(wanted_in > 0)
+            luts = {t: (position[flat[starts[t]:starts[t + 1]]], bool(wanted_in[t] == sizes[t]))
+                    for t in touched.tolist()}
+            if records is None:  # memory: one table per part
+                chosen = touched
+                rows = np.array([seg.parts[t].num_rows for t in touched.tolist()], dtype=np.int64)
+            else:
+                _, ns, tables = records
+                chosen = np.flatnonzero((wanted_in[tables] > 0) & (ns > 0)) if len(tables) else tables
+                rows = ns[chosen]
+                tables = tables[chosen]
+            count += int(rows.sum())
+            whole_tables = [luts[t][1] for t in (touched.tolist() if records is None else np.unique(tables).tolist())]
+            exact = exact and all(whole_tables)
+            plan.append((seg, luts, chosen))
         if exact:
             code = np.empty(count, dtype=np.int32)
             ts = np.empty(count)
             value = np.empty(count)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         at = 0
-        for seg, luts in plan:
-            for pos, t, v in self._records(seg, luts):
+        for seg, luts, chosen in plan:
+            for pos, t, v in self._records(seg, luts, chosen):
                 if exact:
                     code[at:at + len(pos)] = pos
                     ts[at:at + len(pos)] = t
@@ -164,15 +181,17 @@ class WindowReadings:
             np.maximum.at(self._latest, wanted[out.code[good]], out.ts[good])
         return out
 
-    def _records(self, seg: FileSegment | MemorySegment, luts: list[tuple[np.ndarray, bool, bool]]):
-        """(position in the selection, ts, value) of the wanted readings of each record (or part) of ``seg``."""
+    def _records(self, seg: FileSegment | MemorySegment, luts: dict[int, tuple[np.ndarray, bool]],
+                 chosen: np.ndarray):
+        """(position in the selection, ts, value) of the wanted readings of each chosen record (or part) of
+        ``seg``, in order; ``luts``: per names table touched, its names' positions in the selection and whether
+        all of them are wanted."""
         if isinstance(seg, MemorySegment):
-            sources = ((part.code, part.ts, part.value, lut, whole)
-                       for part, (lut, whole, touches) in zip(seg.parts, luts, strict=True)
-                       if part.num_rows and touches)
+            sources = ((seg.parts[k].code, seg.parts[k].ts, seg.parts[k].value, *luts[k]) for k in chosen.tolist())
         else:
-            sources = (self._read(seg, offset, n) + luts[table][:2] for offset, n, table in seg.scan.records
-                       if n and luts[table][2])
+            records = seg.scan.records
+            sources = ((*self._read(seg, offset, n), *luts[table])
+                       for offset, n, table in (records[k] for k in chosen.tolist()))
         for code, t, v, lut, whole in sources:
             pos = lut[code]
             if not whole:
