@@ -50,6 +50,8 @@ from agent.pipeline.windowread import WindowReadings
 from agent.pipeline.windows import iso_window, object_name, window_ending, windows_between
 
 log = logging.getLogger("l4e.pipeline")
+# a window whose readings are more than this share in records of several groups is read whole once (render)
+WHOLE_WHEN_MIXED = 0.25
 # retry of a window whose spool segment could not be read (wall seconds; the usual capped exponential backoff)
 READ_BACKOFF_INITIAL_SECS = 1.0
 READ_BACKOFF_MAX_SECS = 60.0
@@ -148,7 +150,8 @@ class WindowCloser:
         self.groups = sensor_groups(plan.components)
         self._counts_in = last_component(plan.components)  # sensor → the component its readings count in
         self._known = set(self._counts_in)
-        spool.set_groups(owners(self.groups))
+        self._owner = owners(self.groups)
+        spool.set_groups(self._owner)
         self.resume()
 
     def resume(self) -> None:
@@ -303,6 +306,10 @@ class WindowCloser:
         own readings only, so the bytes are the same however the window is cut."""
         plan = self.plan
         source = readings if isinstance(readings, WindowReadings) else WindowReadings.of(readings)
+        if source.mixed_rows(self._owner) > WHOLE_WHEN_MIXED * source.num_rows:
+            # most readings are in records of several groups (written before groups, an upgrade, or with other
+            # groups): reading them once per group would cost the window's bytes per group, so read them once
+            source.load_whole()
         times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
         cells = empty = 0
         for group in self.groups:

@@ -193,10 +193,11 @@ class Spool:
         """The records of one flush of one window: one per group of sensors (see the module docstring)."""
         if not self._owner:
             return encode(part)
-        if self._cut is None or self._cut.names != part.names:  # flushes of the same sensors repeat their table
+        cut = self._cut
+        if cut is None or cut.names != part.names:  # flushes of the same sensors repeat their names table
             owner = self._owner
-            self._cut = GroupCut(part.names, np.array([owner.get(n, -1) for n in part.names], dtype=np.int64))
-        return b"".join(self._cut.records(part))
+            cut = self._cut = GroupCut(part.names, np.array([owner.get(n, -1) for n in part.names], dtype=np.int64))
+        return b"".join(cut.records(part))
 
     # --- hot path -------------------------------------------------------------------------------------
     def append(self, batch: list[Reading]) -> None:

@@ -103,6 +103,32 @@ class WindowReadings:
                 with contextlib.suppress(OSError):
                     seg.fh.close()
 
+    def mixed_rows(self, group_of: dict[str, int]) -> int:
+        """Readings in records (or parts) whose names belong to more than one group (``group_of``: name → group;
+        names not in it form one more group): records written before groups, or with other groups."""
+        group = np.array([group_of.get(n, -1) for n in self.names], dtype=np.int64)
+        out = 0
+        for seg, (flat, starts), records in zip(self._segments, self._tables, self._records_of, strict=True):
+            sizes = np.diff(starts)
+            if not len(flat):
+                continue
+            at = np.minimum(starts[:-1], len(flat) - 1)
+            mixed = (np.minimum.reduceat(group[flat], at) != np.maximum.reduceat(group[flat], at)) & (sizes > 0)
+            if records is None:
+                out += sum(p.num_rows for p, m in zip(seg.parts, mixed.tolist(), strict=True) if m)
+            else:
+                out += int(records[1][mixed[records[2]]].sum())
+        return out
+
+    def load_whole(self) -> None:
+        """Read every reading into memory once (one Columns, as ``Spool.read``) and serve the selections from
+        there: for a window whose records mix groups, which would otherwise be read again for every group."""
+        whole = self.select(self.names)
+        self.close()
+        self._segments = [MemorySegment([whole])]
+        self._tables = [(np.arange(len(self.names), dtype=np.int64), np.array([0, len(self.names)], np.int64))]
+        self._records_of = [None]
+
     @property
     def num_rows(self) -> int:
         return sum(seg.scan.rows if isinstance(seg, FileSegment) else sum(p.num_rows for p in seg.parts)

@@ -128,13 +128,17 @@ def _jsonable(data: dict) -> dict:
     return json.loads(json.dumps(data))
 
 
-@pytest.mark.parametrize("limit", [1, 3, 500])
-def test_group_by_group_close_writes_what_the_whole_window_close_wrote(tmp_path, monkeypatch, limit):
-    """limit 1: a group per component (the shared sensor b is read from another group's records); 3: c1 | c2 |
-    c3+c4; 500: one group. The earlier run's records and the Arrow segment mix every group."""
+@pytest.mark.parametrize(("limit", "whole_when_mixed"), [(1, 2.0), (3, 2.0), (500, 2.0), (1, 0.0), (3, 0.25)])
+def test_group_by_group_close_writes_what_the_whole_window_close_wrote(tmp_path, monkeypatch, limit,
+                                                                        whole_when_mixed):
+    """limit 1: a group per component (the shared sensor b counts in c2, another group than c1); 3: c1 | c2 |
+    c3+c4; 500: one group. The earlier run's records and the Arrow segment mix every group; they are filtered
+    by name group by group (whole_when_mixed 2.0: never read whole), or the window is read whole once (0.0)."""
+    import agent.pipeline.closer as closer
     import agent.pipeline.groups as groups
 
     monkeypatch.setattr(groups, "GROUP_SENSORS", limit)
+    monkeypatch.setattr(closer, "WHOLE_WHEN_MIXED", whole_when_mixed)
     got = _jsonable(scenario(tmp_path))
     expected = json.loads(GOLDEN.read_text())
     assert got["files"] == expected["files"]  # every byte of every CSV
@@ -142,9 +146,12 @@ def test_group_by_group_close_writes_what_the_whole_window_close_wrote(tmp_path,
     assert len(got["files"]) >= 12 and got["rewritten"]  # the scenario writes files and rewrites one
 
 
-def test_records_written_with_other_groups_are_read_by_name(tmp_path):
+def test_records_written_with_other_groups_are_read_by_name(tmp_path, monkeypatch):
     """A configuration changed between writing and closing: the current run's records are cut another way
     (one group holds a, e and zz; another b and f) and still give the same window."""
+    import agent.pipeline.closer as closer
+
+    monkeypatch.setattr(closer, "WHOLE_WHEN_MIXED", 2.0)  # filtered by name, not read whole
     got = _jsonable(scenario(tmp_path, writer_groups={"a": 0, "e": 0, "zz": 0, "b": 1, "f": 1}))
     assert got == json.loads(GOLDEN.read_text())
 
