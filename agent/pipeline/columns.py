@@ -179,10 +179,14 @@ class GroupCut:
         self.groups = np.unique(key)  # sorted, as split orders its parts
         self.local = np.empty(len(names), dtype=np.int32)  # each name's position in its group's table
         self.blobs = []
-        for k in self.groups.tolist():
-            members = np.flatnonzero(key == k)
+        by_group = np.argsort(key, kind="stable")  # each group's names in table order
+        ends = np.searchsorted(key[by_group], self.groups, side="right").tolist()
+        start = 0
+        for end in ends:
+            members = by_group[start:end]
             self.local[members] = np.arange(len(members), dtype=np.int32)
             self.blobs.append(names_blob(map(names.__getitem__, members.tolist())))
+            start = end
 
     def records(self, cols: Columns) -> list[bytes]:
         """``cols`` (whose names table is ``self.names``) as records per group; a flush in which some name has
