@@ -4,7 +4,9 @@
 yet, oldest first, and returns the data-health events it produced. Order of effects for one window, chosen
 so a crash at any point neither loses nor duplicates anything:
 
-1. the component CSVs are written to the outbox (atomic per file; a rewrite gives the same bytes),
+1. the component CSVs are written to the outbox (atomic per file; a rewrite gives the same bytes), each as soon
+   as it is rendered: the window is read from the spool one group of components at a time (agent.pipeline.groups,
+   ``render``), so a close holds the readings of one group and the file of one component, never the window's,
 2. the window's events (written, missing) go to the ``journal`` (the alarm engine's durable inbox,
    agent.alarms.inbox), so they are on disk before the window counts as closed,
 3. the progress file (last written window + the carry for the fill rule) is replaced atomically,
@@ -14,13 +16,16 @@ A crash before 3 rewrites the window with the same inputs on restart (same bytes
 journaled again, which changes no alarm); a crash after 3 only deletes the leftover segments. A spool segment
 that cannot be read (agent.pipeline.spool.SegmentUnreadable: EIO, EACCES, ...) stops the run before step 1:
 nothing is written or acknowledged, and the window is tried again after a backoff (``READ_BACKOFF_*``), so a
-failing read never turns into a window written without its readings. The job derives all its work from the
-clock and this state, so a late wake, a restart or an accelerated clock are handled by the same code.
+failing read never turns into a window written without its readings. (Every segment is validated before the
+first file is written; should one that was just read fail later in the same close, the files already written
+stay, as after a crash in step 1, and the retry writes them again with the same bytes.) The job derives all its
+work from the clock and this state, so a late wake, a restart or an accelerated clock are handled by the same code.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import time
@@ -37,12 +42,16 @@ from agent.core.model import Event, Window
 from agent.pipeline.columns import Columns
 from agent.pipeline.csvfile import component_csv, time_column
 from agent.pipeline.diskhealth import disk_error
+from agent.pipeline.groups import last_component, owners, sensor_groups
 from agent.pipeline.outbox import Outbox
 from agent.pipeline.resample import Carry, resample
 from agent.pipeline.spool import SegmentUnreadable, Spool
+from agent.pipeline.windowread import WindowReadings
 from agent.pipeline.windows import iso_window, object_name, window_ending, windows_between
 
 log = logging.getLogger("l4e.pipeline")
+# a window whose readings are more than this share in records of several groups is read whole once (render)
+WHOLE_WHEN_MIXED = 0.25
 # retry of a window whose spool segment could not be read (wall seconds; the usual capped exponential backoff)
 READ_BACKOFF_INITIAL_SECS = 1.0
 READ_BACKOFF_MAX_SECS = 60.0
@@ -56,6 +65,11 @@ def _malloc_trim():
 
 
 _TRIM = _malloc_trim()
+
+
+def digest(data: bytes) -> str:
+    """The SHA-256 of a component file (hex): how a kept window remembers what was written (reclose)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def release_freed_memory() -> None:
@@ -132,6 +146,12 @@ class WindowCloser:
         self.carry = Carry({})
         self.last_ts: dict[str, float] = {}  # sensor → latest good reading of the windows written (progress)
         self.keeper = None  # set by the history backfill (agent.pipeline.reclose.Keeper)
+        # the window is written to the spool and read back in these groups of components (agent.pipeline.groups)
+        self.groups = sensor_groups(plan.components)
+        self._counts_in = last_component(plan.components)  # sensor → the component its readings count in
+        self._known = set(self._counts_in)
+        self._owner = owners(self.groups)
+        spool.set_groups(self._owner)
         self.resume()
 
     def resume(self) -> None:
@@ -201,7 +221,7 @@ class WindowCloser:
                 missing = self._missing_events(empty_run, now)
                 if self.keeper is not None:  # history backfill: a window with no reading yet may still get some
                     for empty in empty_run:
-                        self.keeper.keep(empty, self.carry, [])
+                        self.keeper.keep(empty, self.carry, {})
                 written = self._close(window, now, missing)  # also records the empty run before it as written
                 events.extend(self._commit_missing(empty_run, missing) + written)
                 empty_run = []
@@ -209,7 +229,7 @@ class WindowCloser:
                 missing = self._missing_events(empty_run, now)
                 if self.keeper is not None:  # history backfill: a window with no reading yet may still get some
                     for empty in empty_run:
-                        self.keeper.keep(empty, self.carry, [])
+                        self.keeper.keep(empty, self.carry, {})
                 self._journal(missing)
                 self._save_state(empty_run[-1].end, self.carry)
                 self.spool.closed_upto = self.last_written
@@ -272,59 +292,82 @@ class WindowCloser:
         if self.journal is not None and events:
             self.journal(events)
 
-    def render(self, window: Window, readings: Columns, carry: Carry) -> tuple[list[tuple[str, bytes | None]], Carry,
-                                                                             tuple[int, int, int]]:
-        """The window's CSV bytes per component (None: no reading, no file) from its readings and the carry at
-        its start, the carry after it, and (unknown readings, cells, empty cells) of the files. Pure: the same
-        inputs give the same bytes (a re-close relies on it)."""
+    def render(self, window: Window, readings: Columns | WindowReadings, carry: Carry,
+               emit: Callable[[str, bytes | None], None]) -> tuple[Carry, tuple[int, int, int]]:
+        """Render the window from its readings and the carry at its start: ``emit(component, csv bytes or None)``
+        for each component in order as soon as its file is rendered (None: no reading, no file). Returns the
+        carry after the window and (unknown readings, cells, empty cells) of the files. Pure but for ``emit``:
+        the same inputs give the same bytes (a re-close relies on it).
+
+        One group of components at a time (agent.pipeline.groups): only that group's readings are read from the
+        spool (``WindowReadings.select``), resampled one component at a time and rendered, so neither the whole
+        window's readings nor its files are ever in memory at once. Components keep their order, so the carry is
+        chained from one to the next exactly as when the window was taken whole; each sensor's rows depend on its
+        own readings only, so the bytes are the same however the window is cut."""
         plan = self.plan
-        # one component at a time: a window of thousands of sensors never becomes one wide frame, so the
-        # memory a close needs is that of its largest component, not of the asset (sensors are in exactly one
-        # component; each sensor's rows depend on its own readings only, so the bytes are the same)
-        comps = list(plan.components.items())
-        comp_of = {s: k for k, (_, sensors) in enumerate(comps) for s in sensors}
-        group = np.array([comp_of.get(n, -1) for n in readings.names], dtype=np.int32)[readings.code] \
-            if readings.num_rows else np.empty(0, np.int32)
-        unknown = int(np.count_nonzero(group < 0))
+        source = readings if isinstance(readings, WindowReadings) else WindowReadings.of(readings)
+        if source.mixed_rows(self._owner) > WHOLE_WHEN_MIXED * source.num_rows:
+            # most readings are in records of several groups (written before groups, an upgrade, or with other
+            # groups): reading them once per group would cost the window's bytes per group, so read them once
+            source.load_whole()
         times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
-        out = []
         cells = empty = 0
-        for k, (comp, sensors) in enumerate(comps):
-            rows = np.flatnonzero(group == k)  # in append order
-            part = Columns(readings.names, readings.code[rows], readings.ts[rows], readings.value[rows])
-            grid, carry = resample(part, window, plan.rate, sensors, plan.aggs, plan.fill_limit, carry, plan.holds)
-            data = component_csv(grid, sensors, plan.timestamp_column, times_text)
-            if data is not None:
-                cells += grid.values.size
-                empty += int(np.count_nonzero(np.isnan(grid.values)))
-            out.append((comp, data))
-        return out, carry, (unknown, cells, empty)
+        for group in self.groups:
+            part = source.select(group.sensors)
+            position = {s: i for i, s in enumerate(part.names)}
+            for comp in group.components:
+                sensors = plan.components[comp]
+                member = np.zeros(len(part.names), dtype=bool)
+                member[[position[s] for s in sensors if s in position and self._counts_in[s] == comp]] = True
+                # the common case: the component is all the group has readings of (else: in append order)
+                rows = part if member.all() else part.filter(member[part.code])
+                grid, carry = resample(rows, window, plan.rate, sensors, plan.aggs, plan.fill_limit, carry,
+                                       plan.holds)
+                data = component_csv(grid, sensors, plan.timestamp_column, times_text)
+                if data is not None:
+                    cells += grid.values.size
+                    empty += int(np.count_nonzero(np.isnan(grid.values)))
+                emit(comp, data)
+                del grid, data
+            del part
+        unknown = source.select_others(self._known).num_rows  # also counts them in source.latest()
+        return carry, (unknown, cells, empty)
 
     def _close(self, window: Window, now: float, before: list[Event] = ()) -> list[Event]:
         """Write one window; ``before``: the missing-window events of the empty run just before it, journaled
-        with this window's own events."""
+        with this window's own events. Each component file goes to the outbox as soon as it is rendered (a
+        failure part way leaves files that the retry writes again with the same bytes, as a crash would)."""
         plan = self.plan
-        readings = self.spool.read(window.end)
         start_carry = self.carry
-        rendered, carry, (unknown, cells, empty) = self.render(window, readings, start_carry)
+        rendered: list[tuple[str, str | None]] = []  # (component, SHA-256 of its file, or None: no file)
+        keeping = self.keeper is not None
+
+        def put(comp: str, data: bytes | None) -> None:
+            if data is not None:
+                self.outbox.put(window.end, plan.name(comp, window), data)
+            rendered.append((comp, None if data is None else (digest(data) if keeping else "")))
+
+        with self.spool.open_window(window.end) as readings:
+            readings.track_latest = keeping
+            carry, (unknown, cells, empty) = self.render(window, readings, start_carry, put)
+            latest = readings.latest() if keeping else {}
         events = []
         files = 0
-        for comp, data in rendered:
-            if data is None:
+        for comp, sha in rendered:
+            if sha is None:
                 self.stats.windows_missing[comp] = self.stats.windows_missing.get(comp, 0) + 1
                 msg = (f"component {comp}: no reading in window {iso_window(window)}; no file written "
                        f"(the scheduler will fail this run)")
                 log.warning("%s", msg)
                 events.append(Event("window_missing", comp, msg, now, {"window_start": window.start}))
                 continue
-            self.outbox.put(window.end, plan.name(comp, window), data)
             self.stats.files_written += 1
             files += 1
             events.append(Event("window_written", comp, f"component {comp}: window {iso_window(window)} written",
                                 now, {"window_start": window.start, "window_end": window.end}))
         if self.keeper is not None:  # history backfill: keep what a late reading needs to re-close it
-            self.keeper.keep(window, start_carry, rendered)
-            self._note_last_ts(readings)
+            self.keeper.keep(window, start_carry, dict(rendered))
+            self._note_last_ts(latest)
         self._journal([*before, *events])
         self._save_state(window.end, carry)
         self.spool.ack(window.end)
@@ -336,15 +379,11 @@ class WindowCloser:
             log.debug("window %s: %d readings of sensors in no component ignored", iso_window(window), unknown)
         return events
 
-    def _note_last_ts(self, readings: Columns) -> None:
-        """Per sensor, the latest good reading of the window: kept in the progress file, so the agent knows the
-        last reading it held of every sensor after the window's raw readings are gone (history backfill)."""
-        if not readings.num_rows:
-            return
-        good = ~np.isnan(readings.value)
-        latest = np.full(len(readings.names), -np.inf)
-        np.maximum.at(latest, readings.code[good], readings.ts[good])
-        for name, ts in zip(readings.names, latest.tolist(), strict=True):
+    def _note_last_ts(self, latest: dict[str, float]) -> None:
+        """Per sensor, the latest good reading of the window (``latest``, WindowReadings.latest): kept in the
+        progress file, so the agent knows the last reading it held of every sensor after the window's raw
+        readings are gone (history backfill)."""
+        for name, ts in latest.items():
             if ts > self.last_ts.get(name, -np.inf):
                 self.last_ts[name] = ts
 

@@ -37,7 +37,7 @@ def component_csv(grid: Grid, sensors: list[str], timestamp_column: str = "Times
     lines = [",".join([timestamp_column, *sensors])]
     # each cell at most 12 significant digits (cell): a resampled mean's float noise is not data
     isnan = math.isnan
-    for stamp, row in zip(times_text, block.tolist(), strict=True):
-        lines.append(stamp + "," + ",".join(["" if isnan(v) else cell(v) for v in row]))
+    for stamp, row in zip(times_text, block, strict=True):  # a row at a time: no Python float per cell at once
+        lines.append(stamp + "," + ",".join(["" if isnan(v) else cell(v) for v in row.tolist()]))
     lines.append("")
     return "\n".join(lines).encode()

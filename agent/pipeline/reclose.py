@@ -47,6 +47,7 @@ from agent.core.model import Reading, Window
 from agent.pipeline.columns import Columns, encode, read_file
 from agent.pipeline.resample import Carry
 from agent.pipeline.spool import SUFFIX
+from agent.pipeline.windowread import WindowReadings
 from agent.pipeline.windows import iso_window
 
 log = logging.getLogger("l4e.pipeline")
@@ -89,9 +90,10 @@ class Keeper:
                 out.append(int(path.name))
         return sorted(out)
 
-    def keep(self, window: Window, start_carry: Carry, files: list[tuple[str, bytes | None]]) -> None:
+    def keep(self, window: Window, start_carry: Carry, digests: dict[str, str | None]) -> None:
         """Called by the closer before its progress moves past ``window``, also for a window it writes no file
-        for (no reading: a backfill may bring some). See the module docstring."""
+        for (no reading: a backfill may bring some). ``digests``: component → SHA-256 of the file written (None:
+        no file). See the module docstring."""
         if not self.need(window):
             self.prune(None)
             return
@@ -103,8 +105,7 @@ class Keeper:
             with contextlib.suppress(FileExistsError):  # a window closed again after a crash: same segments
                 os.link(path, target)
         fsync_dir(folder)
-        write_json_atomic(folder / META, {"carry": start_carry.to_json(),
-                                          "digests": {comp: _digest(data) for comp, data in files}})
+        write_json_atomic(folder / META, {"carry": start_carry.to_json(), "digests": dict(digests)})
 
     def prune(self, before: float | None) -> None:
         """Delete kept windows (all of them, or those ending before ``before``), but none waiting to be
@@ -169,16 +170,21 @@ class Keeper:
                 previous, carry = None, None
                 continue
             window = Window(end - freq, end)
-            parts = [read_file(path)[0] for path in sorted(folder.glob(f"*{SUFFIX}"))]
-            files, carry, _ = closer.render(window, Columns.concat(parts), start_carry)
             digests = meta.get("digests", {})
+            rendered: dict[str, str | None] = {}
             changed = []
-            for comp, data in files:
-                if data is not None and _digest(data) != digests.get(comp):
+
+            def put(comp: str, data: bytes | None, window=window, end=end, digests=digests, rendered=rendered,
+                    changed=changed) -> None:
+                rendered[comp] = _digest(data)
+                if data is not None and rendered[comp] != digests.get(comp):
                     closer.outbox.put(end, closer.plan.name(comp, window), data)
                     changed.append(comp)
-            write_json_atomic(folder / META, {"carry": start_carry.to_json(),
-                                              "digests": {comp: _digest(data) for comp, data in files}})
+
+            # read group by group as the closer does: a re-render needs no more memory than the close did
+            with WindowReadings.from_files(sorted(folder.glob(f"*{SUFFIX}"))) as readings:
+                carry, _ = closer.render(window, readings, start_carry, put)
+            write_json_atomic(folder / META, {"carry": start_carry.to_json(), "digests": rendered})
             if changed:
                 self.rewritten += 1
                 if end not in self._logged:

@@ -112,6 +112,7 @@ def resample(readings: Columns, window: Window, rate: int, sensors: list[str], a
     if holding.any() and observed.any():
         r, c = np.nonzero(observed & holding[None, :])
         until[r, c] = np.minimum(latest_ts[r, c] + hold_secs[c], _next_marker(markers, c, latest_ts[r, c]))
+    del latest, latest_ts  # the grid's temporaries go as soon as they are used (a close's peak is these)
 
     carry_g, carry_v, carry_until = _carried(carry, sensors, markers, window.start)
     filled = _fill(values, observed, handed, until, times, rate, fill_limit, carry_g, carry_v, carry_until)
@@ -145,20 +146,27 @@ def _aggregate(readings: Columns, window: Window, rate: int, sensors: list[str],
         markers = (m_col[order], m_ts[order])
     g = np.ceil(ts / rate) * rate
     ok = known & ~nan & np.isfinite(val) & (g > window.start) & (g <= window.end)
+    del known, nan, is_marker  # per-reading temporaries go as soon as they are used: a close's peak is these
     if not ok.any():
         return unknown, markers
     c, t, v = col[ok], ts[ok], val[ok]
     r = ((g[ok].astype(np.int64) - window.start) // rate - 1).astype(np.int64)
+    del col, g, ok
     cell = r * n_cols + c
+    del r, c
     order = np.lexsort((t, cell))  # by cell, then timestamp; np.lexsort is stable: ties keep arrival order
     cell, t, v = cell[order], t[order], v[order]
+    del order
     starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
     counts = np.diff(np.r_[starts, len(cell)])
     ucell = cell[starts]
+    del cell
     rows, cols = ucell // n_cols, ucell % n_cols
+    del ucell
     lasts = starts + counts - 1
     latest[rows, cols] = v[lasts]
     latest_ts[rows, cols] = t[lasts]
+    del t
     code = np.array([_AGG_CODE[aggs.get(s, "mean")] for s in sensors], dtype=np.int8)[cols]
     out = np.empty(len(starts))
     for k, reducer in ((1, None), (2, np.minimum), (3, np.maximum)):
@@ -177,6 +185,8 @@ def _kahan_mean(v: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.nda
 
     Vectorised across runs: step j adds the j-th element of every run that has one, so the work is the number
     of readings plus one numpy step per element of the longest run."""
+    if len(counts) and counts.max() == 1:  # one reading per cell (the usual 1 Hz case): 0.0 + x, as the sum gives
+        return v[starts] + 0.0
     by_len = np.argsort(-counts, kind="stable")
     s_starts, s_counts = starts[by_len], counts[by_len]
     sums = np.zeros(len(starts))
@@ -243,15 +253,19 @@ def _fill(values, observed, handed, until, times, rate, fill_limit, carry_g, car
     pos = np.maximum.accumulate(np.where(observed, rows, -_FAR), axis=0)  # latest observed row at or before
     from_carry = pos < 0
     src = np.where(from_carry, 0, pos)
+    del pos
     val = np.where(from_carry, carry_v[None, :], np.take_along_axis(handed, src, axis=0))
     vu = np.where(from_carry, carry_until[None, :], np.take_along_axis(until, src, axis=0))
     g_obs = np.where(from_carry, carry_g[None, :], times[src])
+    del src, from_carry
     t = times[:, None].astype(np.float64)
     held = vu > t
     with np.errstate(invalid="ignore"):
         # last grid point at which the value was observed or held: its own, or the last one before `until`
         base = np.where(np.isfinite(vu), np.maximum(g_obs, np.ceil(vu / rate) * rate - rate), g_obs)
+        del g_obs, vu
         within = (t - base) <= fill_limit * rate
+        del base
     fill = ~observed & ~np.isnan(val) & (held | within)
     out = values.copy()
     out[fill] = val[fill]

@@ -12,7 +12,14 @@ Contract:
   every ``fsync_interval_ms``. What was flushed survives kill -9 and power loss; what was not is at most one
   interval of readings.
 - ``read(end)`` returns every flushed reading of the window (start, end] as ``Columns`` (sensor names, ts
-  float64 Unix seconds, value float64), in append order.
+  float64 Unix seconds, value float64), in append order. ``open_window(end)`` gives the same readings group by
+  group (agent.pipeline.windowread): the window closer's way, so a close holds one group of sensors at a time.
+- Groups (``set_groups``, agent.pipeline.groups): each flush writes one record per window and group of sensors
+  (readings of sensors in no group in a record of their own), all records of one flush of a window in one
+  write and one fsync, so a window can be read back group by group. The record format is unchanged (each record
+  names its sensors); a file written with other groups, or none, is read the same way, only less efficiently.
+  Before a window is used, a first pass over all its segments validates every record (CRC, torn tail) and
+  keeps only where each one is; the bodies are read again group by group.
 - ``ack(end)`` deletes the window's segments: call it only after the window's CSVs are durable in the outbox.
 - Readings of a window already acknowledged (``closed_upto``) are late: counted in ``late`` and dropped.
 - Segment names: ``<window end>-<run id>-<seq>.l4es``; a restart opens new segments, never appends to
@@ -49,8 +56,9 @@ import numpy as np
 
 from agent.core.errors import StateError, TransitionLog
 from agent.core.model import Reading
-from agent.pipeline.columns import Columns, encode, read_file
+from agent.pipeline.columns import Columns, GroupCut, encode, open_segment, read_file, scan_records
 from agent.pipeline.diskhealth import DiskHealth
+from agent.pipeline.windowread import FileSegment, MemorySegment, WindowReadings
 
 log = logging.getLogger("l4e.spool")
 
@@ -154,6 +162,8 @@ class Spool:
         self.dropped_readings = Counter()  # reason → count
         self._alive_fd: int | None = None
         self.previous_alive: float | None = None
+        self._owner: dict[str, int] = {}  # sensor → its group (set_groups); no groups: one record per flush
+        self._cut: GroupCut | None = None  # how the last names table is cut into group records
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             probe = self.dir / f".probe-{self.run_id}"
@@ -171,6 +181,23 @@ class Spool:
             return float((self.dir / ALIVE_FILE).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+
+    def set_groups(self, owner: dict[str, int]) -> None:
+        """Write the readings of each group of sensors in records of their own (``owner``: sensor → group
+        index, agent.pipeline.groups.owners; sensors not in it go to one more record). Takes effect at the next
+        flush; records written before are read as they are."""
+        self._owner = dict(owner)
+        self._cut = None
+
+    def _encode(self, part: Columns) -> bytes:
+        """The records of one flush of one window: one per group of sensors (see the module docstring)."""
+        if not self._owner:
+            return encode(part)
+        cut = self._cut
+        if cut is None or cut.names != part.names:  # flushes of the same sensors repeat their names table
+            owner = self._owner
+            cut = self._cut = GroupCut(part.names, np.array([owner.get(n, -1) for n in part.names], dtype=np.int64))
+        return b"".join(cut.records(part))
 
     # --- hot path -------------------------------------------------------------------------------------
     def append(self, batch: list[Reading]) -> None:
@@ -204,7 +231,7 @@ class Spool:
                 if seg is None:
                     self._seq += 1
                     seg = self._open[end] = _Segment(self.dir / f"{end}-{self.run_id}-{self._seq:06d}{SUFFIX}")
-                seg.append(encode(part))
+                seg.append(self._encode(part))
                 written += part.num_rows
             except OSError as exc:
                 error = error or exc
@@ -305,10 +332,51 @@ class Spool:
         """Every flushed reading of the window ending at ``end``. A torn tail is skipped (and counted).
         Raises SegmentUnreadable when a segment cannot be read (see the module docstring): nothing of the
         window is returned then, so a caller can never write (and acknowledge) the window without it."""
-        parts = []
-        for path in self._segments().get(end, []):
-            parts.extend(self._read_segment(path))
-        return Columns.concat(parts)
+        with self.open_window(end) as window:
+            return window.select(window.names)
+
+    def open_window(self, end: int) -> WindowReadings:
+        """The window ending at ``end``, to be read group by group (agent.pipeline.windowread); close it after
+        use (it holds the segment files open). Every segment is validated first (a torn tail is skipped and
+        counted, as by ``read``); raises SegmentUnreadable when a segment cannot be read, now or in a later
+        pass, so a caller never writes (and acknowledges) the window without it."""
+        segments: list[FileSegment | MemorySegment] = []
+        try:
+            for path in self._segments().get(end, []):
+                segments.append(self._scan_segment(path))
+        except BaseException:
+            WindowReadings(segments).close()
+            raise
+        return WindowReadings(segments, self._failed_later)
+
+    def _scan_segment(self, path: Path) -> FileSegment | MemorySegment:
+        """The first pass over one segment (see ``open_window``); raises SegmentUnreadable on an OSError."""
+        fh = None
+        try:
+            if path.suffix == LEGACY_SUFFIX:
+                out: FileSegment | MemorySegment = MemorySegment(self._read_legacy(path))
+            else:
+                fh = open_segment(path)
+                scan = scan_records(fh)
+                if scan.torn:
+                    # a crash mid-write leaves a partial last record (or an empty file): keep what came before
+                    self.torn_segments += 1
+                    log.warning("spool: %s ends with a torn record; %d complete records recovered", path.name,
+                                scan.good)
+                out = FileSegment(path, fh, scan)
+        except OSError as exc:
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+            self._unreadable(path, exc)
+            raise SegmentUnreadable(path, exc) from exc
+        self._read_log.success(path.name, "spool: segment %s can be read again", path.name)
+        return out
+
+    def _failed_later(self, path: Path, exc: OSError) -> None:
+        """A segment that passed the first pass failed to read later in the same close (see open_window)."""
+        self._unreadable(path, exc)
+        raise SegmentUnreadable(path, exc) from exc
 
     def _read_segment(self, path: Path) -> list[Columns]:
         """The segment's readings; raises SegmentUnreadable on an OSError (counted, logged once per segment)."""
