@@ -1,5 +1,5 @@
 """What ``l4e-agent run`` keeps while it runs: one configuration tree and one runner per asset, also after a
-reload (SIGHUP).
+reload (SIGHUP), and no pydantic-settings when no ``L4E_AGENT_*`` variable is set.
 
 A configuration tree is ~650 B per sensor (13 MB at 20,000 tags) and a runner holds a source's connections and
 buffers: a second copy kept by the command's own frame is memory the agent never gives back. Counted in the real
@@ -37,7 +37,8 @@ async def run_and_count(self, until=None):
     gc.collect()
     alive = [o for o in gc.get_objects() if isinstance(o, (AssetRunner, AssetConfig))]
     result.update(code=code, created=len(created), runners=sum(isinstance(o, AssetRunner) for o in alive),
-                  configs=sum(isinstance(o, AssetConfig) for o in alive))
+                  configs=sum(isinstance(o, AssetConfig) for o in alive),
+                  settings="pydantic_settings" in sys.modules)
     return code
 Agent.run = run_and_count
 
@@ -62,4 +63,4 @@ def test_the_running_agent_keeps_one_configuration_and_one_runner_per_asset_also
     assert "reloading: 1 asset(s)" in proc.stderr  # the SIGHUP did replace the runner
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # the first runner and the first configuration (and the first read of the file) are gone after the reload
-    assert result == {"code": 0, "created": 2, "runners": 1, "configs": 1}
+    assert result == {"code": 0, "created": 2, "runners": 1, "configs": 1, "settings": False}
