@@ -43,7 +43,7 @@ async def run_and_count(self, until=None):
 Agent.run = run_and_count
 
 sys.argv = ["l4e-agent", "run", sys.argv[1], "--state-dir", sys.argv[2], "--clock-start", "2025-12-31T23:58:00Z",
-            "--speed", "60", "--until", "2026-01-01T00:02:30Z"]
+            "--speed", "60", "--until", "2026-01-01T00:03:30Z"]  # ~5.5 s: the reload (~0.2 s) has 4 s of margin
 from agent.cli import main
 main()
 print(json.dumps(result))
