@@ -37,12 +37,17 @@ def load_all(paths: list[Path], state_dirs: list[Path] | None = None):
 
     configs = [load(p) for p in paths]  # every file validated before anything starts
     if state_dirs is not None:
-        configs = [discovered(c, p, d) for c, p, d in zip(configs, paths, state_dirs, strict=True)]
+        configs = discover_all(configs, paths, state_dirs)
     assets = [c.asset for c in configs]
     dupes = {a for a in assets if assets.count(a) > 1}
     if dupes:
         raise ConfigError(f"asset names must be unique across files, repeated: {sorted(dupes)}", key="asset")
     return configs
+
+
+def discover_all(configs: list, paths: list[Path], state_dirs: list[Path]) -> list:
+    """``configs`` (as ``load_all`` returned them) with their [lookout] settings filled from the schedulers."""
+    return [discovered(c, p, d) for c, p, d in zip(configs, paths, state_dirs, strict=True)]
 
 
 def state_dirs(args, configs) -> list[Path]:

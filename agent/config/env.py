@@ -1,6 +1,7 @@
 """Environment overrides of asset-file keys: ``L4E_AGENT_<KEY>``, nested keys joined by ``__``.
 
-The configuration sources are pydantic-settings sources, merged by a ``BaseSettings`` class in priority order
+The configuration sources are pydantic-settings sources (agent.config.env_sources, imported only when at least one
+``L4E_AGENT_*`` variable is set), merged by a ``BaseSettings`` class in priority order
 (``settings_customise_sources``: the environment over the file): ``AssetFileSource`` gives the parsed asset
 file, ``AgentEnvSource`` (an ``EnvSettingsSource`` with ``env_prefix="L4E_AGENT_"`` and
 ``env_nested_delimiter="__"``) the variables. ``overlay(environ, root, data)`` returns the merged data and the
@@ -23,23 +24,18 @@ the secret is read where it is used, at each use, so it never sits in the config
 the status page cannot print it) and a rotated secret is picked up without a restart. pydantic-settings'
 ``SecretsSettingsSource`` reads a secret into a field once, at start-up, which would give up both.
 
-Resident memory (README, decision 8): importing pydantic_settings on top of what the agent already imports adds
-about 1.1 MB of RSS; a process loading an asset file with overrides goes from 37.1 to 38.5 MB, an agent run of
-the replay example peaks at 63.8 MB instead of 62.9 MB; at 2,200 tags the agent holds 93 MB instead of 92 MB.
-Paid once per process, not per tag.
+Resident memory: pydantic-settings and python-dotenv hold ~2 MB once imported (traced at import); an agent
+whose environment sets no ``L4E_AGENT_*`` variable never imports them (``overlay`` returns the file as it is).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, get_origin
 
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.config.schema import KeyType, allowed, field_at, is_model, is_tagged_union, union_members
 from agent.core.errors import ConfigError
@@ -147,73 +143,21 @@ def _nest(overrides: list[tuple[Override, Any]]) -> dict:
     return layer
 
 
-class AgentEnvSource(EnvSettingsSource):
-    """The ``L4E_AGENT_*`` variables of ``environ`` as a nested table of typed values (module docstring).
-
-    pydantic-settings reads the variables (``parse_env_vars``) and holds the prefix and the nesting delimiter
-    from the settings class; each variable is resolved against ``root`` (the asset models) and the file's
-    ``data`` (for the spelling of table keys), which the stock ``explode_env_vars`` cannot do."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str], root: type[BaseModel],
-                 data: dict) -> None:
-        self._environ = environ  # read by _load_env_vars, which the base class calls
-        super().__init__(settings_cls)
-        self.overrides = _resolve_all(self.env_vars, self.config["env_prefix"], self.env_nested_delimiter, root, data)
-
-    def _load_env_vars(self) -> Mapping[str, str]:
-        # names kept as spelled (not lowercased) so that a message repeats the variable as set; the prefix and
-        # the key names are matched case-insensitively in _resolve_all
-        return dict(self._environ)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # the whole table comes from __call__
-
-    def __call__(self) -> dict[str, Any]:
-        return _nest(self.overrides)
-
-
-class AssetFileSource(PydanticBaseSettingsSource):
-    """The asset file's content, already read and checked as TOML by ``agent.config.load``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return self._data
-
-
-# the sources of the load under way: settings_customise_sources is a classmethod without arguments of its own
-_LOADING: ContextVar[tuple[AgentEnvSource, AssetFileSource]] = ContextVar("_LOADING")
-
-
-class AssetSources(BaseSettings):
-    """The merged configuration sources, before validation: every key lands in ``model_extra`` as given (the
-    asset models validate it strictly afterwards, with the agent's messages)."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False,
-                                      extra="allow", env_file=None, secrets_dir=None)
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        """The environment over the file, nothing else: no keyword arguments, no .env file, no secrets
-        directory (secrets are read where they are used: module docstring)."""
-        env_source, file_source = _LOADING.get()
-        return env_source, file_source
+def names_an_override(var: str) -> bool:
+    """Whether the environment variable ``var`` is one of ours (``L4E_AGENT_<KEY>``, any case)."""
+    return var.lower().startswith(ENV_PREFIX.lower()) and len(var) > len(ENV_PREFIX)
 
 
 def overlay(environ: Mapping[str, str], root: type[BaseModel], data: dict) -> tuple[dict, list[Override]]:
     """The file's ``data`` with the environment's overrides merged in (environment over the file), and the
     overrides. Raises ConfigError naming the variable for a variable that names no key, an array item or bad
-    JSON. ``data`` is not changed."""
-    env_source = AgentEnvSource(AssetSources, environ, root, data)
-    token = _LOADING.set((env_source, AssetFileSource(AssetSources, data)))
-    try:
-        merged = AssetSources()
-    finally:
-        _LOADING.reset(token)
-    return dict(merged.model_extra or {}), [o for o, _ in env_source.overrides]
+    JSON. ``data`` is not changed.
+
+    With no ``L4E_AGENT_*`` variable at all the merge is the file as it is, and pydantic-settings (with
+    python-dotenv, ~2 MB resident in an agent that keeps running) is not imported: agent.config.env_sources
+    holds the sources and is imported only when a variable is set."""
+    if not any(names_an_override(var) for var in environ):
+        return dict(data), []
+    from agent.config.env_sources import merge
+
+    return merge(environ, root, data)

@@ -19,8 +19,11 @@ PEER_DIR = Path(__file__).resolve().parents[1] / "peers" / "node_opcua"
 class NodeOpcUaPeer:
     """``start()`` → READY; ``command(...)`` drives an item; ``kill()``/``start()`` cut and restore the plant."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, script: str = "server.js", args: tuple[str, ...] = ()) -> None:
+        """``script``/``args``: another server of PEER_DIR, e.g. ``NodeOpcUaPeer(script="load_server.js",
+        args=("20000",))`` for the 20,000-variable plant (all changing every second, see load_server.js)."""
         self.port = port or free_port()
+        self.script, self.args = script, args
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/l4e"
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -30,7 +33,7 @@ class NodeOpcUaPeer:
         assert (PEER_DIR / "node_modules" / "node-opcua-server").is_dir(), \
             f"node-opcua is not installed in {PEER_DIR}: run `make system-deps`"
         self.proc = await asyncio.create_subprocess_exec(
-            node, str(PEER_DIR / "server.js"), str(self.port), cwd=PEER_DIR,
+            node, str(PEER_DIR / self.script), str(self.port), *self.args, cwd=PEER_DIR,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         await asyncio.wait_for(self._expect("READY"), timeout)
         return self

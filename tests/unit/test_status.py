@@ -86,6 +86,21 @@ def test_history_keeps_the_last_hour_of_grid_rows_bounded(tmp_path):
     assert len(history.series["flow"]) <= 122  # memory bounded by max_points, not by the rate
 
 
+def test_history_memory_is_8_bytes_a_point_per_sensor_and_one_timestamp_ring_per_window_file(tmp_path):
+    """The sensors of one window file share its grid seconds: at 20,000 sensors × 122 points that is 20 MB of
+    history, where a ring of timestamps per sensor doubled it."""
+    _plan, spool, closer, history = closer_with_history(tmp_path, rate=1)
+    for end in range(T0 + 300, T0 + 900 + 1, 300):
+        spool.append([Reading(s, 1.0, t) for t in range(end - 299, end + 1) for s in ("flow", "temp")])
+        spool.flush()
+        for ev in closer.close_due(end + 1):
+            history.on_event(ev)
+    arrays = {id(a): a for series in history.series.values() for a in (series.ts, series.values)}
+    held = sum(len(a) * a.itemsize for a in arrays.values())
+    assert held == (2 + 1) * 122 * 8  # two sensors' values, one timestamp ring for their component
+    assert history.sensor_points("temp") == history.sensor_points("flow") != []
+
+
 def test_history_skips_a_window_whose_file_is_gone(tmp_path):
     _plan, spool, closer, history = closer_with_history(tmp_path, rate=60)
     spool.append([Reading("flow", 1.0, T0 + 10)])
