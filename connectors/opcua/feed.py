@@ -60,6 +60,9 @@ class _Feed:
             raise ConnectionLost(f"no notification nor keep-alive for {self.stale_secs:.1f} s") from None
 
 
+MAX_NOTIFICATIONS_PER_PUBLISH = 1000
+
+
 class _Feeds:
     """Subscription and poll (mixed into OpcUaConnector)."""
 
@@ -74,7 +77,10 @@ class _Feeds:
             # are held while the consumer is busy): give it at least a minute.
             RequestedLifetimeCount=max(3 * keepalive, math.ceil(60_000 / cfg.publishing_interval_ms)),
             RequestedMaxKeepAliveCount=keepalive,
-            MaxNotificationsPerPublish=0,
+            # Bounded, not 0 ("no limit"): a response of every change of a second of 20,000 tags is decoded in
+            # memory at once; a server with more to send says MoreNotifications and our two outstanding publish
+            # requests fetch the rest at once (node-opcua caps at 1,000 anyway).
+            MaxNotificationsPerPublish=MAX_NOTIFICATIONS_PER_PUBLISH,
             PublishingEnabled=True,
             Priority=0,
         )
