@@ -44,7 +44,7 @@ from agent.runtime.connector_wiring import attach_backfill, connector_writer_fac
 from agent.runtime.scheduler import JobScheduler
 from agent.runtime.source_health import SourceHealth
 from agent.runtime.status_data import bad_quality_sources as status_bad_quality
-from agent.runtime.status_history import StatusHistory
+from agent.runtime.status_history import StatusHistory, points_per_sensor
 from connectors.base import Connector
 from connectors.registry import connector_class
 
@@ -117,7 +117,8 @@ class AssetRunner:
         # bounded history filled per window/execution
         self.last_readings: dict = {}
         self.validity_ends: dict[str, float] = {}
-        self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate)
+        self.history = StatusHistory(self.outbox.dir, self.plan.name, self.plan.rate,
+                                     max_points=points_per_sensor(len(self.plan.sensors)))
         self.event_listeners.append(self.history.on_event)
         self._tasks: list[asyncio.Task] = []
         self._scheduler: JobScheduler | None = None

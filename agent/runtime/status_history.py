@@ -9,8 +9,10 @@ moment that happens once per window, execution, alarm or health tick, never once
   same call as the write, so the uploader cannot have taken the file yet; ``on_event`` with the
   ``window_written`` event then keeps the rows). At most ``max_points`` rows per
   hour are kept (with a fine sampling rate every k-th grid row), so memory is bounded by sensors ×
-  ``max_points`` whatever the rate. Reading the CSV was chosen over a hook in the closer: the closer stays
-  untouched and the page shows exactly what was sent to Lookout (after aggregation and the fill rule).
+  ``max_points`` whatever the rate; ``points_per_sensor`` sizes it for the asset: 120 up to 2,500 sensors,
+  then fewer so the whole history stays near 300,000 points (2.4 MB; 15 points an hour at 20,000 sensors).
+  Reading the CSV was chosen over a hook in the closer: the closer stays untouched and the page shows exactly
+  what was sent to Lookout (after aggregation and the fill rule).
 - executions (``execution_succeeded`` / ``execution_failed`` events from the results poller): the last
   ``executions``;
 - result rows: the last ``score_rows`` (ts, score, prediction) for the score trend, and the top
@@ -131,6 +133,15 @@ class Series:
         ts, values = self.timeline.order(self.values)
         i = bisect.bisect_right(ts, cut)
         return list(zip(ts[i:], [None if v != v else v for v in values[i:]], strict=True))  # NaN: empty
+
+
+HISTORY_POINTS_BUDGET = 300_000  # points of sensor history for the whole asset (8 bytes each)
+
+
+def points_per_sensor(n_sensors: int, most: int = 120, least: int = 12) -> int:
+    """Rows of history kept per sensor: ``most`` for a small asset, fewer for a large one so sensors ×
+    points stays near HISTORY_POINTS_BUDGET (never below ``least``: a sparkline needs a few points)."""
+    return max(least, min(most, HISTORY_POINTS_BUDGET // max(1, n_sensors)))
 
 
 class StatusHistory:

@@ -313,3 +313,13 @@ def test_a_sensor_series_is_a_ring_allocated_once():
     assert list(series) == [(T0 + 180, 3.0), (T0 + 240, 4.0), (T0 + 300, None), (T0 + 360, 6.0)]
     assert series.after(T0 + 240) == [(T0 + 300, None), (T0 + 360, 6.0)]
     assert Series(3).after(0) == []
+
+
+def test_history_depth_shrinks_with_the_asset_so_its_memory_stays_bounded():
+    from agent.runtime.status_history import HISTORY_POINTS_BUDGET, points_per_sensor
+
+    assert points_per_sensor(10) == points_per_sensor(2200) == 120  # a small or mid-size asset keeps its hour
+    assert points_per_sensor(20_000) == 15  # 20,000 sensors: 300,000 points, not 2.4 million
+    assert points_per_sensor(10**6) == 12  # never fewer than a sparkline needs
+    for n in (2500, 5000, 20_000, 25_000):  # up to where the floor of 12 points takes over
+        assert n * points_per_sensor(n) <= HISTORY_POINTS_BUDGET
