@@ -45,7 +45,9 @@ async def test_every_change_of_a_large_plant_arrives_when_a_second_takes_several
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await peer.stop()
-    # every variable changes once a second: each whole second after the first one, and old enough that all its
-    # changes had time to arrive (3 s, for a loaded machine), holds (nearly) N readings
+    # every variable changes once a second: the whole seconds after the first one, old enough that all their
+    # changes had time to arrive (3 s, for a loaded machine), hold N readings a second (the plant updates in
+    # ten slices a second; a late timer can stamp one slice in the next second, so the seconds are summed)
     seconds = [s for s in sorted(per_second)[1:] if s + 1 < stopped - 3]
-    assert seconds and all(per_second[s] >= 0.95 * N for s in seconds), {s: per_second[s] for s in seconds}
+    got = sum(per_second[s] for s in seconds)
+    assert len(seconds) >= 2 and got >= 0.95 * N * len(seconds), {s: per_second[s] for s in seconds}
