@@ -192,6 +192,12 @@ class WindowCloser:
         self.carry = carry
 
     # --- the job --------------------------------------------------------------------------------------
+    def has_due(self, now: float) -> bool:
+        """Whether ``close_due(now)`` can have a window to write: False while the last written window is still the
+        latest one due (the window job ticks several times a grid step; most ticks have nothing to do, and then
+        neither the spool's flush nor its folder listing is worth paying for)."""
+        return self.last_written is None or self.plan.due_up_to(now) > self.last_written
+
     def close_due(self, now: float) -> list[Event]:
         """Write every due window (see module docstring). Disk errors are reported to the spool's
         DiskHealth (logged once per episode) and the window is retried at the next call; a window whose

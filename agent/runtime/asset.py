@@ -240,8 +240,9 @@ class AssetRunner:
         each written file, before an upload (also in the worker, after this) can take the file away."""
         events: list[Event] = []
         with self.disk.guard("windows job"):
-            self.spool.flush()
-            events = self.closer.close_due(close_time)  # journaled into the inbox by the closer itself
+            if self.closer.has_due(close_time):  # most ticks: nothing due, no flush (the flush job has its own)
+                self.spool.flush()
+                events = self.closer.close_due(close_time)  # journaled into the inbox by the closer itself
             if self.keeper is not None:  # windows already written that backfilled readings completed
                 self.keeper.render_dirty(idle=not any(c.backfill.busy() for c in self.connectors
                                                       if getattr(c, "backfill", None) is not None))
