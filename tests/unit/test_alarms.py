@@ -366,7 +366,10 @@ async def test_state_survives_a_new_engine(tmp_path: Path) -> None:
     cleared = await again.on_event(ev("source_recovered", "plc1", T0 + 2))
     await again.drain(5)
     assert [x.state for x in first.got] == ["raised"]
-    assert [x.rule for x in second.got] == ["anomaly", "anomaly", "silent"]
+    # deliveries keep raise → clear order per alarm; two alarms' deliveries may interleave (under load they did)
+    assert sorted(x.rule for x in second.got) == ["anomaly", "anomaly", "silent"]
+    assert [x.state for x in second.got if x.rule == "anomaly"] == ["raised", "cleared"]
+    assert [x.state for x in second.got if x.rule == "silent"] == ["cleared"]
     assert cleared[0].id == first.got[0].id
     await again.close()
 
