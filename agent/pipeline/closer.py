@@ -146,6 +146,10 @@ class WindowCloser:
         self.carry = Carry({})
         self.last_ts: dict[str, float] = {}  # sensor → latest good reading of the windows written (progress)
         self.keeper = None  # set by the history backfill (agent.pipeline.reclose.Keeper)
+        # called with the window's end between two groups of a close (in the closer's thread): the runner flushes
+        # the readings that arrived meanwhile (Spool.flush keep_upto), so a long close (seconds at 20,000 sensors)
+        # does not pile them up in memory
+        self.between_groups: Callable[[int], None] | None = None
         # the window is written to the spool and read back in these groups of components (agent.pipeline.groups)
         self.groups = sensor_groups(plan.components)
         self._counts_in = last_component(plan.components)  # sensor → the component its readings count in
@@ -299,11 +303,13 @@ class WindowCloser:
             self.journal(events)
 
     def render(self, window: Window, readings: Columns | WindowReadings, carry: Carry,
-               emit: Callable[[str, bytes | None], None]) -> tuple[Carry, tuple[int, int, int]]:
+               emit: Callable[[str, bytes | None], None],
+               between: Callable[[], None] | None = None) -> tuple[Carry, tuple[int, int, int]]:
         """Render the window from its readings and the carry at its start: ``emit(component, csv bytes or None)``
-        for each component in order as soon as its file is rendered (None: no reading, no file). Returns the
-        carry after the window and (unknown readings, cells, empty cells) of the files. Pure but for ``emit``:
-        the same inputs give the same bytes (a re-close relies on it).
+        for each component in order as soon as its file is rendered (None: no reading, no file); ``between()``
+        after each group but the last. Returns the carry after the window and (unknown readings, cells, empty
+        cells) of the files. Pure but for ``emit`` and ``between``: the same inputs give the same bytes (a
+        re-close relies on it).
 
         One group of components at a time (agent.pipeline.groups): only that group's readings are read from the
         spool (``WindowReadings.select``), resampled one component at a time and rendered, so neither the whole
@@ -318,7 +324,9 @@ class WindowCloser:
             source.load_whole()
         times_text = time_column(np.arange(window.start + plan.rate, window.end + 1, plan.rate))
         cells = empty = 0
-        for group in self.groups:
+        for number, group in enumerate(self.groups):
+            if number and between is not None:
+                between()
             part = source.select(group.sensors)
             position = {s: i for i, s in enumerate(part.names)}
             for comp in group.components:
@@ -355,7 +363,9 @@ class WindowCloser:
 
         with self.spool.open_window(window.end) as readings:
             readings.track_latest = keeping
-            carry, (unknown, cells, empty) = self.render(window, readings, start_carry, put)
+            hook = self.between_groups
+            carry, (unknown, cells, empty) = self.render(window, readings, start_carry, put,
+                                                         None if hook is None else lambda: hook(window.end))
             latest = readings.latest() if keeping else {}
         events = []
         files = 0

@@ -152,6 +152,7 @@ class Spool:
         self._buffer: list[Reading] = []
         self._buffer_lock = threading.Lock()  # append (event loop) against flush taking the buffer (worker)
         self._held: dict[int, list[Columns]] = {}  # window end → readings flushed but not yet written
+        self._deferred: list[tuple[int, Columns]] = []  # (window end, readings) kept back by flush(keep_upto)
         self._open: dict[int, _Segment] = {}
         self._seq = 0
         self.closed_upto: int | None = None
@@ -205,23 +206,36 @@ class Spool:
             self._buffer.extend(batch)
 
     # --- durability -----------------------------------------------------------------------------------
-    def flush(self) -> int:
+    def flush(self, keep_upto: int | None = None) -> int:
         """Write and fsync the buffered readings (and any held from earlier failed writes); returns how many
         were written. Never raises for disk errors: a window whose write failed keeps its readings in memory
         (``held_bytes``, counted against the disk budget by the caller's policy) and is retried at the next
-        flush in a new segment file; the failure is reported to ``self.disk`` (logged once per episode)."""
+        flush in a new segment file; the failure is reported to ``self.disk`` (logged once per episode).
+
+        ``keep_upto``: the end of a window being closed right now (a flush between two groups of a long close,
+        so the readings arriving meanwhile do not pile up in memory as objects). Readings of windows up to it
+        (the window being read, and markers ``_take_late`` files with it) are not written into its segments,
+        which are read and then deleted: they wait in memory, as columns, for the next flush, which sees the
+        window acknowledged and treats them as any late reading."""
         parts: dict[int, list[Columns]] = self._held
         self._held = {}
+        for end, cols in self._deferred:
+            parts.setdefault(end, []).append(cols)
+        self._deferred = []
         with self._buffer_lock:
             buf, self._buffer = self._buffer, []
         if buf:
             cols = Columns.from_readings(buf)
+            del buf  # the Reading objects are the bulk of a long close's backlog
             ends = (np.ceil(cols.ts / self.frequency) * self.frequency).astype(np.int64)
             for end in np.unique(ends):
                 parts.setdefault(int(end), []).append(cols.filter(ends == end))
         if not parts:
             return 0
         self._take_late(parts)
+        if keep_upto is not None:
+            for end in [e for e in parts if e <= keep_upto]:
+                self._deferred.extend((end, cols) for cols in parts.pop(end))
         written = 0
         error: OSError | None = None
         for end in sorted(parts):
@@ -278,7 +292,7 @@ class Spool:
         with self._buffer_lock:
             buffered = list(self._buffer)
         best = max((r.ts for r in buffered if r.sensor in sensors and r.value == r.value), default=None)
-        parts = [c for cs in list(self._held.values()) for c in cs]
+        parts = [c for cs in list(self._held.values()) for c in cs] + [c for _, c in list(self._deferred)]
         for paths in self._segments(strict=False).values():
             for path in paths:
                 with contextlib.suppress(SegmentUnreadable):  # counted and logged; the rest still counts
@@ -463,7 +477,8 @@ class Spool:
 
     def buffered(self) -> int:
         """Readings in memory: appended since the last flush plus held after failed writes."""
-        return len(self._buffer) + sum(t.num_rows for tables in list(self._held.values()) for t in tables)
+        return (len(self._buffer) + sum(t.num_rows for tables in list(self._held.values()) for t in tables)
+                + sum(t.num_rows for _, t in list(self._deferred)))
 
     def held_windows(self) -> list[int]:
         """Window ends with readings held in memory because their write failed (oldest first): such a
@@ -483,8 +498,11 @@ class Spool:
         return on_disk + sum(t.num_rows for t in self._held.get(end, []))
 
     def close(self) -> None:
-        """Close the open segments. Readings still in memory (the disk refused them up to the end) are lost
-        with the process: said once, with the count."""
+        """Close the open segments (after writing readings kept back during a close, see ``flush``). Readings
+        still in memory (the disk refused them up to the end) are lost with the process: said once, with the
+        count."""
+        if self._deferred:
+            self.flush()
         lost = sum(t.num_rows for tables in self._held.values() for t in tables)
         if lost:
             self.dropped_readings["unwritten_at_exit"] += lost
