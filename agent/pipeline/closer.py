@@ -79,6 +79,9 @@ def release_freed_memory() -> None:
         _TRIM(0)
 
 
+BUDGET_MEASURE_SECS = 10.0  # the disk use is measured at least this often (wall seconds), see over_budget
+
+
 @dataclass(frozen=True)
 class WindowPlan:
     """What the closer needs from the asset config (kept small so tests can build one directly)."""
@@ -146,6 +149,8 @@ class WindowCloser:
         self.carry = Carry({})
         self.last_ts: dict[str, float] = {}  # sensor → latest good reading of the windows written (progress)
         self.keeper = None  # set by the history backfill (agent.pipeline.reclose.Keeper)
+        self._measured: tuple[int, int] | None = None  # (bytes on disk, bytes written then): see over_budget
+        self._measure_due = 0.0  # time.monotonic() of the next disk measure
         # called with the window's end between two groups of a close (in the closer's thread): the runner flushes
         # the readings that arrived meanwhile (Spool.flush keep_upto), so a long close (seconds at 20,000 sensors)
         # does not pile them up in memory
@@ -441,4 +446,20 @@ class WindowCloser:
         return self.spool.bytes_on_disk() + self.spool.held_bytes() + self.outbox.bytes_on_disk()
 
     def over_budget(self) -> bool:
-        return self._used() > self.plan.budget_bytes
+        """Whether spool + outbox (+ held readings) exceed the budget. Called after every flush, so the folders
+        are not listed and every file stat'ed each second: between two measures (``BUDGET_MEASURE_SECS``) the
+        use is bounded from above by the last measure plus every byte this spool and outbox wrote since
+        (deletions only lower it). Only when that bound crosses the budget is the disk measured again, so an
+        answer "over" is always a measure, and an answer "within" is never wrong by more than what other
+        writers (a reload's old runner draining) added within the last interval."""
+        budget = self.plan.budget_bytes
+        written = self.spool.bytes_written + self.outbox.bytes_written
+        held = self.spool.held_bytes()
+        if self._measured is not None and time.monotonic() < self._measure_due:
+            on_disk, written_then = self._measured
+            if on_disk + (written - written_then) + held <= budget:
+                return False
+        on_disk = self.spool.bytes_on_disk() + self.outbox.bytes_on_disk()
+        self._measured = (on_disk, written)
+        self._measure_due = time.monotonic() + BUDGET_MEASURE_SECS
+        return on_disk + held > budget

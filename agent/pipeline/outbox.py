@@ -9,11 +9,16 @@ in numeric order gives oldest first.
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.core.atomic import write_atomic
 from agent.core.errors import StateError
+
+EMPTY_TRUSTED_AFTER_NS = 1_000_000_000  # see Outbox.certainly_empty
+EMPTY_TRUSTED_FOR_SECS = 60.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,9 @@ class Outbox:
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
         self.tmp = self.dir / ".tmp"
+        self.bytes_written = 0  # window file bytes put through this object (never decreases; the budget's estimate)
+        self._empty_as_of: int | None = None  # the folder's mtime (ns) when a listing found it empty (certainly_empty)
+        self._listed_at = 0.0  # time.monotonic() of that listing
         try:
             self.tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -39,14 +47,35 @@ class Outbox:
         final = folder / name
         # a full disk: the partial copy goes (a file already in the outbox is untouched until the rename)
         write_atomic(final, data, tmp_dir=self.tmp)
+        self.bytes_written += len(data)
         return OutboxEntry(window_end, name, final)
+
+    def certainly_empty(self) -> bool:
+        """True when the last ``entries()`` found no window folder and the outbox folder has not changed since:
+        one stat instead of a listing (the upload job asks twice a second). A file only arrives in a window
+        folder made for it (``put``), and making or removing a folder changes the outbox folder's mtime, whatever
+        process or object does it (a reload's old runner writes through its own Outbox). The mtime is trusted only
+        when it was over a second old at that listing (file times are kernel ticks, milliseconds apart: a change
+        in the same tick as the one before the listing would leave it equal), and for at most a minute."""
+        if self._empty_as_of is None or time.monotonic() - self._listed_at > EMPTY_TRUSTED_FOR_SECS:
+            return False
+        try:
+            return os.stat(self.dir).st_mtime_ns == self._empty_as_of
+        except OSError:
+            return False
 
     def entries(self) -> list[OutboxEntry]:
         """Every pending file, oldest window first, then by name."""
         out = []
+        try:
+            before = os.stat(self.dir)
+        except OSError:
+            before = None
+        folders = 0
         for folder in self.dir.iterdir():
             if not folder.is_dir() or not folder.name.isdigit():
                 continue
+            folders += 1
             end = int(folder.name)
             try:
                 paths = list(folder.iterdir())
@@ -55,6 +84,10 @@ class Outbox:
             for path in paths:
                 out.append(OutboxEntry(end, path.name, path))
         out.sort(key=lambda e: (e.window_end, e.name))
+        # no window folder at all (an empty one left behind could get a file without the outbox folder changing)
+        settled = before is not None and time.time_ns() - before.st_mtime_ns > EMPTY_TRUSTED_AFTER_NS
+        self._empty_as_of = before.st_mtime_ns if not folders and settled else None
+        self._listed_at = time.monotonic()
         return out
 
     def windows(self) -> list[int]:

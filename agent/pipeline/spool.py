@@ -157,6 +157,7 @@ class Spool:
         self._seq = 0
         self.closed_upto: int | None = None
         self.late = 0
+        self.bytes_written = 0  # segment bytes this spool wrote (never decreases; the budget's estimate)
         self.torn_segments = 0
         self.read_errors = Counter()  # errno name (EIO, EACCES, EISDIR, ...) → failed segment reads
         self._read_log = TransitionLog(log)  # one WARNING per unreadable segment, INFO when it reads again
@@ -245,7 +246,9 @@ class Spool:
                 if seg is None:
                     self._seq += 1
                     seg = self._open[end] = _Segment(self.dir / f"{end}-{self.run_id}-{self._seq:06d}{SUFFIX}")
-                seg.append(self._encode(part))
+                payload = self._encode(part)
+                seg.append(payload)
+                self.bytes_written += len(payload)
                 written += part.num_rows
             except OSError as exc:
                 error = error or exc

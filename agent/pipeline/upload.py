@@ -121,6 +121,8 @@ class Uploader:
     async def _run_once(self, force: bool) -> int:
         if not force and time.monotonic() < self._retry_at:
             return 0
+        if not force and self.outbox.certainly_empty():  # one stat instead of a listing in the disk worker
+            return 0
         done = 0
         for entry in await self._blocking(self.outbox.entries):
             key = self.prefix + entry.name

@@ -160,6 +160,9 @@ class OpcUaConnector(_Feeds, _Values):
                 if cfg.mode == "subscribe":
                     feed = await self._subscribe(client, handles)
                     filler = self._start_backfill(backfill, client, handles)
+                    # the items are created and the backfill has its own map: the session needs the NodeIds no
+                    # more (the next one resolves them again), and at 20,000 nodes they are 3.6 MB
+                    self._node_ids = {}
                     self._session_up(backoff)
                     vouched = True
                     while True:
