@@ -27,6 +27,7 @@ import hashlib
 import json
 import struct
 import zlib
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -267,12 +268,13 @@ class SegmentScan:
 
     ``names``: the segment's sensor names in order of first appearance (as ``read_file`` merges them);
     ``tables``: per distinct names table, the position in ``names`` of each of its names; ``records``: per good
-    record (offset of its code array, readings n, table index); ``rows``: readings in all; ``good``: complete
-    records; ``torn``: the file ended with a short or bad record (or a names table did not decode)."""
+    record three int64 in a row (offset of its code array, readings n, table index; flat, 24 bytes a record: a
+    window at 20,000 sensors has 24,000 records); ``rows``: readings in all; ``good``: complete records;
+    ``torn``: the file ended with a short or bad record (or a names table did not decode)."""
 
     names: list[str] = field(default_factory=list)
     tables: list[np.ndarray] = field(default_factory=list)
-    records: list[tuple[int, int, int]] = field(default_factory=list)
+    records: array = field(default_factory=lambda: array("q"))
     rows: int = 0
     good: int = 0
     torn: bool = False
@@ -312,7 +314,7 @@ def scan_records(fh) -> SegmentScan:
                 table = tables[digest] = len(scan.tables)
                 scan.tables.append(np.array([index.setdefault(x, len(index)) for x in json.loads(bytes(view))],
                                             dtype=np.int32))
-            scan.records.append((pos + _HEADER.size + names_len, n, table))
+            scan.records.extend((pos + _HEADER.size + names_len, n, table))
             scan.rows += n
             scan.good += 1
             pos = end

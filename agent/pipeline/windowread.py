@@ -57,7 +57,7 @@ class WindowReadings:
                 else:
                     to_global = np.array([index.setdefault(n, len(index)) for n in seg.scan.names], dtype=np.int64)
                     tables = [to_global[t] for t in seg.scan.tables]
-                records = np.array(seg.scan.records, dtype=np.int64).reshape(-1, 3)
+                records = np.frombuffer(seg.scan.records, dtype=np.int64).reshape(-1, 3)
                 self._records_of.append((records[:, 0], records[:, 1], records[:, 2]))
             else:
                 tables = [np.array([index.setdefault(n, len(index)) for n in p.names], dtype=np.int64)
@@ -215,9 +215,9 @@ class WindowReadings:
         if isinstance(seg, MemorySegment):
             sources = ((seg.parts[k].code, seg.parts[k].ts, seg.parts[k].value, *luts[k]) for k in chosen.tolist())
         else:
-            records = seg.scan.records
-            sources = ((*self._read(seg, offset, n), *luts[table])
-                       for offset, n, table in (records[k] for k in chosen.tolist()))
+            records = seg.scan.records  # flat: offset, n, table of record k at 3k, 3k+1, 3k+2
+            sources = ((*self._read(seg, records[3 * k], records[3 * k + 1]), *luts[records[3 * k + 2]])
+                       for k in chosen.tolist())
         for code, t, v, lut, whole in sources:
             pos = lut[code]
             if not whole:
