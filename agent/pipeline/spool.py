@@ -20,6 +20,8 @@ Contract:
   names its sensors); a file written with other groups, or none, is read the same way, only less efficiently.
   Before a window is used, a first pass over all its segments validates every record (CRC, torn tail) and
   keeps only where each one is; the bodies are read again group by group.
+- ``flush(keep_upto=end)`` is the flush between two groups of a long window close (the closer's
+  ``between_groups``): readings of the window being read stay in memory, as columns, until the next flush.
 - ``ack(end)`` deletes the window's segments: call it only after the window's CSVs are durable in the outbox.
 - Readings of a window already acknowledged (``closed_upto``) are late: counted in ``late`` and dropped.
 - Segment names: ``<window end>-<run id>-<seq>.l4es``; a restart opens new segments, never appends to
